@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Run one set-up step, name it, and on failure say which step failed and show its log tail.
+set -uo pipefail
+step_name=$1; shift
+mkdir -p log
+log_file="log/setup-$(echo "$step_name" | tr -c 'a-zA-Z0-9' '-' | sed 's/-*$//').log"
+echo "==> $step_name"
+if ! "$@" >"$log_file" 2>&1; then
+    grep -v 'is ignored: it is neither a file nor a directory' "$log_file" | tail -n 40 >&2
+    echo "error: set-up step '$step_name' failed (full log: $log_file)" >&2
+    exit 1
+fi
