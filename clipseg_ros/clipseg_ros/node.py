@@ -1,0 +1,675 @@
+"""The clipseg lifecycle node: camera frames in, mask / confidence / overlay / segmentation out.
+
+Threading: the image callback only validates and keeps the newest frame, then wakes the worker
+(a guard condition in its own callback group).  The worker converts, runs the engine and
+publishes.  Services live in a reentrant group, so they answer while a frame is being processed,
+and a camera faster than the model replaces the pending frame (counted as dropped) instead of
+building a queue.
+"""
+
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import rclpy
+from clipseg_ros_interfaces.msg import Segmentation
+from clipseg_ros_interfaces.srv import Segment, SetImagePrompt, SetTextPrompts
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                ParameterType, SetParametersResult)
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import (HistoryPolicy, QoSProfile, ReliabilityPolicy, DurabilityPolicy)
+from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
+from std_msgs.msg import Header
+
+from clipseg_ros import conversions
+from clipseg_ros.conversions import ImageConversionError
+from clipseg_ros.engine import DEFAULT_MODEL, ClipSegEngine, Prompt, SegmentationResult
+from clipseg_ros.outputs import region_stats, render_overlay
+
+# Prompt labels are uint8 values in the mask image.
+MAX_PROMPTS_LIMIT = 255
+MAX_PROMPT_CHARACTERS = 300
+WARNING_THROTTLE_S = 5.0
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """The prompts in force, replaced as a whole so a frame never sees half an update."""
+
+    prompts: Tuple[Prompt, ...] = ()
+    version: int = 0
+
+    @property
+    def labels(self) -> List[str]:
+        return [prompt.label for prompt in self.prompts]
+
+
+@dataclass
+class FrameCounters:
+    """What happened to camera frames; read by diagnostics and tests."""
+
+    received: int = 0
+    processed: int = 0
+    dropped: int = 0      # replaced by a newer frame before the worker took it
+    rejected: int = 0     # malformed input
+    failed: int = 0       # inference raised
+    last_latency_s: float = 0.0
+    last_inference_s: float = 0.0
+    last_error: str = ''
+    # Recent monotonic times, for the rates in diagnostics.
+    receive_times: deque = field(default_factory=lambda: deque(maxlen=300))
+    process_times: deque = field(default_factory=lambda: deque(maxlen=300))
+
+
+def _descriptor(description: str, *, read_only: bool = False, float_range=None,
+                integer_range=None, additional_constraints: str = '') -> ParameterDescriptor:
+    descriptor = ParameterDescriptor(description=description, read_only=read_only,
+                                     additional_constraints=additional_constraints)
+    if float_range is not None:
+        descriptor.floating_point_range = [FloatingPointRange(
+            from_value=float(float_range[0]), to_value=float(float_range[1]), step=0.0)]
+    if integer_range is not None:
+        low, high, step = integer_range
+        descriptor.integer_range = [IntegerRange(from_value=low, to_value=high, step=step)]
+    return descriptor
+
+
+def validate_text_prompts(prompts: Sequence[str], max_prompts: int) -> Optional[str]:
+    """Return why a list of text prompts is unacceptable, or None when it is fine."""
+    if len(prompts) == 0:
+        return 'no prompts given: send at least one'
+    if len(prompts) > max_prompts:
+        return f'{len(prompts)} prompts exceed max_prompts ({max_prompts})'
+    for index, text in enumerate(prompts):
+        if not text.strip():
+            return f'prompt {index} is empty'
+        if len(text) > MAX_PROMPT_CHARACTERS:
+            return f'prompt {index} is longer than {MAX_PROMPT_CHARACTERS} characters'
+    return None
+
+
+class ClipSegNode(LifecycleNode):
+    """CLIPSeg segmentation as a ROS 2 lifecycle node named `clipseg`."""
+
+    def __init__(self, node_name: str = 'clipseg',
+                 engine_factory: Callable[..., ClipSegEngine] = ClipSegEngine, **kwargs):
+        super().__init__(node_name, **kwargs)
+        self._engine_factory = engine_factory
+        self._engine: Optional[ClipSegEngine] = None
+        self._engine_error = 'not configured'
+        self._prompt_set = PromptSet()
+        self._prompt_lock = threading.Lock()
+        self._frame_lock = threading.Lock()
+        # Held while a camera frame is processed, so cleanup never frees what the worker uses.
+        self._worker_lock = threading.Lock()
+        self._pending_frame = None       # newest unprocessed camera message
+        self._latest_frame = None        # newest valid camera message, for ~/segment
+        self._last_frame_time: Optional[float] = None
+        self._last_process_start = 0.0
+        self._counters = FrameCounters()
+        self._warn_times = {}
+        self._active = False
+        self._declare_parameters()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self._worker_group = MutuallyExclusiveCallbackGroup()
+        self._input_group = MutuallyExclusiveCallbackGroup()
+        self._service_group = ReentrantCallbackGroup()
+        self._wake_worker = self.create_guard_condition(
+            self._process_pending_frame, callback_group=self._worker_group)
+        # Diagnostics report in every lifecycle state, so they use a plain publisher.
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._diagnostics_timer = self.create_timer(
+            self.get_parameter('diagnostics_period').value, self._publish_diagnostics,
+            callback_group=MutuallyExclusiveCallbackGroup())
+        self._subscription = None
+        self._outputs = {}
+        self._prompt_services = []
+
+    # ----------------------------------------------------------------- parameters
+    def _declare_parameters(self) -> None:
+        declare = self.declare_parameter
+        declare('model', DEFAULT_MODEL, _descriptor(
+            'Hugging Face hub id or local folder (save_pretrained format, safetensors)',
+            read_only=True))
+        declare('device', 'auto', _descriptor(
+            'auto (cuda when available), cpu, cuda or cuda:N', read_only=True))
+        declare('dtype', 'auto', _descriptor(
+            'auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16',
+            read_only=True))
+        declare('compile_mode', 'none', _descriptor(
+            'GPU fast path: none, cuda_graphs or compile', read_only=True))
+        declare('threshold', 0.3, _descriptor(
+            'Probability a prompt must reach for a pixel to get its label',
+            float_range=(0.0, 1.0)))
+        declare('resolution', 352, _descriptor(
+            'Model input side in pixels (the frame is resized to resolution x resolution)',
+            integer_range=(64, 1024, 16)))
+        declare('prompts', ['object'], _descriptor(
+            'Initial text prompts; change them at run time with ~/set_text_prompts',
+            read_only=True))
+        declare('input_transport', 'raw', _descriptor(
+            "raw: subscribe 'image' (sensor_msgs/Image); compressed: 'image/compressed'",
+            read_only=True, additional_constraints='raw or compressed'))
+        declare('qos_reliability', 'best_effort', _descriptor(
+            'Reliability of the image subscription: best_effort (sensor data) or reliable',
+            read_only=True, additional_constraints='best_effort or reliable'))
+        declare('max_rate_hz', 0.0, _descriptor(
+            'Upper bound on processed frames per second; 0 = as fast as the model allows',
+            float_range=(0.0, 1000.0)))
+        declare('publish_overlay', True, _descriptor(
+            'Publish the rgb8 overlay image for operators'))
+        declare('max_prompts', 16, _descriptor(
+            'Most prompts accepted at once', integer_range=(1, MAX_PROMPTS_LIMIT, 1)))
+        declare('max_image_pixels', 4096 * 4096, _descriptor(
+            'Frames and support images with more pixels are refused before allocation',
+            integer_range=(1, 10000 * 10000, 1)))
+        declare('image_prompt_text_weight', 0.0, _descriptor(
+            'Weight of the label text mixed into an image prompt embedding (0 = image only)',
+            float_range=(0.0, 1.0)))
+        declare('stale_image_timeout', 2.0, _descriptor(
+            'Seconds without a camera frame before diagnostics warn', float_range=(0.1, 3600.0)))
+        declare('diagnostics_period', 1.0, _descriptor(
+            'Seconds between /diagnostics messages', read_only=True,
+            float_range=(0.05, 60.0)))
+        declare('autostart', True, _descriptor(
+            'Configure and activate at start-up, so a plain launch works', read_only=True))
+
+    def _param(self, name: str):
+        return self.get_parameter(name).value
+
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        # Validate every change first; apply only when all are accepted.
+        for parameter in parameters:
+            if parameter.name == 'resolution' and parameter.type_ == ParameterType.PARAMETER_INTEGER:
+                if parameter.value % 16 != 0 or not 64 <= parameter.value <= 1024:
+                    return SetParametersResult(
+                        successful=False,
+                        reason='resolution must be a multiple of 16 between 64 and 1024')
+            if parameter.name == 'threshold' and parameter.type_ == ParameterType.PARAMETER_DOUBLE:
+                if not 0.0 <= parameter.value <= 1.0 or math.isnan(parameter.value):
+                    return SetParametersResult(successful=False,
+                                               reason='threshold must be within [0, 1]')
+            if parameter.name == 'max_prompts' and \
+                    parameter.type_ == ParameterType.PARAMETER_INTEGER:
+                current = len(self._prompt_set.prompts)
+                if parameter.value < current:
+                    return SetParametersResult(
+                        successful=False,
+                        reason=f'{current} prompts are in force; max_prompts cannot be lower')
+        for parameter in parameters:
+            if parameter.name == 'resolution' and self._engine is not None:
+                self._engine.resolution = parameter.value
+        return SetParametersResult(successful=True)
+
+    # ----------------------------------------------------------------- lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        prompts = list(self._param('prompts'))
+        problem = validate_text_prompts(prompts, self._param('max_prompts'))
+        if problem is not None:
+            self.get_logger().error(f'parameter prompts: {problem}')
+            return TransitionCallbackReturn.FAILURE
+        for name, allowed in (('input_transport', ('raw', 'compressed')),
+                              ('qos_reliability', ('best_effort', 'reliable'))):
+            if self._param(name) not in allowed:
+                self.get_logger().error(
+                    f"parameter {name} is '{self._param(name)}', expected one of {allowed}")
+                return TransitionCallbackReturn.FAILURE
+        try:
+            engine = self._engine_factory(
+                model=self._param('model'), device=self._param('device'),
+                dtype=self._param('dtype'), resolution=self._param('resolution'),
+                compile_mode=self._param('compile_mode'))
+            initial = engine.text_prompts(prompts)
+        except Exception as error:  # the transition must fail cleanly, whatever the cause
+            self._engine_error = f'model not loaded: {error}'
+            self.get_logger().error(self._engine_error)
+            return TransitionCallbackReturn.FAILURE
+        self._engine = engine
+        self._engine_error = ''
+        with self._prompt_lock:
+            self._prompt_set = PromptSet(tuple(initial), self._prompt_set.version + 1)
+        self.get_logger().info(
+            f"model '{self._param('model')}' on {engine.device} ({engine.dtype}); "
+            f'prompts: {prompts}')
+
+        output_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                history=HistoryPolicy.KEEP_LAST,
+                                durability=DurabilityPolicy.VOLATILE)
+        self._outputs = {
+            'mask': self.create_lifecycle_publisher(Image, 'mask', output_qos),
+            'confidence': self.create_lifecycle_publisher(Image, 'confidence', output_qos),
+            'overlay': self.create_lifecycle_publisher(Image, 'overlay', output_qos),
+            'segmentation': self.create_lifecycle_publisher(Segmentation, 'segmentation',
+                                                            output_qos),
+        }
+        self._prompt_services = [
+            self.create_service(SetTextPrompts, '~/set_text_prompts', self._on_set_text_prompts,
+                                callback_group=self._service_group),
+            self.create_service(SetImagePrompt, '~/set_image_prompt', self._on_set_image_prompt,
+                                callback_group=self._service_group),
+            self.create_service(Segment, '~/segment', self._on_segment,
+                                callback_group=self._service_group),
+        ]
+        input_qos = QoSProfile(
+            depth=1, history=HistoryPolicy.KEEP_LAST,
+            reliability=(ReliabilityPolicy.RELIABLE if self._param('qos_reliability') ==
+                         'reliable' else ReliabilityPolicy.BEST_EFFORT))
+        if self._param('input_transport') == 'compressed':
+            self._subscription = self.create_subscription(
+                CompressedImage, 'image/compressed', self._on_image, input_qos,
+                callback_group=self._input_group)
+        else:
+            self._subscription = self.create_subscription(
+                Image, 'image', self._on_image, input_qos, callback_group=self._input_group)
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = True
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
+        with self._frame_lock:
+            self._pending_frame = None
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release_resources()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
+        self._release_resources()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release_resources(self) -> None:
+        with self._worker_lock:
+            self._release_resources_unlocked()
+
+    def _release_resources_unlocked(self) -> None:
+        if self._subscription is not None:
+            self.destroy_subscription(self._subscription)
+            self._subscription = None
+        for service in self._prompt_services:
+            self.destroy_service(service)
+        self._prompt_services = []
+        for publisher in self._outputs.values():
+            self.destroy_lifecycle_publisher(publisher)
+        self._outputs = {}
+        with self._frame_lock:
+            self._pending_frame = None
+            self._latest_frame = None
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.release()  # waits for an inference in progress (engine lock)
+        self._engine_error = 'not configured'
+
+    def autostart_if_enabled(self) -> bool:
+        """Configure and activate when the `autostart` parameter says so; return success."""
+        if not self._param('autostart'):
+            return True
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            self.get_logger().error('autostart: configure failed; the node stays unconfigured '
+                                    'and can be configured again through its lifecycle services')
+            return False
+        return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
+
+    # ----------------------------------------------------------------- camera path
+    def _warn_throttled(self, key: str, text: str) -> None:
+        now = time.monotonic()
+        if now - self._warn_times.get(key, -math.inf) >= WARNING_THROTTLE_S:
+            self._warn_times[key] = now
+            self.get_logger().warning(text)
+
+    def _validate_frame(self, msg) -> None:
+        max_pixels = self._param('max_image_pixels')
+        if isinstance(msg, CompressedImage):
+            conversions.validate_compressed(msg, max_pixels)
+        else:
+            conversions.validate_image(msg, max_pixels)
+
+    def _frame_to_rgb(self, msg) -> np.ndarray:
+        max_pixels = self._param('max_image_pixels')
+        if isinstance(msg, CompressedImage):
+            return conversions.compressed_to_rgb(msg, max_pixels)
+        return conversions.image_to_rgb(msg, max_pixels)
+
+    def _on_image(self, msg) -> None:
+        now = time.monotonic()
+        counters = self._counters
+        counters.received += 1
+        counters.receive_times.append(now)
+        self._last_frame_time = now
+        try:
+            self._validate_frame(msg)
+        except ImageConversionError as error:
+            counters.rejected += 1
+            self._warn_throttled('frame', f'dropping camera frame: {error}')
+            return
+        with self._frame_lock:
+            if self._pending_frame is not None:
+                counters.dropped += 1
+            self._pending_frame = (msg, now)
+            self._latest_frame = msg
+        if self._active:
+            self._wake_worker.trigger()
+
+    def _take_pending_frame(self):
+        with self._frame_lock:
+            pending, self._pending_frame = self._pending_frame, None
+        return pending
+
+    def _process_pending_frame(self) -> None:
+        with self._worker_lock:
+            self._process_one_frame()
+        # A newer frame may have arrived while this one was processed.
+        with self._frame_lock:
+            more = self._pending_frame is not None
+        if more and self._active:
+            self._wake_worker.trigger()
+
+    def _process_one_frame(self) -> None:
+        if not self._active or self._engine is None:
+            return
+        max_rate = self._param('max_rate_hz')
+        if max_rate > 0.0:
+            wait = self._last_process_start + 1.0 / max_rate - time.monotonic()
+            if wait > 0.0:
+                time.sleep(wait)  # this callback group has no other work to block
+        pending = self._take_pending_frame()
+        if pending is None:
+            return
+        msg, received_at = pending
+        self._last_process_start = time.monotonic()
+        counters = self._counters
+        try:
+            image_rgb = self._frame_to_rgb(msg)
+        except ImageConversionError as error:
+            counters.rejected += 1
+            self._warn_throttled('frame', f'dropping camera frame: {error}')
+            return
+        prompt_set = self._prompt_set
+        engine = self._engine
+        threshold = self._param('threshold')
+        try:
+            result = engine.segment(image_rgb, prompt_set.prompts, threshold=threshold)
+        except Exception as error:  # one bad frame (OOM, driver error) must not stop the node
+            counters.failed += 1
+            counters.last_error = f'{type(error).__name__}: {error}'
+            self._warn_throttled('inference', f'inference failed, frame dropped: '
+                                 f'{counters.last_error}')
+            _free_device_cache(engine)
+            return
+        if not self._active:
+            return
+        self._publish_result(msg.header, image_rgb, result, prompt_set, threshold)
+        done = time.monotonic()
+        counters.processed += 1
+        counters.last_latency_s = done - received_at
+        counters.last_inference_s = result.inference_seconds
+        counters.process_times.append(done)
+
+    def _segmentation_msg(self, header: Header, result: SegmentationResult,
+                          prompt_set: PromptSet, threshold: float):
+        """Return the Segmentation message and the region statistics it was built from."""
+        count = len(prompt_set.prompts)
+        stats = region_stats(result.labels, result.confidence, count)
+        msg = Segmentation(header=header, prompt_version=prompt_set.version,
+                           threshold=float(threshold), labels=prompt_set.labels)
+        msg.max_confidence = [float(v) for v in result.max_confidence]
+        msg.pixel_count = [int(v) for v in stats.pixel_count]
+        msg.mean_confidence = [float(v) for v in stats.mean_confidence]
+        msg.boxes = [RegionOfInterest(x_offset=int(x), y_offset=int(y), width=int(w),
+                                      height=int(h)) for x, y, w, h in stats.boxes]
+        msg.centroids = [Point(x=float(x), y=float(y), z=0.0) for x, y in stats.centroids]
+        msg.inference_time = float(result.inference_seconds)
+        return msg, stats
+
+    def _publish_result(self, header: Header, image_rgb: np.ndarray, result: SegmentationResult,
+                        prompt_set: PromptSet, threshold: float) -> None:
+        publishers = self._outputs
+        if not publishers:
+            return
+        segmentation, stats = self._segmentation_msg(header, result, prompt_set, threshold)
+        publishers['mask'].publish(conversions.array_to_image(result.labels, 'mono8', header))
+        publishers['confidence'].publish(
+            conversions.array_to_image(result.confidence, '32FC1', header))
+        publishers['segmentation'].publish(segmentation)
+        if self._param('publish_overlay'):
+            overlay = render_overlay(image_rgb, result.labels, stats, prompt_set.labels)
+            publishers['overlay'].publish(conversions.array_to_image(overlay, 'rgb8', header))
+
+    # ----------------------------------------------------------------- services
+    def _replace_prompts(self, prompts: Sequence[Prompt], append: bool) -> int:
+        with self._prompt_lock:
+            current = self._prompt_set.prompts if append else ()
+            self._prompt_set = PromptSet(tuple(current) + tuple(prompts),
+                                         self._prompt_set.version + 1)
+            return self._prompt_set.version
+
+    def _on_set_text_prompts(self, request, response):
+        response.prompt_version = self._prompt_set.version
+        prompts = list(request.prompts)
+        problem = validate_text_prompts(prompts, self._param('max_prompts'))
+        if problem is None and self._engine is None:
+            problem = f'the model is not loaded ({self._engine_error})'
+        if problem is None:
+            try:
+                encoded = self._engine.text_prompts(prompts)
+            except (ValueError, RuntimeError) as error:
+                problem = f'cannot encode prompts: {error}'
+        if problem is not None:
+            response.success = False
+            response.message = problem
+            return response
+        response.prompt_version = self._replace_prompts(encoded, append=False)
+        response.success = True
+        response.message = f'{len(encoded)} text prompt(s) in force: {prompts}'
+        return response
+
+    def _on_set_image_prompt(self, request, response):
+        response.prompt_version = self._prompt_set.version
+        try:
+            prompt = self._image_prompt_from_request(request)
+        except (ValueError, RuntimeError) as error:
+            response.success = False
+            response.message = str(error)
+            return response
+        with self._prompt_lock:
+            total = len(self._prompt_set.prompts) + 1 if request.append else 1
+            if total > self._param('max_prompts'):
+                response.success = False
+                response.message = (f'appending would make {total} prompts, more than '
+                                    f"max_prompts ({self._param('max_prompts')})")
+                return response
+        response.prompt_version = self._replace_prompts([prompt], append=request.append)
+        response.success = True
+        response.message = (f"image prompt '{prompt.label}' "
+                            f"{'appended' if request.append else 'in force'}")
+        return response
+
+    def _image_prompt_from_request(self, request) -> Prompt:
+        engine = self._engine
+        if engine is None:
+            raise ValueError(f'the model is not loaded ({self._engine_error})')
+        if len(request.label) > MAX_PROMPT_CHARACTERS:
+            raise ValueError(f'label is longer than {MAX_PROMPT_CHARACTERS} characters')
+        max_pixels = self._param('max_image_pixels')
+        try:
+            support = conversions.image_to_rgb(request.image, max_pixels)
+        except ImageConversionError as error:
+            raise ValueError(f'support image: {error}') from error
+        mask = None
+        if request.mask.width != 0 or request.mask.height != 0 or len(request.mask.data) != 0:
+            try:
+                mask = conversions.mask_from_image(request.mask, max_pixels)
+            except ImageConversionError as error:
+                raise ValueError(f'mask: {error}') from error
+            if mask.shape != support.shape[:2]:
+                raise ValueError(f'mask is {mask.shape[1]}x{mask.shape[0]} but the support '
+                                 f'image is {support.shape[1]}x{support.shape[0]}')
+            if not mask.any():
+                raise ValueError('mask selects no pixel: mark the object with nonzero values')
+        label = request.label.strip() or f'image_prompt_{self._prompt_set.version + 1}'
+        text_weight = self._param('image_prompt_text_weight')
+        text = label if text_weight > 0.0 and request.label.strip() else None
+        return engine.image_prompt(support, mask, label=label, text=text,
+                                   text_weight=text_weight if text else 0.0)
+
+    def _on_segment(self, request, response):
+        response.success = False
+        engine = self._engine
+        if engine is None:
+            response.message = f'the model is not loaded ({self._engine_error})'
+            return response
+        prompt_set = self._prompt_set
+        if len(request.prompts) > 0:  # one-off prompts for this call; the set in force stays
+            problem = validate_text_prompts(list(request.prompts), self._param('max_prompts'))
+            if problem is not None:
+                response.message = problem
+                return response
+            try:
+                prompts = engine.text_prompts(list(request.prompts))
+            except (ValueError, RuntimeError) as error:
+                response.message = f'cannot encode prompts: {error}'
+                return response
+            prompt_set = PromptSet(tuple(prompts), prompt_set.version)
+        if not prompt_set.prompts:
+            response.message = 'no prompts in force'
+            return response
+        max_pixels = self._param('max_image_pixels')
+        try:
+            if request.image.width == 0 and request.image.height == 0 and \
+                    len(request.image.data) == 0:
+                latest = self._latest_frame
+                if latest is None:
+                    response.message = 'no image given and no camera frame received yet'
+                    return response
+                header = latest.header
+                image_rgb = self._frame_to_rgb(latest)
+            else:
+                header = request.image.header
+                image_rgb = conversions.image_to_rgb(request.image, max_pixels)
+        except ImageConversionError as error:
+            response.message = f'image: {error}'
+            return response
+        threshold = self._param('threshold')
+        try:
+            result = engine.segment(image_rgb, prompt_set.prompts, threshold=threshold)
+        except Exception as error:  # answer with the reason instead of failing the call
+            _free_device_cache(engine)
+            response.message = f'inference failed: {type(error).__name__}: {error}'
+            return response
+        response.segmentation, _ = self._segmentation_msg(header, result, prompt_set, threshold)
+        response.mask = conversions.array_to_image(result.labels, 'mono8', header)
+        response.confidence = conversions.array_to_image(result.confidence, '32FC1', header)
+        response.success = True
+        response.message = f'segmented {image_rgb.shape[1]}x{image_rgb.shape[0]} with ' \
+                           f'{len(prompt_set.prompts)} prompt(s)'
+        return response
+
+    # ----------------------------------------------------------------- diagnostics
+    @property
+    def counters(self) -> FrameCounters:
+        return self._counters
+
+    @property
+    def prompt_set(self) -> PromptSet:
+        return self._prompt_set
+
+    @staticmethod
+    def _rate(times, now: float) -> float:
+        recent = [t for t in times if now - t <= 5.0]
+        if len(recent) < 2:
+            return 0.0
+        return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6)
+
+    def diagnostic_status(self) -> DiagnosticStatus:
+        """Build the node's DiagnosticStatus (level, message and key/values)."""
+        now = time.monotonic()
+        counters = self._counters
+        engine = self._engine
+        status = DiagnosticStatus(name=f'{self.get_fully_qualified_name()}: segmentation',
+                                  hardware_id=str(engine.device) if engine else '')
+        if engine is None:
+            status.level = DiagnosticStatus.ERROR
+            status.message = self._engine_error or 'model not loaded'
+        elif not self._active:
+            status.level = DiagnosticStatus.OK
+            status.message = 'inactive'
+        elif self._last_frame_time is None or \
+                now - self._last_frame_time > self._param('stale_image_timeout'):
+            status.level = DiagnosticStatus.WARN
+            status.message = 'no camera frame received recently'
+        elif counters.failed and counters.last_error:
+            status.level = DiagnosticStatus.OK
+            status.message = f'running; last inference error: {counters.last_error}'
+        else:
+            status.level = DiagnosticStatus.OK
+            status.message = 'running'
+        age = 'never' if self._last_frame_time is None else \
+            f'{now - self._last_frame_time:.3f}'
+        values = {
+            'input_rate_hz': f'{self._rate(counters.receive_times, now):.2f}',
+            'processing_rate_hz': f'{self._rate(counters.process_times, now):.2f}',
+            'frames_received': str(counters.received),
+            'frames_processed': str(counters.processed),
+            'frames_dropped': str(counters.dropped),
+            'frames_rejected': str(counters.rejected),
+            'frames_failed': str(counters.failed),
+            'last_latency_ms': f'{counters.last_latency_s * 1e3:.1f}',
+            'last_inference_ms': f'{counters.last_inference_s * 1e3:.1f}',
+            'seconds_since_last_frame': age,
+            'device': str(engine.device) if engine else 'none',
+            'device_memory_bytes': str(engine.memory_in_use() if engine else 0),
+            'prompt_count': str(len(self._prompt_set.prompts)),
+            'prompt_version': str(self._prompt_set.version),
+            'model': self._param('model'),
+        }
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        return status
+
+    def _publish_diagnostics(self) -> None:
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status = [self.diagnostic_status()]
+        self._diagnostics_pub.publish(array)
+
+
+def _free_device_cache(engine) -> None:
+    try:
+        import torch
+        if torch.cuda.is_available() and str(getattr(engine, 'device', 'cpu')).startswith('cuda'):
+            torch.cuda.empty_cache()
+    except Exception:  # freeing a cache must never raise into the caller
+        pass
+
+
+def main(args=None) -> None:
+    """Run the clipseg node until shut down."""
+    rclpy.init(args=args)
+    node = ClipSegNode()
+    # Image input, worker, services, diagnostics and lifecycle each need a thread.
+    executor = MultiThreadedExecutor(num_threads=5)
+    executor.add_node(node)
+    try:
+        node.autostart_if_enabled()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,149 @@
+"""A test-side ROS node that feeds camera frames to clipseg and collects what it publishes."""
+
+import array
+import threading
+import time
+from collections import defaultdict
+from typing import Dict, List, Optional
+
+import numpy as np
+import rclpy
+from clipseg_ros_interfaces.msg import Segmentation
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+
+OUTPUT_TOPICS = {'mask': Image, 'confidence': Image, 'overlay': Image,
+                 'segmentation': Segmentation}
+
+
+def stamp_key(header) -> tuple:
+    return (header.stamp.sec, header.stamp.nanosec)
+
+
+def rgb_frame(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A smooth synthetic scene (gradients and a bright square), deterministic per seed."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:height, 0:width]
+    frame = np.stack([cols * 255 // max(width - 1, 1), rows * 255 // max(height - 1, 1),
+                      np.full((height, width), rng.integers(0, 256))], axis=2).astype(np.uint8)
+    frame[height // 4:height // 2, width // 4:width // 2] = (250, 30, 30)
+    return frame
+
+
+def encode_frame(rgb: np.ndarray, encoding: str) -> Image:
+    """Pack an RGB array as a sensor_msgs/Image in the requested encoding."""
+    if encoding == 'rgb8':
+        pixels = rgb
+    elif encoding == 'bgr8':
+        pixels = rgb[:, :, ::-1]
+    elif encoding == 'rgba8':
+        pixels = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    elif encoding == 'bgra8':
+        pixels = np.dstack([rgb[:, :, ::-1], np.full(rgb.shape[:2], 255, np.uint8)])
+    elif encoding == 'mono8':
+        pixels = rgb[:, :, 0]
+    else:
+        raise ValueError(encoding)
+    pixels = np.ascontiguousarray(pixels)
+    msg = Image(height=pixels.shape[0], width=pixels.shape[1], encoding=encoding,
+                step=pixels.strides[0])
+    msg.data = array.array('B', pixels.tobytes())  # one copy; a bytes object is checked per item
+    return msg
+
+
+class CameraAndCollector:
+    """Publishes frames on a camera topic and records the clipseg outputs by input stamp."""
+
+    def __init__(self, context, namespace: str = '', image_topic: str = 'image',
+                 compressed: bool = False):
+        self.node = rclpy.create_node('camera_and_collector', context=context,
+                                      namespace=namespace)
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        topic = image_topic + ('/compressed' if compressed else '')
+        self.publisher = self.node.create_publisher(
+            CompressedImage if compressed else Image, topic, qos)
+        self.received: Dict[str, Dict[tuple, object]] = defaultdict(dict)
+        self.arrival: Dict[str, Dict[tuple, float]] = defaultdict(dict)
+        self.diagnostics: List[DiagnosticArray] = []
+        self.sent: Dict[tuple, float] = {}
+        self._condition = threading.Condition()
+        for name, msg_type in OUTPUT_TOPICS.items():
+            self.node.create_subscription(msg_type, name, self._collector(name), qos)
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, qos)
+        self._sequence = 0
+
+    def _collector(self, name: str):
+        def collect(msg):
+            with self._condition:
+                key = stamp_key(msg.header)
+                self.received[name][key] = msg
+                self.arrival[name][key] = time.monotonic()
+                self._condition.notify_all()
+        return collect
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        with self._condition:
+            self.diagnostics.append(msg)
+            self._condition.notify_all()
+
+    def wait_for(self, predicate, timeout: float = 20.0) -> bool:
+        """Wait until predicate() holds (checked whenever something arrives)."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while not predicate():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._condition.wait(min(remaining, 0.1))
+        return True
+
+    def wait_for_subscriber(self, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.publisher.get_subscription_count() == 0:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def next_stamp(self):
+        self._sequence += 1
+        return (1000 + self._sequence, 1000 * self._sequence)
+
+    def publish(self, msg, frame_id: str = 'camera_optical') -> tuple:
+        """Stamp msg with a unique stamp and publish it; return the stamp key."""
+        sec, nanosec = self.next_stamp()
+        msg.header.stamp.sec, msg.header.stamp.nanosec = sec, nanosec
+        msg.header.frame_id = frame_id
+        self.sent[(sec, nanosec)] = time.monotonic()
+        self.publisher.publish(msg)
+        return (sec, nanosec)
+
+    def outputs_for(self, key: tuple, names=('mask', 'confidence', 'overlay', 'segmentation')):
+        return {name: self.received[name].get(key) for name in names}
+
+    def wait_outputs(self, key: tuple, names=('mask', 'confidence', 'overlay', 'segmentation'),
+                     timeout: float = 30.0) -> Optional[dict]:
+        ok = self.wait_for(lambda: all(key in self.received[n] for n in names), timeout)
+        return self.outputs_for(key, names) if ok else None
+
+
+def call_service(node, client, request, timeout: float = 30.0):
+    """Call a service from a node spun elsewhere; return the response or raise TimeoutError."""
+    if not client.wait_for_service(timeout_sec=timeout):
+        raise TimeoutError(f'service {client.srv_name} not available')
+    done = threading.Event()
+    future = client.call_async(request)
+    future.add_done_callback(lambda _: done.set())
+    if not done.wait(timeout):
+        raise TimeoutError(f'service {client.srv_name} did not answer')
+    return future.result()
+
+
+def tiny_model_overrides(model_dir, **extra) -> List[Parameter]:
+    """Parameter overrides that run the node on the tiny test model."""
+    values = {'model': str(model_dir), 'device': 'cpu', 'prompts': ['a red square', 'sky'],
+              'resolution': 64, 'diagnostics_period': 0.2}
+    values.update(extra)
+    return [Parameter(name, value=value) for name, value in values.items()]

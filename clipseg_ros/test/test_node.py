@@ -1,0 +1,385 @@
+"""The clipseg node in process: real rclpy over loopback DDS, the tiny CLIPSeg model."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from clipseg_ros_interfaces.srv import Segment, SetImagePrompt, SetTextPrompts
+from diagnostic_msgs.msg import DiagnosticStatus
+from rcl_interfaces.srv import SetParameters
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CompressedImage, Image
+
+from clipseg_ros.conversions import image_to_array
+from clipseg_ros.node import ClipSegNode
+from node_harness import (CameraAndCollector, call_service, encode_frame, rgb_frame,
+                          tiny_model_overrides)
+
+
+class RunningNode:
+    """A clipseg node, a camera/collector node and a spinning executor, torn down together."""
+
+    def __init__(self, context, model_dir, autostart=True, **overrides):
+        self.node = ClipSegNode(context=context,
+                                parameter_overrides=tiny_model_overrides(model_dir, **overrides))
+        self.camera = CameraAndCollector(context)
+        self.client_node = self.camera.node
+        self.executor = MultiThreadedExecutor(num_threads=5, context=context)
+        self.executor.add_node(self.node)
+        self.executor.add_node(self.camera.node)
+        if autostart:
+            assert self.node.autostart_if_enabled()
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+        self.clients = {
+            'text': self.client_node.create_client(SetTextPrompts, '/clipseg/set_text_prompts'),
+            'image': self.client_node.create_client(SetImagePrompt, '/clipseg/set_image_prompt'),
+            'segment': self.client_node.create_client(Segment, '/clipseg/segment'),
+            'params': self.client_node.create_client(SetParameters, '/clipseg/set_parameters'),
+        }
+
+    def call(self, which, request):
+        return call_service(self.client_node, self.clients[which], request)
+
+    def set_parameter(self, name, value):
+        request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+        return self.call('params', request).results[0]
+
+    def send_and_wait(self, msg, **kwargs):
+        assert self.camera.wait_for_subscriber()
+        key = self.camera.publish(msg)
+        outputs = self.camera.wait_outputs(key, **kwargs)
+        assert outputs is not None, 'no output for the frame'
+        return outputs
+
+    def close(self):
+        self.executor.shutdown()
+        self.thread.join(timeout=10.0)
+        self.node.destroy_node()
+        self.camera.node.destroy_node()
+
+
+@pytest.fixture
+def running(ros_context, tiny_model_dir):
+    harness = RunningNode(ros_context, tiny_model_dir)
+    yield harness
+    harness.close()
+
+
+def text_request(*prompts):
+    return SetTextPrompts.Request(prompts=list(prompts))
+
+
+@pytest.mark.parametrize('width, height, encoding', [
+    (640, 480, 'rgb8'), (320, 240, 'bgr8'), (101, 37, 'mono8'), (64, 200, 'rgba8'),
+    (33, 17, 'bgra8'),
+])
+def test_outputs_match_input_header_size_and_encodings(running, width, height, encoding):
+    frame = encode_frame(rgb_frame(width, height), encoding)
+    outputs = running.send_and_wait(frame)
+    mask, confidence, overlay = outputs['mask'], outputs['confidence'], outputs['overlay']
+    segmentation = outputs['segmentation']
+    for image in (mask, confidence, overlay):
+        assert (image.width, image.height) == (width, height)
+        assert image.header.frame_id == 'camera_optical'
+        assert image.header.stamp == frame.header.stamp
+    assert (mask.encoding, confidence.encoding, overlay.encoding) == ('mono8', '32FC1', 'rgb8')
+    assert segmentation.header == frame.header
+    labels = image_to_array(mask)
+    probabilities = image_to_array(confidence)
+    assert labels.max() <= 2
+    assert 0.0 <= probabilities.min() and probabilities.max() <= 1.0
+    assert segmentation.labels == ['a red square', 'sky']
+    assert segmentation.prompt_version == running.node.prompt_set.version
+    counts = [int((labels == k).sum()) for k in (1, 2)]
+    assert list(segmentation.pixel_count) == counts
+    assert len(segmentation.boxes) == len(segmentation.centroids) == 2
+    for k, box in enumerate(segmentation.boxes, start=1):
+        if counts[k - 1]:
+            ys, xs = np.nonzero(labels == k)
+            assert (box.x_offset, box.y_offset) == (xs.min(), ys.min())
+            assert (box.width, box.height) == (xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+            assert segmentation.centroids[k - 1].x == pytest.approx(xs.mean())
+            assert segmentation.centroids[k - 1].z == 0.0
+
+
+def test_background_where_below_threshold_and_live_threshold(running):
+    frame = encode_frame(rgb_frame(80, 60), 'rgb8')
+    assert running.set_parameter('threshold', 0.0).successful
+    everything = image_to_array(running.send_and_wait(frame)['mask'])
+    assert (everything > 0).all(), 'threshold 0 labels every pixel'
+    assert running.set_parameter('threshold', 1.0).successful
+    outputs = running.send_and_wait(frame)
+    confidence = image_to_array(outputs['confidence'])
+    labels = image_to_array(outputs['mask'])
+    np.testing.assert_array_equal(labels > 0, confidence >= 1.0)
+    assert outputs['segmentation'].threshold == pytest.approx(1.0)
+    rejected = running.set_parameter('threshold', 1.5)
+    assert not rejected.successful and rejected.reason
+    assert running.node.get_parameter('threshold').value == 1.0
+    for bad_resolution in (100, 8):
+        assert not running.set_parameter('resolution', bad_resolution).successful
+    assert running.node.get_parameter('resolution').value == 64
+    assert running.set_parameter('resolution', 96).successful
+    assert running.send_and_wait(frame)['mask'].width == 80
+    assert not running.set_parameter('model', 'other').successful, 'model is read-only'
+
+
+def test_prompt_changes_while_frames_flow_show_in_prompt_version(running):
+    frame = encode_frame(rgb_frame(64, 48), 'rgb8')
+    first = running.send_and_wait(frame)['segmentation']
+    response = running.call('text', text_request('mug', 'table', 'hand'))
+    assert response.success, response.message
+    assert response.prompt_version == first.prompt_version + 1
+    second = running.send_and_wait(frame)['segmentation']
+    assert second.prompt_version == response.prompt_version
+    assert second.labels == ['mug', 'table', 'hand']
+    assert len(second.max_confidence) == 3
+
+
+def make_mask(width, height, box=None):
+    mask = np.zeros((height, width), np.uint8)
+    if box is not None:
+        x0, y0, x1, y1 = box
+        mask[y0:y1, x0:x1] = 255
+    return encode_frame(np.dstack([mask] * 3), 'mono8')
+
+
+def test_image_prompt_replace_and_append(running):
+    support = encode_frame(rgb_frame(90, 70, seed=3), 'bgr8')
+    request = SetImagePrompt.Request(label='red square', image=support,
+                                     mask=make_mask(90, 70, (20, 15, 45, 35)), append=False)
+    response = running.call('image', request)
+    assert response.success, response.message
+    assert running.node.prompt_set.labels == ['red square']
+    request = SetImagePrompt.Request(label='', image=support, append=True)  # no mask: whole image
+    response = running.call('image', request)
+    assert response.success, response.message
+    labels = running.node.prompt_set.labels
+    assert labels[0] == 'red square' and labels[1].startswith('image_prompt_')
+    segmentation = running.send_and_wait(encode_frame(rgb_frame(50, 40), 'rgb8'))['segmentation']
+    assert segmentation.labels == labels
+    assert segmentation.prompt_version == response.prompt_version
+
+
+def invalid_requests(max_prompts):
+    support = encode_frame(rgb_frame(40, 30), 'rgb8')
+    truncated = encode_frame(rgb_frame(40, 30), 'rgb8')
+    truncated.data = truncated.data[:-7]
+    yuv = encode_frame(rgb_frame(40, 30), 'rgb8')
+    yuv.encoding = 'yuv422_yuy2_nonexistent'
+    return [
+        ('text', text_request(), 'no prompts'),
+        ('text', text_request('mug', '   '), 'empty'),
+        ('text', text_request(*[f'p{i}' for i in range(max_prompts + 1)]), 'max_prompts'),
+        ('text', text_request('x' * 5000), 'longer'),
+        ('image', SetImagePrompt.Request(image=yuv), 'encoding'),
+        ('image', SetImagePrompt.Request(image=truncated), 'expected step'),
+        ('image', SetImagePrompt.Request(image=Image()), 'empty'),
+        ('image', SetImagePrompt.Request(image=support, mask=make_mask(40, 30)), 'selects no'),
+        ('image', SetImagePrompt.Request(image=support, mask=make_mask(41, 30, (0, 0, 5, 5))),
+         'mask is 41x30'),
+        ('image', SetImagePrompt.Request(image=support, mask=support), 'mono8'),
+    ]
+
+
+def test_invalid_requests_are_refused_and_change_nothing(running):
+    before = running.node.prompt_set
+    max_prompts = running.node.get_parameter('max_prompts').value
+    for which, request, reason in invalid_requests(max_prompts):
+        response = running.call(which, request)
+        assert not response.success, reason
+        assert reason in response.message, (reason, response.message)
+        assert response.prompt_version == before.version
+        assert running.node.prompt_set is before
+    for request, reason in [
+        (Segment.Request(prompts=['']), 'empty'),
+        (Segment.Request(image=encode_frame(rgb_frame(4, 4), 'rgb8'), prompts=['']), 'empty'),
+    ]:
+        response = running.call('segment', request)
+        assert not response.success and reason in response.message
+    # max_prompts may not drop below the prompts in force
+    assert not running.set_parameter('max_prompts', 1).successful
+
+
+def test_segment_service_on_given_image_and_latest_frame(running):
+    response = running.call('segment', Segment.Request())
+    assert not response.success and 'no camera frame' in response.message
+
+    given = encode_frame(rgb_frame(72, 40), 'rgb8')
+    given.header.frame_id = 'support_camera'
+    response = running.call('segment', Segment.Request(image=given, prompts=['wall']))
+    assert response.success, response.message
+    assert (response.mask.width, response.mask.height) == (72, 40)
+    assert response.confidence.encoding == '32FC1'
+    assert response.segmentation.labels == ['wall']
+    assert response.segmentation.header.frame_id == 'support_camera'
+    assert running.node.prompt_set.labels == ['a red square', 'sky'], 'one-off prompts only'
+
+    frame = encode_frame(rgb_frame(30, 20), 'bgr8')
+    running.send_and_wait(frame)
+    response = running.call('segment', Segment.Request())
+    assert response.success, response.message
+    assert response.mask.header.stamp == frame.header.stamp
+    assert response.segmentation.labels == ['a red square', 'sky']
+    labels = image_to_array(response.mask)
+    assert list(response.segmentation.pixel_count) == [int((labels == k).sum()) for k in (1, 2)]
+
+
+def test_malformed_frames_are_dropped_and_the_next_good_one_is_processed(running):
+    assert running.camera.wait_for_subscriber()
+    bad_frames = []
+    frame = encode_frame(rgb_frame(20, 10), 'rgb8')
+    frame.data = frame.data[:5]
+    bad_frames.append(frame)
+    frame = encode_frame(rgb_frame(20, 10), 'rgb8')
+    frame.encoding = '16UC1_unknown'
+    bad_frames.append(frame)
+    bad_frames.append(Image(width=0, height=0, encoding='rgb8'))
+    frame = Image(width=50000, height=50000, encoding='rgb8', step=150000)
+    frame.data = b'\0' * 10
+    bad_frames.append(frame)
+    # One at a time: the camera subscription keeps only the newest frame (depth 1).
+    for count, bad in enumerate(bad_frames, start=1):
+        running.camera.publish(bad)
+        assert running.camera.wait_for(lambda: running.node.counters.rejected == count, 5)
+    good = encode_frame(rgb_frame(20, 10), 'rgb8')
+    outputs = running.send_and_wait(good)
+    assert outputs['mask'].width == 20
+    assert running.node.counters.processed == 1
+
+
+def test_slow_model_drops_frames_instead_of_queueing(running):
+    engine = running.node._engine
+    real_segment = engine.segment
+
+    def slow_segment(*args, **kwargs):
+        time.sleep(0.3)
+        return real_segment(*args, **kwargs)
+
+    engine.segment = slow_segment
+    assert running.camera.wait_for_subscriber()
+    frame = encode_frame(rgb_frame(64, 48), 'rgb8')
+    keys = []
+    for _ in range(30):  # 30 Hz for one second against a ~3 Hz model
+        keys.append(running.camera.publish(frame))
+        time.sleep(1 / 30)
+    last = running.camera.wait_outputs(keys[-1], names=('mask',), timeout=10.0)
+    assert last is not None, 'the newest frame is always processed'
+    counters = running.node.counters
+    assert counters.dropped > 0
+    assert counters.processed < 15
+    # The newest frame waits for at most the inference in progress plus its own, never for
+    # a queue of older frames (which would take 30 x 0.3 s).
+    latency = running.camera.arrival['mask'][keys[-1]] - running.camera.sent[keys[-1]]
+    assert latency < 1.5
+    assert counters.last_latency_s < 1.5
+
+
+def test_inference_fault_drops_one_frame_and_the_node_goes_on(running):
+    engine = running.node._engine
+    real_segment = engine.segment
+    calls = []
+
+    def failing_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError('CUDA out of memory (injected)')
+        return real_segment(*args, **kwargs)
+
+    engine.segment = failing_once
+    assert running.camera.wait_for_subscriber()
+    first = running.camera.publish(encode_frame(rgb_frame(32, 24), 'rgb8'))
+    assert running.camera.wait_for(lambda: running.node.counters.failed == 1, 10)
+    assert first not in running.camera.received['mask']
+    outputs = running.send_and_wait(encode_frame(rgb_frame(32, 24), 'rgb8'))
+    assert outputs['mask'].width == 32
+    assert 'injected' in running.node.counters.last_error
+    engine.segment = lambda *a, **k: (_ for _ in ()).throw(RuntimeError('boom'))
+    response = running.call('segment', Segment.Request(image=encode_frame(rgb_frame(8, 8),
+                                                                          'rgb8')))
+    assert not response.success and 'boom' in response.message
+
+
+def diagnostic_values(status):
+    return {kv.key: kv.value for kv in status.values}
+
+
+def test_diagnostics_report_rates_counts_and_stale_camera(running):
+    assert running.set_parameter('stale_image_timeout', 60.0).successful
+    frame = encode_frame(rgb_frame(32, 24), 'rgb8')
+    for _ in range(3):
+        running.send_and_wait(frame)
+    status = running.node.diagnostic_status()
+    values = diagnostic_values(status)
+    assert status.level == DiagnosticStatus.OK, status.message
+    assert int(values['frames_processed']) >= 3
+    assert float(values['processing_rate_hz']) > 0.0
+    assert float(values['input_rate_hz']) > 0.0
+    assert values['device'] == 'cpu'
+    assert values['prompt_count'] == '2'
+    assert float(values['last_inference_ms']) > 0.0
+    assert running.set_parameter('stale_image_timeout', 0.2).successful
+    time.sleep(0.4)
+    stale = running.node.diagnostic_status()
+    assert stale.level == DiagnosticStatus.WARN and 'no camera frame' in stale.message
+    # and it reaches /diagnostics
+    assert running.camera.wait_for(lambda: any(
+        s.name.startswith('/clipseg') for a in running.camera.diagnostics for s in a.status), 5)
+
+
+def test_unloadable_model_fails_configure_and_can_be_configured_again(ros_context, tmp_path,
+                                                                      tiny_model_dir):
+    import shutil
+    missing = tmp_path / 'model'
+    node = ClipSegNode(context=ros_context,
+                       parameter_overrides=tiny_model_overrides(missing, autostart=False))
+    try:
+        assert node.autostart_if_enabled()  # autostart off: nothing to do
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        status = node.diagnostic_status()
+        assert status.level == DiagnosticStatus.ERROR
+        assert str(missing) in status.message
+        shutil.copytree(tiny_model_dir, missing)  # the cause is fixed
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert node.diagnostic_status().level != DiagnosticStatus.ERROR
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        assert node.diagnostic_status().level == DiagnosticStatus.ERROR
+    finally:
+        node.destroy_node()
+
+
+def test_compressed_transport(ros_context, tiny_model_dir):
+    import cv2
+    node = ClipSegNode(context=ros_context, parameter_overrides=tiny_model_overrides(
+        tiny_model_dir, input_transport='compressed'))
+    camera = CameraAndCollector(ros_context, compressed=True)
+    executor = MultiThreadedExecutor(num_threads=4, context=ros_context)
+    executor.add_node(node)
+    executor.add_node(camera.node)
+    assert node.autostart_if_enabled()
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    try:
+        assert camera.wait_for_subscriber()
+        ok, jpeg = cv2.imencode('.jpg', rgb_frame(48, 36)[:, :, ::-1])
+        msg = CompressedImage(format='jpeg')
+        msg.data = jpeg.tobytes()
+        outputs = camera.wait_outputs(camera.publish(msg))
+        assert outputs is not None
+        assert (outputs['mask'].width, outputs['mask'].height) == (48, 36)
+        garbage = CompressedImage(format='jpeg')
+        garbage.data = b'\xff\xd8not really a jpeg'
+        camera.publish(garbage)
+        assert camera.wait_for(lambda: node.counters.rejected == 1, 5)
+    finally:
+        executor.shutdown()
+        thread.join(timeout=10)
+        node.destroy_node()
+        camera.node.destroy_node()
