@@ -265,19 +265,19 @@ def test_slow_model_drops_frames_instead_of_queueing(running):
     assert running.camera.wait_for_subscriber()
     frame = encode_frame(rgb_frame(64, 48), 'rgb8')
     keys = []
-    for _ in range(30):  # 30 Hz for one second against a ~3 Hz model
+    for _ in range(30):  # 30 Hz for one second against a model slower than 3 Hz
         keys.append(running.camera.publish(frame))
         time.sleep(1 / 30)
-    last = running.camera.wait_outputs(keys[-1], names=('mask',), timeout=10.0)
+    processed_when_camera_stopped = running.node.counters.processed
+    last = running.camera.wait_outputs(keys[-1], names=('mask',), timeout=30.0)
     assert last is not None, 'the newest frame is always processed'
     counters = running.node.counters
+    # No queue: once the camera stops, at most the frame in progress and the newest one are
+    # processed; a queue would work through every frame it had kept.
+    assert counters.processed - processed_when_camera_stopped <= 2
     assert counters.dropped > 0
+    assert counters.processed + counters.dropped <= counters.received
     assert counters.processed < 15
-    # The newest frame waits for at most the inference in progress plus its own, never for
-    # a queue of older frames (which would take 30 x 0.3 s).
-    latency = running.camera.arrival['mask'][keys[-1]] - running.camera.sent[keys[-1]]
-    assert latency < 1.5
-    assert counters.last_latency_s < 1.5
 
 
 def test_inference_fault_drops_one_frame_and_the_node_goes_on(running):
