@@ -1,0 +1,195 @@
+"""
+Write a tiny, randomly initialised CLIPSeg model that needs no download.
+
+The folder it writes has the same layout as a ``save_pretrained`` copy of
+``CIDAS/clipseg-rd64-refined`` (``config.json``, ``model.safetensors``, a CLIP tokenizer and
+``preprocessor_config.json``), so tests and demos exercise the real loading path offline.
+Its architecture is the real one (patch size 16, 224-pixel position grid that gets
+interpolated at 352, complex transposed convolution); only the widths and depths are small.
+
+Command line: ``python -m clipseg_ros.tiny_model OUT_DIR [--seed N]``.
+"""
+
+import argparse
+import json
+from pathlib import Path
+import sys
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPTokenizer
+
+BOS_TOKEN = '<|startoftext|>'
+EOS_TOKEN = '<|endoftext|>'
+WORD_END = '</w>'
+
+# ImageNet statistics and 352x352 input, as in the real checkpoint's preprocessor_config.json.
+PREPROCESSOR_CONFIG = {
+    'do_normalize': True,
+    'do_rescale': True,
+    'do_resize': True,
+    'image_mean': [0.485, 0.456, 0.406],
+    'image_processor_type': 'ViTImageProcessor',
+    'image_std': [0.229, 0.224, 0.225],
+    'processor_class': 'CLIPSegProcessor',
+    'resample': 2,
+    'rescale_factor': 1.0 / 255.0,
+    'size': {'height': 352, 'width': 352},
+}
+
+# Whole-word tokens for a few words, so the merge machinery of the BPE model is exercised too.
+_MERGED_WORDS = ('a', 'the', 'cat', 'dog', 'person', 'car', 'cup', 'chair', 'photo', 'of')
+
+
+def _byte_alphabet() -> list[str]:
+    """
+    Return the 256 printable characters that CLIP's byte-level BPE uses for the bytes 0..255.
+
+    Printable Latin-1 bytes stand for themselves; the others are moved to code points from
+    256 upwards, in byte order, so that every byte has a visible, non-space symbol.
+    """
+    # '!'..'~', then the Latin-1 ranges 0xA1..0xAC and 0xAE..0xFF (soft hyphen excluded).
+    printable = set(range(0x21, 0x7F)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
+    symbols = {}
+    shifted = 0
+    for byte in range(256):
+        if byte in printable:
+            symbols[byte] = chr(byte)
+        else:
+            symbols[byte] = chr(256 + shifted)
+            shifted += 1
+    return [symbols[byte] for byte in range(256)]
+
+
+def build_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """
+    Build a small CLIP-style BPE vocabulary and merge list.
+
+    Every byte appears both as a word-inner symbol and with the ``</w>`` word-end suffix, so any
+    text tokenizes without unknown tokens; a few merges build whole-word tokens for common words.
+    The special tokens come last, so the end-of-text token has the highest id, as in CLIP.
+    """
+    alphabet = _byte_alphabet()
+    tokens = list(alphabet) + [symbol + WORD_END for symbol in alphabet]
+    merges: list[tuple[str, str]] = []
+    known = set(tokens)
+    for word in _MERGED_WORDS:
+        pieces = list(word[:-1]) + [word[-1] + WORD_END]
+        current = pieces[0]
+        for piece in pieces[1:]:
+            merge = (current, piece)
+            current = current + piece
+            if merge not in merges:
+                merges.append(merge)
+            if current not in known:
+                known.add(current)
+                tokens.append(current)
+    tokens += [BOS_TOKEN, EOS_TOKEN]
+    return {token: index for index, token in enumerate(tokens)}, merges
+
+
+def build_tokenizer() -> CLIPTokenizer:
+    """Return a CLIP tokenizer over the small vocabulary of :func:`build_vocab`."""
+    vocab, merges = build_vocab()
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def tiny_config(tokenizer: CLIPTokenizer) -> CLIPSegConfig:
+    """Return a small CLIPSeg configuration of the real architecture family."""
+    text_config = {
+        'vocab_size': len(tokenizer),
+        'hidden_size': 32,
+        'intermediate_size': 64,
+        'num_hidden_layers': 2,
+        'num_attention_heads': 2,
+        'max_position_embeddings': 77,
+        'bos_token_id': tokenizer.bos_token_id,
+        'eos_token_id': tokenizer.eos_token_id,
+        'pad_token_id': tokenizer.pad_token_id,
+    }
+    vision_config = {
+        'hidden_size': 48,
+        'intermediate_size': 96,
+        # One layer more than the decoder reads, so tests see that the engine skips it.
+        'num_hidden_layers': 5,
+        'num_attention_heads': 2,
+        'patch_size': 16,
+        'image_size': 224,
+    }
+    return CLIPSegConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        projection_dim=32,
+        extract_layers=(1, 2, 3),
+        reduce_dim=16,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=32,
+        use_complex_transposed_convolution=True,
+    )
+
+
+def _spread_decoder_outputs(model: CLIPSegForImageSegmentation) -> None:
+    """
+    Re-initialise the decoder so that random logits have a standard deviation of about 1.
+
+    With transformers' unit-variance initialisation the logits reach several hundred, which
+    saturates every probability at exactly 0 or 1; tests of thresholds need values spread over
+    (0, 1) as a trained model gives. PyTorch's fan-in initialisation makes them tiny instead,
+    hence the gain on the last layer.
+    """
+    for module in model.decoder.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            module.reset_parameters()
+    with torch.no_grad():
+        model.decoder.transposed_convolution[-1].weight.mul_(32.0)
+
+
+def full_size_config() -> CLIPSegConfig:
+    """Return the configuration of ``CIDAS/clipseg-rd64-refined`` (150.7M parameters)."""
+    return CLIPSegConfig(vision_config={'patch_size': 16}, use_complex_transposed_convolution=True)
+
+
+def write_tiny_model(out_dir: 'str | Path', seed: int = 0) -> Path:
+    """
+    Write a tiny random CLIPSeg model, its tokenizer and preprocessor config to ``out_dir``.
+
+    The weights depend only on ``seed``; the global torch random state is left untouched.
+    Returns the folder, ready for ``ClipSegEngine(model=str(folder))`` and for
+    ``CLIPSegForImageSegmentation.from_pretrained(folder)``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    config = tiny_config(tokenizer)
+    # fork_rng keeps callers' random streams reproducible while the init is seeded.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPSegForImageSegmentation(config)
+        _spread_decoder_outputs(model)
+    model.eval()
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    # Written as JSON because the image processor classes of transformers 5 need torchvision
+    # or PIL just to be instantiated; the file is what the processor would have written.
+    with open(out / 'preprocessor_config.json', 'w', encoding='utf-8') as stream:
+        json.dump(PREPROCESSOR_CONFIG, stream, indent=2)
+        stream.write('\n')
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry point: write the tiny model into the given folder."""
+    parser = argparse.ArgumentParser(
+        description='Write a tiny random CLIPSeg model (offline stand-in for '
+                    'CIDAS/clipseg-rd64-refined).')
+    parser.add_argument('out_dir', help='folder to write (created if missing)')
+    parser.add_argument('--seed', type=int, default=0, help='random seed for the weights')
+    args = parser.parse_args(argv)
+    folder = write_tiny_model(args.out_dir, seed=args.seed)
+    print(f'wrote tiny CLIPSeg model to {folder}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,646 @@
+"""
+Tests of the CLIPSeg engine on a tiny random model loaded through the real loading path.
+
+The reference everywhere is transformers' own ``CLIPSegForImageSegmentation`` forward on the
+same weights, run the naive way (the frame repeated once per prompt).
+"""
+
+import importlib.util
+import json
+import logging
+from pathlib import Path
+import pickle
+import shutil
+import string
+import threading
+
+from clipseg_ros.engine import (
+    ClipSegEngine, DEFAULT_MODEL, ModelLoadError, PreprocessConfig, Prompt, SegmentationResult)
+from clipseg_ros.tiny_model import write_tiny_model
+from clipseg_ros.visual_prompt import engineer_visual_prompt
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+import torch
+from torch.nn.functional import interpolate
+from transformers import AutoTokenizer, CLIPSegForImageSegmentation
+
+HAVE_PIL = importlib.util.find_spec('PIL') is not None
+TEXTS = ['a cat', 'a dog on the grass', 'the person']
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope='module')
+def engine(tiny_model_dir: Path) -> ClipSegEngine:
+    return ClipSegEngine(model=str(tiny_model_dir), device='cpu', dtype='float32')
+
+
+@pytest.fixture(scope='module')
+def reference(tiny_model_dir: Path) -> CLIPSegForImageSegmentation:
+    return CLIPSegForImageSegmentation.from_pretrained(tiny_model_dir).eval()
+
+
+@pytest.fixture(scope='module')
+def frame() -> np.ndarray:
+    """Frame at the model resolution, so the processor's resize is an identity."""
+    return np.random.default_rng(7).integers(0, 256, (352, 352, 3), dtype=np.uint8)
+
+
+def supports() -> list[tuple[np.ndarray, np.ndarray]]:
+    """Three support images of different sizes with rectangular object masks."""
+    rng = np.random.default_rng(3)
+    out = []
+    for height, width, box in ((200, 300, (20, 120, 50, 250)), (150, 150, (0, 60, 30, 150)),
+                               (120, 260, (40, 100, 10, 90))):
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        mask = np.zeros((height, width), dtype=bool)
+        mask[box[0]:box[1], box[2]:box[3]] = True
+        out.append((image, mask))
+    return out
+
+
+def reference_pixel_values(folder: Path, images: list[np.ndarray]) -> torch.Tensor:
+    """
+    Pixel values as ``CLIPSegProcessor`` makes them, for images already at the model size.
+
+    With PIL installed the processor itself is used. Without it (transformers 5 needs PIL or
+    torchvision for image processors) the same arithmetic is done here in float64 from
+    preprocessor_config.json: at the model size PIL's bilinear resize is an identity, so only
+    rescale and normalise remain.
+    """
+    if HAVE_PIL:
+        from transformers import CLIPSegProcessor
+        processor = CLIPSegProcessor.from_pretrained(folder)
+        return processor(images=images, return_tensors='pt')['pixel_values']
+    config = json.loads((folder / 'preprocessor_config.json').read_text())
+    size = config['size']['height']
+    mean = np.array(config['image_mean'])
+    std = np.array(config['image_std'])
+    batch = []
+    for image in images:
+        assert image.shape[:2] == (size, size), 'the fallback needs images at the model size'
+        pixels = (image.astype(np.float64) * config['rescale_factor'] - mean) / std
+        batch.append(pixels.transpose(2, 0, 1))
+    return torch.from_numpy(np.stack(batch).astype(np.float32))
+
+
+def reference_text_inputs(folder: Path, texts: list[str]) -> dict:
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    return dict(tokenizer(texts, padding=True, return_tensors='pt'))
+
+
+# ---------------------------------------------------------------------- equivalence
+#
+# How the comparison is kept fair: transformers' processor resizes with PIL, the engine in
+# torch; the two interpolations differ slightly. The frame is therefore given at the model
+# resolution (352x352), where PIL's resize is an identity, so both sides see the same pixels
+# and any difference comes from the model path (shared encoder pass, skipped layers, batched
+# decoder). For other frame sizes (see the non-square test) the reference forward is fed the
+# engine's own pixel values and its probabilities are resized like the engine's.
+
+
+@pytest.mark.parametrize('count', [1, 3])
+def test_text_prompts_match_transformers_forward(engine, reference, tiny_model_dir, frame,
+                                                 count) -> None:
+    texts = TEXTS[:count]
+    result = engine.segment(frame, engine.text_prompts(texts), return_probabilities=True)
+    inputs = reference_text_inputs(tiny_model_dir, texts)
+    pixel_values = reference_pixel_values(tiny_model_dir, [frame] * count)
+    with torch.no_grad():
+        logits = reference(pixel_values=pixel_values, **inputs).logits
+    expected = torch.sigmoid(logits.reshape(count, 352, 352)).numpy()
+    assert result.probabilities.shape == (count, 352, 352)
+    assert result.probabilities.dtype == np.float32
+    np.testing.assert_allclose(result.probabilities, expected, rtol=0, atol=TOLERANCE)
+    # The random model must not be trivially flat, or the comparison would prove little.
+    assert expected.std() > 0.05
+
+
+@pytest.mark.parametrize('count', [1, 3])
+def test_image_prompts_match_transformers_forward(engine, reference, tiny_model_dir, frame,
+                                                  count) -> None:
+    pairs = supports()[:count]
+    prompts = [engine.image_prompt(image, mask, label=f'object {i}')
+               for i, (image, mask) in enumerate(pairs)]
+    assert [p.kind for p in prompts] == ['image'] * count
+    result = engine.segment(frame, prompts, return_probabilities=True)
+    engineered = [engineer_visual_prompt(image, mask, 352) for image, mask in pairs]
+    with torch.no_grad():
+        logits = reference(
+            pixel_values=reference_pixel_values(tiny_model_dir, [frame] * count),
+            conditional_pixel_values=reference_pixel_values(tiny_model_dir, engineered)).logits
+    expected = torch.sigmoid(logits.reshape(count, 352, 352)).numpy()
+    np.testing.assert_allclose(result.probabilities, expected, rtol=0, atol=TOLERANCE)
+
+
+def test_image_and_text_prompt_is_the_weighted_sum(engine, reference, tiny_model_dir,
+                                                   frame) -> None:
+    image, mask = supports()[0]
+    prompt = engine.image_prompt(image, mask, text='a cat', text_weight=0.25)
+    assert prompt.label == 'a cat'
+    result = engine.segment(frame, [prompt], return_probabilities=True)
+    engineered = reference_pixel_values(
+        tiny_model_dir, [engineer_visual_prompt(image, mask, 352)])
+    inputs = reference_text_inputs(tiny_model_dir, ['a cat'])
+    with torch.no_grad():
+        image_embedding = reference.get_conditional_embeddings(
+            batch_size=1, conditional_pixel_values=engineered)
+        text_embedding = reference.get_conditional_embeddings(batch_size=1, **inputs)
+        mixed = 0.75 * image_embedding + 0.25 * text_embedding
+        logits = reference(
+            pixel_values=reference_pixel_values(tiny_model_dir, [frame]),
+            conditional_embeddings=mixed).logits
+    torch.testing.assert_close(prompt.embedding, mixed[0], rtol=0, atol=1e-5)
+    expected = torch.sigmoid(logits.reshape(1, 352, 352)).numpy()
+    np.testing.assert_allclose(result.probabilities, expected, rtol=0, atol=TOLERANCE)
+
+
+def test_non_square_frame_keeps_its_size_and_matches_logits(
+        engine, reference, tiny_model_dir) -> None:
+    frame = np.random.default_rng(11).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    result = engine.segment(frame, engine.text_prompts(TEXTS), return_probabilities=True)
+    assert result.labels.shape == (240, 320) and result.labels.dtype == np.uint8
+    assert result.confidence.shape == (240, 320) and result.confidence.dtype == np.float32
+    assert result.probabilities.shape == (3, 240, 320)
+    assert result.max_confidence.shape == (3,) and result.max_confidence.dtype == np.float32
+    pixel_values = engine.preprocess(frame)
+    assert tuple(pixel_values.shape) == (1, 3, 352, 352)
+    with torch.no_grad():
+        logits = reference(pixel_values=pixel_values.repeat(3, 1, 1, 1),
+                           **reference_text_inputs(tiny_model_dir, TEXTS)).logits
+    expected = interpolate(torch.sigmoid(logits).unsqueeze(0), size=(240, 320),
+                           mode='bilinear', align_corners=False)[0].numpy()
+    np.testing.assert_allclose(result.probabilities, expected, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.skipif(not HAVE_PIL, reason='CLIPSegProcessor needs PIL (or torchvision) here')
+def test_engine_preprocessing_matches_the_processor(engine, tiny_model_dir, frame) -> None:
+    from transformers import CLIPSegProcessor
+    processor = CLIPSegProcessor.from_pretrained(tiny_model_dir)
+    expected = processor(images=frame, return_tensors='pt')['pixel_values']
+    torch.testing.assert_close(engine.preprocess(frame), expected, rtol=0, atol=1e-5)
+
+
+def test_preprocessing_constants_come_from_the_processor_config(engine, tiny_model_dir,
+                                                                frame) -> None:
+    config = engine.preprocess_config
+    assert config.size == 352
+    assert config.mean == pytest.approx((0.485, 0.456, 0.406))
+    assert config.std == pytest.approx((0.229, 0.224, 0.225))
+    assert config.rescale_factor == pytest.approx(1 / 255)
+    torch.testing.assert_close(
+        engine.preprocess(frame), reference_pixel_values(tiny_model_dir, [frame]),
+        rtol=0, atol=1e-5)
+
+
+def test_only_the_needed_encoder_layers_run(engine, frame) -> None:
+    layers = engine._model.clip.vision_model.encoder.layers
+    calls = [0] * len(layers)
+    handles = [layer.register_forward_hook(
+        lambda module, args, output, i=i: calls.__setitem__(i, calls[i] + 1))
+        for i, layer in enumerate(layers)]
+    try:
+        engine.segment(frame, engine.text_prompts(TEXTS))
+    finally:
+        for handle in handles:
+            handle.remove()
+    # extract_layers (1, 2, 3) of 5 layers: one pass through layers 0..3, layer 4 skipped.
+    assert calls == [1, 1, 1, 1, 0]
+
+
+# ---------------------------------------------------------------------- prompts and cache
+
+
+def test_text_embeddings_are_cached_by_string(engine) -> None:
+    text_model = engine._model.clip.text_model
+    batches = []
+    handle = text_model.register_forward_hook(
+        lambda module, args, kwargs, output: batches.append(kwargs['input_ids'].clone()),
+        with_kwargs=True)
+    try:
+        start = engine.text_encoder_calls
+        first = engine.text_prompts(['cache a', 'cache b'])
+        assert engine.text_encoder_calls == start + 1
+        second = engine.text_prompts(['cache b', 'cache c'])
+        assert engine.text_encoder_calls == start + 2
+        engine.text_prompts(['cache a', 'cache b', 'cache c', 'cache a'])
+        assert engine.text_encoder_calls == start + 2
+    finally:
+        handle.remove()
+    # The second encoder pass saw only the new string.
+    assert [batch.shape[0] for batch in batches] == [2, 1]
+    tokenizer = engine._tokenizer
+    expected = tokenizer(['cache c'], return_tensors='pt')['input_ids']
+    torch.testing.assert_close(batches[1], expected)
+    assert second[0].embedding is first[1].embedding
+    assert [p.label for p in second] == ['cache b', 'cache c']
+    assert all(p.kind == 'text' for p in first + second)
+    assert second[1].embedding.shape == (engine.embedding_size,)
+    assert second[1].embedding.dtype == engine.dtype
+
+
+def test_batched_and_single_text_embeddings_agree(tiny_model_dir) -> None:
+    together = ClipSegEngine(str(tiny_model_dir), device='cpu')
+    alone = ClipSegEngine(str(tiny_model_dir), device='cpu')
+    batch = together.text_prompts(['x', 'a much longer prompt with many words'])
+    single = alone.text_prompts(['x'])
+    torch.testing.assert_close(batch[0].embedding, single[0].embedding, rtol=0, atol=1e-6)
+
+
+def test_image_prompt_default_labels(engine) -> None:
+    image, mask = supports()[1]
+    assert engine.image_prompt(image, mask).label == 'image'
+    assert engine.image_prompt(image, None, label='mug').label == 'mug'
+
+
+@pytest.mark.parametrize('weight', [-0.1, 1.5, float('nan'), '0.5', True])
+def test_bad_text_weight_is_refused(engine, weight) -> None:
+    image, mask = supports()[0]
+    with pytest.raises(ValueError, match='text_weight'):
+        engine.image_prompt(image, mask, text='a cat', text_weight=weight)
+
+
+def test_image_prompt_validates_its_inputs(engine) -> None:
+    image, mask = supports()[0]
+    with pytest.raises(ValueError, match='selects no pixel'):
+        engine.image_prompt(image, np.zeros_like(mask))
+    with pytest.raises(ValueError, match='does not match'):
+        engine.image_prompt(image, mask[:10])
+    with pytest.raises(ValueError, match='uint8'):
+        engine.image_prompt(image.astype(np.float32), mask)
+    with pytest.raises(ValueError, match='text'):
+        engine.image_prompt(image, mask, text='   ')
+
+
+# ---------------------------------------------------------------------- labels and thresholds
+
+
+def test_label_and_confidence_semantics(engine, frame) -> None:
+    prompts = engine.text_prompts(TEXTS)
+    result = engine.segment(frame, prompts, threshold=0.5, return_probabilities=True)
+    assert isinstance(result, SegmentationResult)
+    assert result.inference_seconds > 0
+    probs = result.probabilities
+    assert probs.min() >= 0.0 and probs.max() <= 1.0
+    np.testing.assert_allclose(result.confidence, probs.max(axis=0))
+    np.testing.assert_allclose(result.max_confidence, probs.max(axis=(1, 2)))
+    winner = probs.argmax(axis=0) + 1
+    confident = result.confidence >= 0.5
+    np.testing.assert_array_equal(result.labels[confident], winner[confident])
+    assert not result.labels[~confident].any()
+    assert set(np.unique(result.labels)) <= set(range(len(prompts) + 1))
+    # The tiny model's maps are mixed, so the threshold really separates something.
+    assert 0 < confident.mean() < 1
+
+
+def test_threshold_zero_leaves_no_background(engine, frame) -> None:
+    prompts = engine.text_prompts(TEXTS)
+    result = engine.segment(frame, prompts, threshold=0.0, return_probabilities=True)
+    assert result.labels.min() >= 1
+    np.testing.assert_array_equal(result.labels, result.probabilities.argmax(axis=0) + 1)
+    # Every prompt wins somewhere on the random frame, so all labels 1..N occur.
+    assert set(np.unique(result.labels)) == {1, 2, 3}
+
+
+def test_threshold_one_is_all_background(engine, frame) -> None:
+    result = engine.segment(frame, engine.text_prompts(TEXTS), threshold=1.0)
+    assert result.probabilities is None
+    assert result.confidence.max() < 1.0
+    assert not result.labels.any()
+
+
+def test_single_prompt_shapes(engine) -> None:
+    frame = np.random.default_rng(5).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    result = engine.segment(frame, engine.text_prompts(['a cat']), threshold=0.0,
+                            return_probabilities=True)
+    assert result.probabilities.shape == (1, 37, 53)
+    assert result.max_confidence.shape == (1,)
+    assert np.all(result.labels == 1)
+
+
+def test_non_contiguous_frames_are_accepted(engine, frame) -> None:
+    prompts = engine.text_prompts(TEXTS)
+    flipped = frame[:, :, ::-1]
+    expected = engine.segment(np.ascontiguousarray(flipped), prompts, threshold=0.0)
+    result = engine.segment(flipped, prompts, threshold=0.0)
+    np.testing.assert_array_equal(result.labels, expected.labels)
+
+
+# ---------------------------------------------------------------------- bad inputs
+
+
+@pytest.mark.parametrize('image, message', [
+    ([[0, 0, 0]], 'numpy array'),
+    (np.zeros((8, 8, 3), dtype=np.float32), 'uint8'),
+    (np.zeros((8, 8, 3), dtype=np.uint16), 'uint8'),
+    (np.zeros((8, 8), dtype=np.uint8), 'dimension'),
+    (np.zeros((8, 8, 4), dtype=np.uint8), '3 channels'),
+    (np.zeros((8, 8, 1), dtype=np.uint8), '3 channels'),
+    (np.zeros((0, 8, 3), dtype=np.uint8), 'empty'),
+    (np.zeros((8, 0, 3), dtype=np.uint8), 'empty'),
+])
+def test_bad_frames_are_refused(engine, image, message) -> None:
+    prompts = engine.text_prompts(['a cat'])
+    with pytest.raises(ValueError, match=message):
+        engine.segment(image, prompts)
+
+
+def test_bad_prompt_lists_are_refused(engine, frame) -> None:
+    prompt = engine.text_prompts(['a cat'])[0]
+    with pytest.raises(ValueError, match='no prompts'):
+        engine.segment(frame, [])
+    with pytest.raises(ValueError, match='at most 255'):
+        engine.segment(frame, [prompt] * 256)
+    with pytest.raises(ValueError, match='list of Prompt'):
+        engine.segment(frame, prompt)
+    with pytest.raises(ValueError, match='not a Prompt'):
+        engine.segment(frame, [prompt, 'a dog'])
+    odd = Prompt(label='odd', kind='text', embedding=torch.zeros(engine.embedding_size + 1))
+    with pytest.raises(ValueError, match='same model'):
+        engine.segment(frame, [prompt, odd])
+    # 255 prompts is the limit, not an error.
+    result = engine.segment(frame[:32, :32], [prompt] * 255, threshold=0.0)
+    assert result.max_confidence.shape == (255,)
+    assert result.labels.max() <= 255
+
+
+@pytest.mark.parametrize('threshold', [-0.01, 1.01, float('nan'), None, '0.3'])
+def test_bad_thresholds_are_refused(engine, frame, threshold) -> None:
+    with pytest.raises(ValueError, match='threshold'):
+        engine.segment(frame, engine.text_prompts(['a cat']), threshold=threshold)
+
+
+@pytest.mark.parametrize('texts, message', [
+    (['a cat', ''], 'empty'),
+    (['   '], 'empty'),
+    (['\t\n'], 'empty'),
+    (['ok', 3], 'not a string'),
+    ('a cat', 'not a string'),
+])
+def test_bad_text_prompts_are_refused(engine, texts, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        engine.text_prompts(texts)
+
+
+def test_any_ascii_text_tokenizes_without_unknown_tokens(engine) -> None:
+    prompt = engine.text_prompts([string.printable])[0]
+    assert torch.isfinite(prompt.embedding).all()
+    tokenizer = engine._tokenizer
+    ids = tokenizer(string.printable)['input_ids']
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.eos_token_id not in ids[1:-1]
+
+
+# ---------------------------------------------------------------------- resolution
+
+
+def test_resolution_can_change_live(tiny_model_dir, reference) -> None:
+    engine = ClipSegEngine(str(tiny_model_dir), device='cpu', resolution=352)
+    frame = np.random.default_rng(9).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    prompts = engine.text_prompts(TEXTS)
+    engine.resolution = 224
+    assert engine.resolution == 224
+    assert tuple(engine.preprocess(frame).shape) == (1, 3, 224, 224)
+    result = engine.segment(frame, prompts, return_probabilities=True)
+    assert result.labels.shape == (240, 320)
+    with torch.no_grad():
+        logits = reference(pixel_values=engine.preprocess(frame).repeat(3, 1, 1, 1),
+                           **reference_text_inputs(tiny_model_dir, TEXTS)).logits
+    assert logits.shape[-2:] == (224, 224)
+    expected = interpolate(torch.sigmoid(logits).unsqueeze(0), size=(240, 320),
+                           mode='bilinear', align_corners=False)[0].numpy()
+    np.testing.assert_allclose(result.probabilities, expected, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize('value', [100, 48, 1040, 0, 352.0, '352', True])
+def test_bad_resolution_is_refused_and_kept(tiny_model_dir, engine, value) -> None:
+    with pytest.raises(ValueError, match='resolution'):
+        engine.resolution = value
+    assert engine.resolution == 352
+    with pytest.raises(ValueError, match='resolution'):
+        ClipSegEngine(str(tiny_model_dir), device='cpu', resolution=value)
+
+
+# ---------------------------------------------------------------------- loading
+
+
+def test_loads_from_a_local_folder(engine, tiny_model_dir) -> None:
+    assert engine.model_name == str(tiny_model_dir)
+    assert engine.device == torch.device('cpu')
+    assert engine.dtype == torch.float32
+    assert engine.resolution == 352
+    assert engine.compile_mode == 'none'
+    assert DEFAULT_MODEL == 'CIDAS/clipseg-rd64-refined'
+
+
+def test_pickle_only_folder_is_refused_without_unpickling(tiny_model_dir, tmp_path,
+                                                          monkeypatch) -> None:
+    folder = tmp_path / 'pickled'
+    shutil.copytree(tiny_model_dir, folder)
+    state = load_file(folder / 'model.safetensors')
+    (folder / 'model.safetensors').unlink()
+    torch.save(state, folder / 'pytorch_model.bin')
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError('unpickling was attempted')
+
+    monkeypatch.setattr(torch, 'load', refuse)
+    monkeypatch.setattr(pickle, 'load', refuse)
+    monkeypatch.setattr(pickle, 'loads', refuse)
+    with pytest.raises(ModelLoadError) as info:
+        ClipSegEngine(str(folder), device='cpu')
+    assert calls == []
+    message = str(info.value)
+    assert 'pytorch_model.bin' in message and 'safetensors' in message
+    assert str(folder) in message
+
+
+def test_missing_folder_is_explained(tmp_path) -> None:
+    missing = tmp_path / 'no_such_model'
+    with pytest.raises(ModelLoadError) as info:
+        ClipSegEngine(str(missing), device='cpu')
+    message = str(info.value)
+    assert str(missing) in message and 'does not exist' in message
+    assert 'huggingface-cli download CIDAS/clipseg-rd64-refined --local-dir' in message
+
+
+def test_unavailable_hub_id_is_explained(monkeypatch) -> None:
+    import huggingface_hub.constants
+    # Offline mode makes the hub client fail at once instead of retrying a network.
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+    with pytest.raises(ModelLoadError) as info:
+        ClipSegEngine('clipseg-ros-tests/no-such-model', device='cpu')
+    message = str(info.value)
+    assert "'clipseg-ros-tests/no-such-model'" in message
+    assert 'huggingface-cli download clipseg-ros-tests/no-such-model --local-dir' in message
+    assert 'pass the folder path' in message
+
+
+def test_corrupt_safetensors_is_explained(tiny_model_dir, tmp_path) -> None:
+    folder = tmp_path / 'corrupt'
+    shutil.copytree(tiny_model_dir, folder)
+    weights = folder / 'model.safetensors'
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError) as info:
+        ClipSegEngine(str(folder), device='cpu')
+    message = str(info.value)
+    assert str(weights) in message and 'corrupt' in message
+    assert 'SafetensorError' in message
+
+
+def test_folder_without_config_is_explained(tmp_path) -> None:
+    (tmp_path / 'model.safetensors').write_bytes(b'')
+    with pytest.raises(ModelLoadError, match='config.json'):
+        ClipSegEngine(str(tmp_path), device='cpu')
+
+
+def test_folder_without_preprocessor_config_is_explained(tiny_model_dir, tmp_path) -> None:
+    folder = tmp_path / 'no_preprocessor'
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / 'preprocessor_config.json').unlink()
+    with pytest.raises(ModelLoadError, match='preprocessor_config.json'):
+        ClipSegEngine(str(folder), device='cpu')
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has CUDA')
+def test_cuda_without_cuda_is_explained(tiny_model_dir) -> None:
+    for device in ('cuda', 'cuda:0'):
+        with pytest.raises(ModelLoadError, match='CUDA is not available'):
+            ClipSegEngine(str(tiny_model_dir), device=device)
+
+
+@pytest.mark.parametrize('dtype', ['float16', 'bfloat16'])
+def test_half_precision_on_cpu_is_refused(tiny_model_dir, dtype) -> None:
+    with pytest.raises(ValueError, match='float32'):
+        ClipSegEngine(str(tiny_model_dir), device='cpu', dtype=dtype)
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    ({'device': 'gpu'}, 'auto, cpu, cuda, cuda:N'),
+    ({'device': 'cuda:x'}, 'auto, cpu, cuda, cuda:N'),
+    ({'dtype': 'fp16'}, 'auto, float32, float16, bfloat16'),
+    ({'compile_mode': 'tensorrt'}, 'none, cuda_graphs, compile'),
+    ({'model': ''}, 'non-empty'),
+])
+def test_unknown_option_strings_list_the_allowed_values(tiny_model_dir, kwargs,
+                                                        message) -> None:
+    arguments = {'model': str(tiny_model_dir), 'device': 'cpu'}
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        ClipSegEngine(**arguments)
+
+
+def test_auto_options_pick_cpu_float32_here(tiny_model_dir, caplog) -> None:
+    if torch.cuda.is_available():
+        pytest.skip('this machine has CUDA')
+    with caplog.at_level(logging.WARNING, logger='clipseg_ros.engine'):
+        engine = ClipSegEngine(str(tiny_model_dir))
+    assert engine.device.type == 'cpu' and engine.dtype == torch.float32
+    assert 'CUDA is not available' in caplog.text
+
+
+def test_gpu_fast_paths_fall_back_to_eager_on_cpu(tiny_model_dir, frame, caplog) -> None:
+    plain = ClipSegEngine(str(tiny_model_dir), device='cpu')
+    for mode in ('cuda_graphs', 'compile'):
+        with caplog.at_level(logging.WARNING, logger='clipseg_ros.engine'):
+            engine = ClipSegEngine(str(tiny_model_dir), device='cpu', compile_mode=mode)
+        assert engine.compile_mode == 'none'
+        assert f"compile_mode '{mode}' needs CUDA" in caplog.text
+        prompts = engine.text_prompts(TEXTS)
+        np.testing.assert_array_equal(
+            engine.segment(frame, prompts).labels,
+            plain.segment(frame, plain.text_prompts(TEXTS)).labels)
+
+
+def test_from_model_matches_the_folder_engine(tiny_model_dir, engine, frame) -> None:
+    model = CLIPSegForImageSegmentation.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = json.loads((tiny_model_dir / 'preprocessor_config.json').read_text())
+    built = ClipSegEngine.from_model(model, tokenizer, config, device='cpu')
+    assert built.preprocess_config == PreprocessConfig.from_dict(config)
+    ours = built.segment(frame, built.text_prompts(TEXTS), return_probabilities=True)
+    theirs = engine.segment(frame, engine.text_prompts(TEXTS), return_probabilities=True)
+    np.testing.assert_allclose(ours.probabilities, theirs.probabilities, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- threads, release
+
+
+def test_concurrent_use_from_threads_is_consistent(engine, frame) -> None:
+    prompts = engine.text_prompts(TEXTS)
+    expected = engine.segment(frame, prompts, return_probabilities=True).probabilities
+    errors = []
+    results = []
+
+    def worker() -> None:
+        try:
+            for _ in range(5):
+                results.append(engine.segment(frame, prompts, return_probabilities=True))
+        except Exception as exc:  # noqa: B902 - reported below
+            errors.append(exc)
+
+    def prompter() -> None:
+        try:
+            for i in range(5):
+                engine.text_prompts([f'thread prompt {i}'])
+                engine.image_prompt(*supports()[i % 3])
+        except Exception as exc:  # noqa: B902
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker), threading.Thread(target=prompter),
+               threading.Thread(target=worker)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert len(results) == 10
+    for result in results:
+        np.testing.assert_allclose(result.probabilities, expected, rtol=0, atol=1e-6)
+
+
+def test_release_drops_model_and_cache(tiny_model_dir, frame) -> None:
+    engine = ClipSegEngine(str(tiny_model_dir), device='cpu')
+    prompts = engine.text_prompts(['a cat'])
+    assert engine._text_cache
+    assert engine.memory_in_use() == 0
+    engine.release()
+    assert engine._model is None and not engine._text_cache
+    with pytest.raises(RuntimeError, match='released'):
+        engine.segment(frame, prompts)
+    with pytest.raises(RuntimeError, match='released'):
+        engine.text_prompts(['a cat'])
+    engine.release()
+
+
+# ---------------------------------------------------------------------- tiny model
+
+
+def test_tiny_model_is_seeded(tmp_path, tiny_model_dir) -> None:
+    again = load_file(write_tiny_model(tmp_path / 'again', seed=0) / 'model.safetensors')
+    original = load_file(tiny_model_dir / 'model.safetensors')
+    other = load_file(write_tiny_model(tmp_path / 'other', seed=1) / 'model.safetensors')
+    assert again.keys() == original.keys()
+    assert all(torch.equal(again[name], original[name]) for name in original)
+    assert not all(torch.equal(other[name], original[name]) for name in original)
+
+
+def test_tiny_model_has_the_real_architecture(reference) -> None:
+    config = reference.config
+    assert config.vision_config.patch_size == 16
+    assert config.vision_config.image_size == 224
+    assert tuple(config.extract_layers) == (1, 2, 3)
+    assert config.reduce_dim == 16
+    assert config.use_complex_transposed_convolution
+
+
+@pytest.mark.skipif(not HAVE_PIL, reason='CLIPSegProcessor needs PIL (or torchvision) here')
+def test_tiny_model_loads_with_clipseg_processor(tiny_model_dir) -> None:
+    from transformers import CLIPSegProcessor
+    processor = CLIPSegProcessor.from_pretrained(tiny_model_dir)
+    inputs = processor(text=['a cat'], images=[np.zeros((100, 80, 3), dtype=np.uint8)],
+                       padding=True, return_tensors='pt')
+    assert tuple(inputs['pixel_values'].shape) == (1, 3, 352, 352)
+    assert inputs['input_ids'].shape[0] == 1
