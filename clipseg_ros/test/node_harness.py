@@ -9,10 +9,15 @@ from typing import Dict, List, Optional
 import numpy as np
 import rclpy
 from clipseg_ros_interfaces.msg import Segmentation
+from clipseg_ros_interfaces.srv import Segment, SetImagePrompt, SetTextPrompts
 from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.srv import SetParameters
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
+
+from clipseg_ros.node import ClipSegNode
 
 OUTPUT_TOPICS = {'mask': Image, 'confidence': Image, 'overlay': Image,
                  'segmentation': Segmentation}
@@ -147,3 +152,48 @@ def tiny_model_overrides(model_dir, **extra) -> List[Parameter]:
               'resolution': 64, 'diagnostics_period': 0.2}
     values.update(extra)
     return [Parameter(name, value=value) for name, value in values.items()]
+
+
+class RunningNode:
+    """A clipseg node, a camera/collector node and a spinning executor, torn down together."""
+
+    def __init__(self, context, model_dir, autostart=True, compressed=False, **overrides):
+        if compressed:
+            overrides['input_transport'] = 'compressed'
+        self.node = ClipSegNode(context=context,
+                                parameter_overrides=tiny_model_overrides(model_dir, **overrides))
+        self.camera = CameraAndCollector(context, compressed=compressed)
+        self.client_node = self.camera.node
+        self.executor = MultiThreadedExecutor(num_threads=5, context=context)
+        self.executor.add_node(self.node)
+        self.executor.add_node(self.camera.node)
+        if autostart:
+            assert self.node.autostart_if_enabled()
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+        self.clients = {
+            'text': self.client_node.create_client(SetTextPrompts, '/clipseg/set_text_prompts'),
+            'image': self.client_node.create_client(SetImagePrompt, '/clipseg/set_image_prompt'),
+            'segment': self.client_node.create_client(Segment, '/clipseg/segment'),
+            'params': self.client_node.create_client(SetParameters, '/clipseg/set_parameters'),
+        }
+
+    def call(self, which, request):
+        return call_service(self.client_node, self.clients[which], request)
+
+    def set_parameter(self, name, value):
+        request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+        return self.call('params', request).results[0]
+
+    def send_and_wait(self, msg, **kwargs):
+        assert self.camera.wait_for_subscriber()
+        key = self.camera.publish(msg)
+        outputs = self.camera.wait_outputs(key, **kwargs)
+        assert outputs is not None, 'no output for the frame'
+        return outputs
+
+    def close(self):
+        self.executor.shutdown()
+        self.thread.join(timeout=10.0)
+        self.node.destroy_node()
+        self.camera.node.destroy_node()

@@ -1,66 +1,17 @@
 """The clipseg node in process: real rclpy over loopback DDS, the tiny CLIPSeg model."""
 
-import threading
 import time
 
 import numpy as np
 import pytest
-import rclpy
 from clipseg_ros_interfaces.srv import Segment, SetImagePrompt, SetTextPrompts
 from diagnostic_msgs.msg import DiagnosticStatus
-from rcl_interfaces.srv import SetParameters
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
-from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage, Image
 
 from clipseg_ros.conversions import image_to_array
 from clipseg_ros.node import ClipSegNode
-from node_harness import (CameraAndCollector, call_service, encode_frame, rgb_frame,
-                          tiny_model_overrides)
-
-
-class RunningNode:
-    """A clipseg node, a camera/collector node and a spinning executor, torn down together."""
-
-    def __init__(self, context, model_dir, autostart=True, **overrides):
-        self.node = ClipSegNode(context=context,
-                                parameter_overrides=tiny_model_overrides(model_dir, **overrides))
-        self.camera = CameraAndCollector(context)
-        self.client_node = self.camera.node
-        self.executor = MultiThreadedExecutor(num_threads=5, context=context)
-        self.executor.add_node(self.node)
-        self.executor.add_node(self.camera.node)
-        if autostart:
-            assert self.node.autostart_if_enabled()
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-        self.clients = {
-            'text': self.client_node.create_client(SetTextPrompts, '/clipseg/set_text_prompts'),
-            'image': self.client_node.create_client(SetImagePrompt, '/clipseg/set_image_prompt'),
-            'segment': self.client_node.create_client(Segment, '/clipseg/segment'),
-            'params': self.client_node.create_client(SetParameters, '/clipseg/set_parameters'),
-        }
-
-    def call(self, which, request):
-        return call_service(self.client_node, self.clients[which], request)
-
-    def set_parameter(self, name, value):
-        request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
-        return self.call('params', request).results[0]
-
-    def send_and_wait(self, msg, **kwargs):
-        assert self.camera.wait_for_subscriber()
-        key = self.camera.publish(msg)
-        outputs = self.camera.wait_outputs(key, **kwargs)
-        assert outputs is not None, 'no output for the frame'
-        return outputs
-
-    def close(self):
-        self.executor.shutdown()
-        self.thread.join(timeout=10.0)
-        self.node.destroy_node()
-        self.camera.node.destroy_node()
+from node_harness import RunningNode, encode_frame, rgb_frame, tiny_model_overrides
 
 
 @pytest.fixture
@@ -357,29 +308,17 @@ def test_unloadable_model_fails_configure_and_can_be_configured_again(ros_contex
 
 def test_compressed_transport(ros_context, tiny_model_dir):
     import cv2
-    node = ClipSegNode(context=ros_context, parameter_overrides=tiny_model_overrides(
-        tiny_model_dir, input_transport='compressed'))
-    camera = CameraAndCollector(ros_context, compressed=True)
-    executor = MultiThreadedExecutor(num_threads=4, context=ros_context)
-    executor.add_node(node)
-    executor.add_node(camera.node)
-    assert node.autostart_if_enabled()
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
+    harness = RunningNode(ros_context, tiny_model_dir, compressed=True)
     try:
-        assert camera.wait_for_subscriber()
         ok, jpeg = cv2.imencode('.jpg', rgb_frame(48, 36)[:, :, ::-1])
         msg = CompressedImage(format='jpeg')
         msg.data = jpeg.tobytes()
-        outputs = camera.wait_outputs(camera.publish(msg))
-        assert outputs is not None
+        outputs = harness.send_and_wait(msg)
         assert (outputs['mask'].width, outputs['mask'].height) == (48, 36)
+        assert outputs['mask'].header.stamp == msg.header.stamp
         garbage = CompressedImage(format='jpeg')
         garbage.data = b'\xff\xd8not really a jpeg'
-        camera.publish(garbage)
-        assert camera.wait_for(lambda: node.counters.rejected == 1, 5)
+        harness.camera.publish(garbage)
+        assert harness.camera.wait_for(lambda: harness.node.counters.rejected == 1, 5)
     finally:
-        executor.shutdown()
-        thread.join(timeout=10)
-        node.destroy_node()
-        camera.node.destroy_node()
+        harness.close()

@@ -1,0 +1,107 @@
+"""Seeded generators of malformed camera frames and service requests, for robustness tests.
+
+Every message is small on the wire (at most a few tens of kB) however large the sizes it
+claims, so a fuzz run measures the node's validation, not the machine's memory.
+"""
+
+import array
+
+import cv2
+import numpy as np
+from clipseg_ros_interfaces.srv import Segment, SetImagePrompt, SetTextPrompts
+from sensor_msgs.msg import CompressedImage, Image
+
+ENCODINGS = ['rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', 'RGB8', 'mono16', '32FC1', 'yuv422',
+             'bayer_rggb8', '', 'rgb8 ', 'jpeg', '\u00e9\u00e8', 'x' * 300]
+SIZES = [0, 1, 2, 3, 7, 16, 63, 64, 65, 480, 4096, 65535, 2 ** 31 - 1, 2 ** 32 - 1]
+MAX_PAYLOAD = 48 * 1024
+
+
+def _byte_array(data: bytes) -> array.array:
+    return array.array('B', data)
+
+
+def _payload(rng: np.random.Generator, length: int) -> bytes:
+    return rng.integers(0, 256, size=min(length, MAX_PAYLOAD), dtype=np.uint8).tobytes()
+
+
+def malformed_image(rng: np.random.Generator) -> Image:
+    """An Image whose encoding, sizes, step and data length disagree in a random way."""
+    msg = Image()
+    msg.encoding = ENCODINGS[rng.integers(len(ENCODINGS))]
+    small = rng.random() < 0.6
+    pick = (lambda: int(rng.integers(0, 40))) if small else \
+        (lambda: int(SIZES[rng.integers(len(SIZES))]))
+    msg.width, msg.height = pick(), pick()
+    channels = int(rng.integers(1, 5))
+    row = msg.width * channels
+    step_choices = [row, max(row - 1, 0), row + int(rng.integers(1, 9)), 0,
+                    int(rng.integers(0, 2 ** 32))]
+    msg.step = min(int(step_choices[rng.integers(len(step_choices))]), 2 ** 32 - 1)
+    exact = msg.step * msg.height
+    length_choices = [exact, exact - 1, exact + 1, 0, int(rng.integers(0, 4096))]
+    msg.data = _byte_array(_payload(rng, max(0, int(length_choices[rng.integers(5)]))))
+    msg.is_bigendian = int(rng.integers(0, 2))
+    return msg
+
+
+def malformed_compressed(rng: np.random.Generator) -> CompressedImage:
+    """Garbage, truncated or size-lying PNG/JPEG data."""
+    msg = CompressedImage(format=['jpeg', 'png', 'rgb8; jpeg compressed bgr8', ''][
+        rng.integers(4)])
+    picture = rng.integers(0, 256, size=(int(rng.integers(1, 40)), int(rng.integers(1, 40)), 3),
+                           dtype=np.uint8)
+    ok, encoded = cv2.imencode(['.png', '.jpg'][rng.integers(2)], picture)
+    data = bytearray(encoded.tobytes())
+    kind = rng.integers(5)
+    if kind == 0:
+        data = bytearray(_payload(rng, int(rng.integers(0, 2000))))
+    elif kind == 1:
+        data = data[:int(rng.integers(0, len(data)))]
+    elif kind == 2 and data[:4] == b'\x89PNG':
+        data[16:24] = rng.integers(0, 256, size=8, dtype=np.uint8).tobytes()
+    else:
+        for _ in range(int(rng.integers(1, 20))):
+            data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
+    msg.data = _byte_array(bytes(data))
+    return msg
+
+
+def random_text(rng: np.random.Generator) -> str:
+    kind = rng.integers(6)
+    if kind == 0:
+        return ''
+    if kind == 1:
+        return ' \t\n' * int(rng.integers(1, 4))
+    if kind == 2:
+        return 'a' * int(rng.integers(200, 5000))
+    if kind == 3:
+        return ''.join(chr(int(c)) for c in rng.integers(0x20, 0x2FFF, size=12))
+    return ['mug', 'the red mug', 'a person', 'floor'][rng.integers(4)]
+
+
+def malformed_text_request(rng: np.random.Generator) -> SetTextPrompts.Request:
+    count = int([0, 1, 2, 5, 17, 300][rng.integers(6)])
+    return SetTextPrompts.Request(prompts=[random_text(rng) for _ in range(count)])
+
+
+def malformed_image_prompt_request(rng: np.random.Generator) -> SetImagePrompt.Request:
+    request = SetImagePrompt.Request(label=random_text(rng), append=bool(rng.integers(0, 2)))
+    request.image = malformed_image(rng)
+    kind = rng.integers(3)
+    if kind == 1:
+        request.mask = malformed_image(rng)
+    elif kind == 2:  # a well-formed mask of the image's claimed size, mostly empty
+        width, height = min(request.image.width, 64), min(request.image.height, 64)
+        request.mask = Image(width=width, height=height, encoding='mono8', step=width)
+        request.mask.data = _byte_array(bytes(width * height))
+    return request
+
+
+def malformed_segment_request(rng: np.random.Generator) -> Segment.Request:
+    request = Segment.Request()
+    if rng.random() < 0.8:
+        request.image = malformed_image(rng)
+    if rng.random() < 0.5:
+        request.prompts = [random_text(rng) for _ in range(int(rng.integers(0, 4)))]
+    return request
