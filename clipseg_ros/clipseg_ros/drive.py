@@ -19,7 +19,7 @@ import numpy as np
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
 from clipseg_ros_interfaces.msg import Segmentation
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
 OUTPUTS = ('mask', 'confidence', 'overlay', 'segmentation')
 
@@ -54,7 +54,8 @@ def installed_node_command(params: Dict[str, str], image_topic: str,
     command += ['--params-file', str(params_file)]
     for name, value in params.items():
         command += ['-p', f'{name}:={value}']
-    command += ['-r', f'image:={image_topic}']
+    # The same two remaps as clipseg.launch.py: raw and compressed transport of one camera.
+    command += ['-r', f'image:={image_topic}', '-r', f'image/compressed:={image_topic}/compressed']
     return command
 
 
@@ -88,10 +89,14 @@ class CameraStream:
     """Publish frames on a topic and record the clipseg outputs that answer them."""
 
     def __init__(self, node, image_topic: str, output_namespace: str = '',
-                 keep_outputs: bool = False):
+                 keep_outputs: bool = False, compressed: bool = False):
         self.node = node
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.publisher = node.create_publisher(Image, image_topic, qos)
+        if compressed:
+            self.publisher = node.create_publisher(CompressedImage, image_topic + '/compressed',
+                                                   qos)
+        else:
+            self.publisher = node.create_publisher(Image, image_topic, qos)
         self.records: Dict[tuple, FrameRecord] = {}
         self.keep_outputs = keep_outputs
         self._lock = threading.Lock()
@@ -124,7 +129,7 @@ class CameraStream:
             time.sleep(0.05)
         return True
 
-    def publish(self, msg: Image, frame_id: str = 'demo_camera_optical') -> tuple:
+    def publish(self, msg, frame_id: str = 'demo_camera_optical') -> tuple:
         self._sequence += 1
         stamp = self.node.get_clock().now().to_msg()
         msg.header.stamp = stamp
@@ -149,6 +154,15 @@ class CameraStream:
             next_time = start + sent * period
             time.sleep(max(0.0, next_time - time.monotonic()))
         return sent
+
+    def wait_answer(self, key: tuple, name: str = 'mask', timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if name in self.records[key].arrivals:
+                    return True
+            time.sleep(0.02)
+        return False
 
     def answered(self, name: str = 'segmentation') -> List[FrameRecord]:
         with self._lock:

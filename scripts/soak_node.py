@@ -1,0 +1,96 @@
+"""Soak the installed clipseg node: 640x480 frames at 30 Hz for a chosen time.
+
+The model (tiny on CPU by default) is slower than the camera, so the node must drop frames rather
+than queue them: latency stays bounded and memory flat.  Prints latency p50/p99 (camera stamp to
+`segmentation` arrival), processed and dropped counts, and the node's RSS at start and end.
+`make soak` runs it for 300 s.
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+
+from clipseg_ros.drive import (CameraStream, percentile_ms, rgb_image_msg, start_node_process,
+                               stop_node_process, synthetic_frame)
+from clipseg_ros.tiny_model import write_tiny_model
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('--duration', type=float, default=300.0, help='seconds')
+    parser.add_argument('--rate', type=float, default=30.0, help='camera rate in Hz')
+    parser.add_argument('--model', help='model folder (default: the tiny random model)')
+    parser.add_argument('--warmup', type=float, default=10.0,
+                        help='seconds before the starting RSS is taken')
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix='clipseg_soak_'))
+    model = args.model or str(write_tiny_model(scratch / 'model'))
+    log_path = scratch / 'node.log'
+    process = start_node_process({'model': model, 'device': 'cpu', 'qos_reliability': 'reliable',
+                                  'prompts': '["a red ball", "floor"]'},
+                                 '/soak_camera/image_raw', log_path, namespace='/soak')
+    rclpy.init()
+    node = rclpy.create_node('clipseg_soak_camera')
+    stream = CameraStream(node, '/soak_camera/image_raw', output_namespace='/soak')
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    node_process = psutil.Process(process.pid)
+    rss = {}
+
+    def sample_rss(sent: int) -> None:
+        elapsed = sent / args.rate
+        if 'start' not in rss and elapsed >= min(args.warmup, args.duration / 2):
+            rss['start'] = node_process.memory_info().rss
+            rss['start_index'] = sent
+
+    try:
+        if not stream.wait_for_subscriber(timeout=120.0):
+            print(f'soak: the node did not come up; see {log_path}', file=sys.stderr)
+            return 1
+        frames = [rgb_image_msg(synthetic_frame(640, 480, i)) for i in range(30)]
+        sent = stream.run(frames, args.rate, args.duration, on_tick=sample_rss)
+        rss['end'] = node_process.memory_info().rss
+        time.sleep(2.0)
+        alive = process.poll() is None
+    finally:
+        executor.shutdown()
+        stop_node_process(process)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    # Latency after warm-up only: the first frames include lazy initialisation.
+    warm = [r for i, r in enumerate(stream.records.values())
+            if i >= rss.get('start_index', 0) and 'segmentation' in r.arrivals]
+    latencies = np.array([r.arrivals['segmentation'] - r.sent for r in warm])
+    processed = len(stream.answered('segmentation'))
+    growth = (rss['end'] - rss['start']) / rss['start'] * 100.0
+    summary = {
+        'duration_s': args.duration, 'rate_hz': args.rate, 'sent': sent,
+        'processed': processed, 'dropped': sent - processed,
+        'latency_p50_ms': round(percentile_ms(latencies, 50), 1),
+        'latency_p99_ms': round(percentile_ms(latencies, 99), 1),
+        'latency_max_ms': round(float(latencies.max() * 1e3), 1) if len(latencies) else None,
+        'rss_start_mib': round(rss['start'] / 2**20, 1),
+        'rss_end_mib': round(rss['end'] / 2**20, 1), 'rss_growth_percent': round(growth, 2),
+        'node_alive': alive,
+    }
+    print(f"soak: {args.duration:.0f} s at {args.rate:.0f} Hz, 640x480: sent {sent}, "
+          f"processed {processed}, dropped {sent - processed}; latency p50 "
+          f"{summary['latency_p50_ms']} ms, p99 {summary['latency_p99_ms']} ms "
+          f"(p99/p50 {summary['latency_p99_ms'] / summary['latency_p50_ms']:.2f}); RSS "
+          f"{summary['rss_start_mib']} -> {summary['rss_end_mib']} MiB ({growth:+.2f}%)")
+    print(json.dumps(summary))
+    return 0 if alive and processed else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
