@@ -14,10 +14,12 @@ Typical use::
     result.labels  # (H, W) uint8, 0 = background, k = prompts[k - 1]
 """
 
+from collections import OrderedDict
 from dataclasses import dataclass
 import gc
 import json
 import logging
+import numbers
 from pathlib import Path
 import re
 import threading
@@ -30,6 +32,8 @@ import torch
 from torch.nn.functional import interpolate
 
 DEFAULT_MODEL = 'CIDAS/clipseg-rd64-refined'
+# Text embeddings kept for reuse; the least recently used beyond this are forgotten.
+TEXT_CACHE_SIZE = 1024
 DEVICE_CHOICES = ('auto', 'cpu', 'cuda', 'cuda:N')
 DTYPE_CHOICES = ('auto', 'float32', 'float16', 'bfloat16')
 COMPILE_MODES = ('none', 'cuda_graphs', 'compile')
@@ -55,7 +59,8 @@ class ModelLoadError(RuntimeError):
     """The model, its tokenizer or its preprocessor config could not be loaded."""
 
 
-@dataclass(frozen=True)
+# eq=False: prompts compare by identity; field-wise == on a tensor has no single truth value.
+@dataclass(frozen=True, eq=False)
 class Prompt:
     """A segmentation prompt: a label and its CLIP conditional embedding."""
 
@@ -133,6 +138,11 @@ def _how_to_get(model: str) -> str:
         'folder path as the model.')
 
 
+def _cause(exc: BaseException) -> str:
+    """Describe an exception in one phrase (no trailing period) for an error message."""
+    return f'{type(exc).__name__}: {str(exc).strip().rstrip(".")}'
+
+
 def _looks_like_hub_id(model: str) -> bool:
     return re.fullmatch(r'[A-Za-z0-9][\w.-]*(/[\w.-]+)?', model) is not None
 
@@ -156,9 +166,11 @@ def resolve_device(device: str) -> torch.device:
         return torch.device('cpu')
     if name == 'cuda' or re.fullmatch(r'cuda:\d+', name):
         if not torch.cuda.is_available():
+            build = (f'built for CUDA {torch.version.cuda}' if torch.version.cuda
+                     else 'a CPU-only build')
             raise ModelLoadError(
                 f"device '{device}' was requested but CUDA is not available on this machine "
-                f'(torch {torch.__version__}, built for CUDA {torch.version.cuda}); '
+                f'(torch {torch.__version__}, {build}); '
                 "use device 'cpu' or 'auto', or install a CUDA build of torch")
         index = int(name.split(':')[1]) if ':' in name else 0
         count = torch.cuda.device_count()
@@ -243,7 +255,7 @@ def _check_local_folder(folder: Path) -> None:
         except Exception as exc:  # noqa: B902 - any parse failure means the same thing here
             raise ModelLoadError(
                 f"weights file '{path}' is corrupt or not a safetensors file "
-                f'({type(exc).__name__}: {exc}); download it again. {fix}') from exc
+                f'({_cause(exc)}); download it again. {fix}') from exc
 
 
 def _load_pretrained(model: str, dtype: torch.dtype) -> tuple[Any, Any, PreprocessConfig]:
@@ -275,20 +287,20 @@ def _load_pretrained(model: str, dtype: torch.dtype) -> tuple[Any, Any, Preproce
                  ' It is not a local folder either, and it is neither in the Hugging Face '
                  'cache nor downloadable from here.')
         raise ModelLoadError(
-            f'could not load the weights of {what}: {type(exc).__name__}: {exc}.{where} '
+            f'could not load the weights of {what}: {_cause(exc)}.{where} '
             f'{_how_to_get(model)}') from exc
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     except Exception as exc:  # noqa: B902
         raise ModelLoadError(
-            f'could not load the tokenizer of {what}: {type(exc).__name__}: {exc}. '
+            f'could not load the tokenizer of {what}: {_cause(exc)}. '
             f'{_how_to_get(model)}') from exc
     try:
         config_path = cached_file(source, PREPROCESSOR_FILE, local_files_only=local_only)
         preprocess = PreprocessConfig.from_file(config_path)
     except Exception as exc:  # noqa: B902
         raise ModelLoadError(
-            f'could not read {PREPROCESSOR_FILE} of {what}: {type(exc).__name__}: {exc}. '
+            f'could not read {PREPROCESSOR_FILE} of {what}: {_cause(exc)}. '
             f'{_how_to_get(model)}') from exc
     return network, tokenizer, preprocess
 
@@ -374,7 +386,11 @@ class ClipSegEngine:
         self._dtype = dtype
         self._model_name = model_name
         self._preprocess_config = preprocess
-        self._model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        try:
+            self._model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        except RuntimeError as exc:  # out of memory, or a device that fails at first use
+            raise ModelLoadError(
+                f'could not move {model_name} to {device} as {dtype}: {_cause(exc)}') from exc
         self._tokenizer = tokenizer
         config = model.config
         self._patch_size = int(config.vision_config.patch_size)
@@ -395,7 +411,8 @@ class ClipSegEngine:
                          resolution, model_name, preprocess.size)
         self._mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)
-        self._text_cache: dict[str, torch.Tensor] = {}
+        # Least recently used first; bounded so a client sending ever-new prompts cannot grow it.
+        self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.text_encoder_calls = 0
         self._pinned: Optional[torch.Tensor] = None
         self._graph: Optional[_CudaGraphRunner] = None
@@ -497,7 +514,12 @@ class ClipSegEngine:
             self.text_encoder_calls += 1
             for text, row in zip(missing, features):
                 self._text_cache[text] = row.clone()
-        return [self._text_cache[text] for text in texts]
+        embeddings = [self._text_cache[text] for text in texts]
+        for text in texts:
+            self._text_cache.move_to_end(text)
+        while len(self._text_cache) > TEXT_CACHE_SIZE:
+            self._text_cache.popitem(last=False)
+        return embeddings
 
     def image_prompt(self, support_rgb: np.ndarray, mask: np.ndarray | None = None,
                      label: str = '', text: str | None = None,
@@ -515,7 +537,7 @@ class ClipSegEngine:
             raise ValueError(f'label must be a string, got {type(label).__name__}')
         if text is not None and (not isinstance(text, str) or not text.strip()):
             raise ValueError('text must be None or a non-empty string')
-        if (isinstance(text_weight, bool) or not isinstance(text_weight, (int, float))
+        if (isinstance(text_weight, bool) or not isinstance(text_weight, numbers.Real)
                 or not 0.0 <= float(text_weight) <= 1.0):
             raise ValueError(f'text_weight must be a number in [0, 1], got {text_weight!r}')
         weight = float(text_weight)
@@ -646,7 +668,7 @@ class ClipSegEngine:
                     f"prompt {index} ('{prompt.label}') has an embedding of shape "
                     f'{tuple(prompt.embedding.shape)}; this model needs '
                     f'({self._embedding_size},): all prompts must come from the same model')
-        if (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+        if (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
                 or not 0.0 <= float(threshold) <= 1.0):
             raise ValueError(f'threshold must be a number in [0, 1], got {threshold!r}')
         height, width = image_rgb.shape[:2]

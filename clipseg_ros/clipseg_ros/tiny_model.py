@@ -51,15 +51,13 @@ def _byte_alphabet() -> list[str]:
     """
     # '!'..'~', then the Latin-1 ranges 0xA1..0xAC and 0xAE..0xFF (soft hyphen excluded).
     printable = set(range(0x21, 0x7F)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
-    symbols = {}
-    shifted = 0
+    symbols = []
     for byte in range(256):
         if byte in printable:
-            symbols[byte] = chr(byte)
+            symbols.append(chr(byte))
         else:
-            symbols[byte] = chr(256 + shifted)
-            shifted += 1
-    return [symbols[byte] for byte in range(256)]
+            symbols.append(chr(256 + byte - sum(1 for b in printable if b < byte)))
+    return symbols
 
 
 def build_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -158,10 +156,23 @@ def write_tiny_model(out_dir: 'str | Path', seed: int = 0) -> Path:
     Returns the folder, ready for ``ClipSegEngine(model=str(folder))`` and for
     ``CLIPSegForImageSegmentation.from_pretrained(folder)``.
     """
+    return write_random_model(out_dir, size='tiny', seed=seed)
+
+
+def write_random_model(out_dir: 'str | Path', size: str = 'tiny', seed: int = 0) -> Path:
+    """
+    Write a random CLIPSeg folder: ``size`` 'tiny' (tests, demo) or 'full' (benchmarks).
+
+    'full' is the architecture of ``CIDAS/clipseg-rd64-refined`` (about 600 MB on disk):
+    latency does not depend on weight values, so it stands in for the real weights in speed
+    measurements.
+    """
+    if size not in ('tiny', 'full'):
+        raise ValueError(f"size must be 'tiny' or 'full', not {size!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-    config = tiny_config(tokenizer)
+    config = tiny_config(tokenizer) if size == 'tiny' else full_size_config()
     # fork_rng keeps callers' random streams reproducible while the init is seeded.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -185,9 +196,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     'CIDAS/clipseg-rd64-refined).')
     parser.add_argument('out_dir', help='folder to write (created if missing)')
     parser.add_argument('--seed', type=int, default=0, help='random seed for the weights')
+    parser.add_argument('--size', choices=['tiny', 'full'], default='tiny',
+                        help='tiny (tests, demo) or full (the real architecture, benchmarks)')
     args = parser.parse_args(argv)
-    folder = write_tiny_model(args.out_dir, seed=args.seed)
-    print(f'wrote tiny CLIPSeg model to {folder}')
+    folder = write_random_model(args.out_dir, size=args.size, seed=args.seed)
+    print(f'wrote {args.size} random CLIPSeg model to {folder}')
     return 0
 
 

@@ -134,6 +134,23 @@ class CameraAndCollector:
         return self.outputs_for(key, names) if ok else None
 
 
+def publish_until_answered(camera: 'CameraAndCollector', msg, frame_id: str = 'camera_optical',
+                           timeout: float = 60.0, retry_period: float = 1.0):
+    """Publish msg (fresh stamp each time) until the outputs of one copy arrive.
+
+    A best-effort subscriber in another process may match our publisher a moment after we see
+    it, and a sample sent in between is lost by design; resending covers that.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        key = camera.publish(msg, frame_id=frame_id)
+        outputs = camera.wait_outputs(key, timeout=min(retry_period,
+                                                       deadline - time.monotonic()))
+        if outputs is not None:
+            return outputs
+    return None
+
+
 def call_service(node, client, request, timeout: float = 30.0):
     """Call a service from a node spun elsewhere; return the response or raise TimeoutError."""
     if not client.wait_for_service(timeout_sec=timeout):

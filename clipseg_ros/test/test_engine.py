@@ -382,13 +382,34 @@ def test_bad_text_prompts_are_refused(engine, texts, message) -> None:
         engine.text_prompts(texts)
 
 
-def test_any_ascii_text_tokenizes_without_unknown_tokens(engine) -> None:
-    prompt = engine.text_prompts([string.printable])[0]
+@pytest.mark.parametrize('text', [string.printable, 'caf\u00e9 \u2615 \u00fcber'])
+def test_any_text_tokenizes_without_unknown_tokens(engine, text) -> None:
+    prompt = engine.text_prompts([text])[0]
     assert torch.isfinite(prompt.embedding).all()
     tokenizer = engine._tokenizer
-    ids = tokenizer(string.printable)['input_ids']
+    ids = tokenizer(text)['input_ids']
     assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    # The unknown token is the end-of-text token, so it must not occur inside the text.
     assert tokenizer.eos_token_id not in ids[1:-1]
+
+
+def test_texts_longer_than_the_context_are_truncated(engine) -> None:
+    long_text = ' '.join(['word'] * 200)
+    prompt = engine.text_prompts([long_text])[0]
+    assert prompt.embedding.shape == (engine.embedding_size,)
+    assert torch.isfinite(prompt.embedding).all()
+    ids = engine._tokenizer([long_text], truncation=True, max_length=77)['input_ids'][0]
+    # Truncation keeps the end-of-text token the text model pools at.
+    assert len(ids) == 77 and ids[-1] == engine._tokenizer.eos_token_id
+
+
+def test_numpy_scalars_are_accepted_as_numbers(engine, frame) -> None:
+    prompts = engine.text_prompts(['a cat'])
+    result = engine.segment(frame, prompts, threshold=np.float32(0.0))
+    assert np.all(result.labels == 1)
+    image, mask = supports()[0]
+    mixed = engine.image_prompt(image, mask, text='a cat', text_weight=np.float32(1.0))
+    torch.testing.assert_close(mixed.embedding, prompts[0].embedding)
 
 
 # ---------------------------------------------------------------------- resolution
@@ -599,6 +620,23 @@ def test_concurrent_use_from_threads_is_consistent(engine, frame) -> None:
     assert len(results) == 10
     for result in results:
         np.testing.assert_allclose(result.probabilities, expected, rtol=0, atol=1e-6)
+
+
+def test_text_cache_is_bounded_least_recently_used_first(tiny_model_dir: Path,
+                                                          monkeypatch) -> None:
+    from clipseg_ros import engine as engine_module
+    monkeypatch.setattr(engine_module, 'TEXT_CACHE_SIZE', 3)
+    small = ClipSegEngine(model=str(tiny_model_dir), device='cpu')
+    small.text_prompts(['one', 'two', 'three'])
+    small.text_prompts(['one'])          # 'one' is now the most recently used
+    small.text_prompts(['four'])         # evicts 'two', the least recently used
+    assert list(small._text_cache) == ['three', 'one', 'four']
+    calls = small.text_encoder_calls
+    small.text_prompts(['one', 'three'])
+    assert small.text_encoder_calls == calls, 'kept entries are still served from the cache'
+    small.text_prompts(['two'])
+    assert small.text_encoder_calls == calls + 1, 'an evicted entry is encoded again'
+    assert len(small._text_cache) == 3
 
 
 def test_release_drops_model_and_cache(tiny_model_dir, frame) -> None:

@@ -18,7 +18,8 @@ from clipseg_ros_interfaces.srv import SetTextPrompts
 from rclpy.executors import SingleThreadedExecutor
 
 from clipseg_ros.conversions import image_to_array
-from node_harness import CameraAndCollector, call_service, encode_frame, rgb_frame
+from node_harness import (CameraAndCollector, call_service, encode_frame,
+                          publish_until_answered, rgb_frame)
 
 
 def installed_executable() -> Path:
@@ -72,16 +73,14 @@ def test_installed_node_with_params_file_and_remap(ros_context, node_process):
     try:
         assert camera.wait_for_subscriber(timeout=60.0), log_path.read_text()
         frame = encode_frame(rgb_frame(120, 90), 'bgr8')
-        key = camera.publish(frame, frame_id='test_camera_optical')
-        outputs = camera.wait_outputs(key, timeout=60.0)
+        outputs = publish_until_answered(camera, frame, frame_id='test_camera_optical')
         assert outputs is not None, log_path.read_text()
         assert outputs['mask'].header.frame_id == 'test_camera_optical'
         assert image_to_array(outputs['mask']).shape == (90, 120)
         assert outputs['segmentation'].labels == ['object']  # the YAML's initial prompt
         response = call_service(camera.node, client, SetTextPrompts.Request(prompts=['cup']))
         assert response.success, response.message
-        key = camera.publish(frame)
-        outputs = camera.wait_outputs(key, timeout=60.0)
+        outputs = publish_until_answered(camera, frame)
         assert outputs['segmentation'].labels == ['cup']
         assert outputs['segmentation'].prompt_version == response.prompt_version
         assert process.poll() is None, 'node exited'

@@ -1,0 +1,174 @@
+"""End-to-end benchmark: the installed clipseg node fed by a camera publisher at a fixed rate.
+
+For each input size and prompt count it measures, on the same frames:
+  * engine-only time: ClipSegEngine.segment in this process, no ROS (the node not running yet),
+  * node latency: camera header stamp -> arrival of `mask`, `confidence` and `segmentation`,
+  * output rate and dropped frames,
+and prints the node's overhead over the engine as a ratio (p50 latency / p50 engine - 1).
+Uses the full-size CLIPSeg architecture with random weights (latency does not depend on weight
+values) unless --model names real weights.  The last line is a JSON summary.
+
+    python bench/node_bench.py                      # CPU here: 640x480 and 1280x720, N=1,4,13
+    python bench/node_bench.py --device cuda --dtype float16 --compile-mode cuda_graphs
+"""
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+import torch
+from clipseg_ros_interfaces.srv import SetTextPrompts
+from rclpy.executors import SingleThreadedExecutor
+
+from clipseg_ros.drive import (CameraStream, percentile_ms, rgb_image_msg, start_node_process,
+                               stop_node_process, synthetic_frame)
+from clipseg_ros.engine import ClipSegEngine
+from clipseg_ros.tiny_model import write_random_model
+
+PROMPT_POOL = ['a red ball', 'the floor', 'a wall', 'a person', 'a mug', 'a table', 'a chair',
+               'a door', 'a window', 'a robot arm', 'a box', 'a bottle', 'a cable']
+OUTPUT_NAMES = ('mask', 'confidence', 'segmentation')
+
+
+def parse_size(text: str) -> tuple:
+    width, height = text.lower().split('x')
+    return int(width), int(height)
+
+
+def engine_times(engine: ClipSegEngine, frames, prompts, repeats: int) -> np.ndarray:
+    encoded = engine.text_prompts(prompts)
+    engine.segment(frames[0], encoded)  # warm-up
+    times = []
+    for index in range(repeats):
+        start = time.perf_counter()
+        engine.segment(frames[index % len(frames)], encoded)
+        if engine.device.type == 'cuda':
+            torch.cuda.synchronize(engine.device)
+        times.append(time.perf_counter() - start)
+    return np.array(times)
+
+
+def set_prompts(node, client, prompts) -> None:
+    done = threading.Event()
+    future = client.call_async(SetTextPrompts.Request(prompts=prompts))
+    future.add_done_callback(lambda _: done.set())
+    if not done.wait(60.0) or not future.result().success:
+        raise RuntimeError(f'could not set prompts {prompts}')
+
+
+def run_stream(stream: CameraStream, msgs, rate_hz: float, frames: int) -> dict:
+    stream.records.clear()
+    sent = stream.run(msgs, rate_hz, frames / rate_hz)
+    deadline = time.monotonic() + 30.0
+    last = max(stream.records, key=lambda k: stream.records[k].sent)
+    while time.monotonic() < deadline and \
+            not set(OUTPUT_NAMES) <= set(stream.records[last].arrivals):
+        time.sleep(0.05)
+    answered = [r for r in stream.records.values() if set(OUTPUT_NAMES) <= set(r.arrivals)]
+    latencies = np.array([max(r.arrivals[n] for n in OUTPUT_NAMES) - r.sent for r in answered])
+    inference = np.array([r.inference_s for r in answered if r.inference_s is not None])
+    arrivals = sorted(r.arrivals['segmentation'] for r in answered)
+    span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else float('nan')
+    return {'sent': sent, 'processed': len(answered), 'dropped': sent - len(answered),
+            'latency_p50_ms': percentile_ms(latencies, 50),
+            'latency_p99_ms': percentile_ms(latencies, 99),
+            'node_inference_p50_ms': percentile_ms(inference, 50),
+            'output_rate_hz': (len(arrivals) - 1) / span if len(arrivals) > 1 else 0.0}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--sizes', default='640x480,1280x720')
+    parser.add_argument('--prompts', default='1,4,13')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--dtype', default='auto')
+    parser.add_argument('--compile-mode', default='none')
+    parser.add_argument('--model', help='model folder or hub id (default: full-size random)')
+    parser.add_argument('--frames', type=int, default=12, help='frames per configuration')
+    parser.add_argument('--rate', default='auto',
+                        help="camera rate in Hz, or 'auto': 70%% of the engine's own rate so "
+                             'latency is not inflated by waiting for the previous frame')
+    args = parser.parse_args()
+    sizes = [parse_size(s) for s in args.sizes.split(',')]
+    counts = [int(n) for n in args.prompts.split(',')]
+    scratch = Path(tempfile.mkdtemp(prefix='clipseg_node_bench_'))
+    model = args.model or str(write_random_model(scratch / 'model', size='full'))
+
+    # 1. Engine alone, same frames, before the node exists (no competition for the cores).
+    engine = ClipSegEngine(model=model, device=args.device, dtype=args.dtype,
+                           compile_mode=args.compile_mode)
+    device_name = torch.cuda.get_device_name(engine.device) if engine.device.type == 'cuda' \
+        else f'{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads'
+    dtype_name = str(engine.dtype).replace('torch.', '')
+    rgb = {size: [synthetic_frame(*size, i) for i in range(8)] for size in sizes}
+    engine_ms = {}
+    for size in sizes:
+        for count in counts:
+            times = engine_times(engine, rgb[size], PROMPT_POOL[:count], args.frames)
+            engine_ms[size, count] = float(np.median(times) * 1e3)
+            print(f'engine {size[0]}x{size[1]} N={count}: p50 {engine_ms[size, count]:.1f} ms',
+                  flush=True)
+    engine.release()
+    del engine
+
+    # 2. The node, as launch starts it, on the same frames.
+    process = start_node_process(
+        {'model': model, 'device': args.device, 'dtype': args.dtype,
+         'compile_mode': args.compile_mode, 'qos_reliability': 'reliable',
+         'publish_overlay': 'false', 'max_prompts': '16'},
+        '/bench_camera/image_raw', scratch / 'node.log', namespace='/bench')
+    rclpy.init()
+    node = rclpy.create_node('clipseg_bench_camera')
+    stream = CameraStream(node, '/bench_camera/image_raw', output_namespace='/bench')
+    client = node.create_client(SetTextPrompts, '/bench/clipseg/set_text_prompts')
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    results = []
+    try:
+        if not client.wait_for_service(timeout_sec=300.0) or \
+                not stream.wait_for_subscriber(timeout=60.0):
+            print(f'node did not come up; see {scratch / "node.log"}', file=sys.stderr)
+            return 1
+        for size in sizes:
+            msgs = [rgb_image_msg(frame) for frame in rgb[size]]
+            for count in counts:
+                set_prompts(node, client, PROMPT_POOL[:count])
+                rate = float(args.rate) if args.rate != 'auto' else \
+                    min(30.0, 0.7 * 1e3 / engine_ms[size, count])
+                run_stream(stream, msgs, rate, 2)  # warm-up at this size and prompt count
+                measured = run_stream(stream, msgs, rate, args.frames)
+                overhead = measured['latency_p50_ms'] / engine_ms[size, count] - 1.0
+                row = {'width': size[0], 'height': size[1], 'prompts': count,
+                       'rate_hz': round(rate, 2), 'engine_p50_ms': round(engine_ms[size, count], 2),
+                       **{k: round(v, 2) if isinstance(v, float) else v
+                          for k, v in measured.items()},
+                       'node_overhead_ratio': round(overhead, 4)}
+                results.append(row)
+                print(f"node   {size[0]}x{size[1]} N={count} at {rate:.1f} Hz: latency p50 "
+                      f"{row['latency_p50_ms']:.1f} ms p99 {row['latency_p99_ms']:.1f} ms, "
+                      f"engine p50 {row['engine_p50_ms']:.1f} ms, overhead "
+                      f'{overhead * 100:+.1f}%, output {row["output_rate_hz"]:.1f} Hz, '
+                      f"dropped {row['dropped']}/{row['sent']}", flush=True)
+    finally:
+        executor.shutdown()
+        stop_node_process(process)
+        node.destroy_node()
+        rclpy.try_shutdown()
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(json.dumps({'benchmark': 'node_bench', 'device': device_name, 'dtype': dtype_name,
+                      'compile_mode': args.compile_mode, 'results': results}))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
