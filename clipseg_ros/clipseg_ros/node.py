@@ -440,11 +440,14 @@ class ClipSegNode(LifecycleNode):
         if not publishers:
             return
         segmentation, stats = self._segmentation_msg(header, result, prompt_set, threshold)
-        publishers['mask'].publish(conversions.array_to_image(result.labels, 'mono8', header))
-        publishers['confidence'].publish(
-            conversions.array_to_image(result.confidence, '32FC1', header))
+        # Image outputs nobody listens to are not built: the overlay alone costs milliseconds.
+        if publishers['mask'].get_subscription_count():
+            publishers['mask'].publish(conversions.array_to_image(result.labels, 'mono8', header))
+        if publishers['confidence'].get_subscription_count():
+            publishers['confidence'].publish(
+                conversions.array_to_image(result.confidence, '32FC1', header))
         publishers['segmentation'].publish(segmentation)
-        if self._param('publish_overlay'):
+        if self._param('publish_overlay') and publishers['overlay'].get_subscription_count():
             overlay = render_overlay(image_rgb, result.labels, stats, prompt_set.labels)
             publishers['overlay'].publish(conversions.array_to_image(overlay, 'rgb8', header))
 

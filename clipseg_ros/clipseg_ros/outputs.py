@@ -23,26 +23,31 @@ def region_stats(labels: np.ndarray, confidence: np.ndarray, prompt_count: int) 
     labels: (H, W) uint8, 0 = background, k = prompt k (1-based).
     confidence: (H, W) float32.
     """
-    flat = labels.ravel()
+    height, width = labels.shape
     bins = prompt_count + 1
-    counts = np.bincount(flat, minlength=bins)[:bins]
-    rows, cols = np.indices(labels.shape)
-    sum_x = np.bincount(flat, weights=cols.ravel(), minlength=bins)[:bins]
-    sum_y = np.bincount(flat, weights=rows.ravel(), minlength=bins)[:bins]
-    sum_conf = np.bincount(flat, weights=confidence.ravel(), minlength=bins)[:bins]
+    wide = labels.astype(np.intp)
+    # Per-row and per-column histograms of the labels: every statistic below comes from these
+    # two small tables, without a pass over the image per prompt.
+    row_hist = np.bincount((wide + bins * np.arange(height)[:, None]).ravel(),
+                           minlength=bins * height).reshape(height, bins).T[1:]
+    col_hist = np.bincount((wide + bins * np.arange(width)[None, :]).ravel(),
+                           minlength=bins * width).reshape(width, bins).T[1:]
+    counts = row_hist.sum(axis=1)
     safe = np.maximum(counts, 1)
+    centroids = np.stack([col_hist @ np.arange(width) / safe,
+                          row_hist @ np.arange(height) / safe], axis=1)
     boxes = np.zeros((prompt_count, 4), np.int64)
-    # Only labels that occur cost a scan; the box comes from the row and column projections.
-    present = np.flatnonzero(counts[1:]) + 1
-    for label in present:
-        hit = labels == label
-        ys = np.flatnonzero(hit.any(axis=1))
-        xs = np.flatnonzero(hit.any(axis=0))
-        boxes[label - 1] = (xs[0], ys[0], xs[-1] - xs[0] + 1, ys[-1] - ys[0] + 1)
-    centroids = np.stack([sum_x / safe, sum_y / safe], axis=1)[1:]
-    centroids[counts[1:] == 0] = 0.0
-    mean_confidence = (sum_conf / safe)[1:].astype(np.float32)
-    return RegionStats(counts[1:].astype(np.int64), boxes, centroids, mean_confidence)
+    present = counts > 0
+    if present.any():
+        rows_present, cols_present = row_hist[present] > 0, col_hist[present] > 0
+        top = rows_present.argmax(axis=1)
+        bottom = height - 1 - rows_present[:, ::-1].argmax(axis=1)
+        left = cols_present.argmax(axis=1)
+        right = width - 1 - cols_present[:, ::-1].argmax(axis=1)
+        boxes[present] = np.stack([left, top, right - left + 1, bottom - top + 1], axis=1)
+    sum_conf = np.bincount(wide.ravel(), weights=confidence.ravel(), minlength=bins)[1:bins]
+    mean_confidence = (sum_conf / safe).astype(np.float32)
+    return RegionStats(counts.astype(np.int64), boxes, centroids, mean_confidence)
 
 
 def palette(size: int = 256) -> np.ndarray:
@@ -60,12 +65,10 @@ PALETTE = palette()
 def render_overlay(image_rgb: np.ndarray, labels: np.ndarray, stats: RegionStats,
                    names: Sequence[str], alpha: float = 0.5) -> np.ndarray:
     """Blend each prompt's colour over its pixels and write its label at the centroid."""
+    colours = PALETTE[labels]
+    blended = cv2.addWeighted(image_rgb, 1.0 - alpha, colours, alpha, 0.0)
     overlay = image_rgb.copy()
-    foreground = labels > 0
-    if foreground.any():
-        colours = PALETTE[labels[foreground]].astype(np.float32)
-        blended = (1.0 - alpha) * image_rgb[foreground].astype(np.float32) + alpha * colours
-        overlay[foreground] = blended.astype(np.uint8)
+    np.copyto(overlay, blended, where=(labels > 0)[:, :, None])
     scale = max(0.4, min(image_rgb.shape[:2]) / 600.0)
     for index, name in enumerate(names):
         if stats.pixel_count[index] == 0:

@@ -322,3 +322,15 @@ def test_compressed_transport(ros_context, tiny_model_dir):
         assert harness.camera.wait_for(lambda: harness.node.counters.rejected == 1, 5)
     finally:
         harness.close()
+
+
+def test_overlay_can_be_switched_off_live(running):
+    frame = encode_frame(rgb_frame(40, 30), 'rgb8')
+    assert running.send_and_wait(frame)['overlay'].encoding == 'rgb8'
+    assert running.set_parameter('publish_overlay', False).successful
+    names = ('mask', 'confidence', 'segmentation')
+    first = running.send_and_wait(frame, names=names)
+    running.send_and_wait(frame, names=names)  # by now any overlay of the first has arrived
+    key = (first['mask'].header.stamp.sec, first['mask'].header.stamp.nanosec)
+    assert key not in running.camera.received['overlay']
+    assert len(running.camera.received['mask']) == len(running.camera.received['overlay']) + 2
