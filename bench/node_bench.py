@@ -29,7 +29,7 @@ from clipseg_ros_interfaces.srv import SetTextPrompts
 from rclpy.executors import SingleThreadedExecutor
 
 from clipseg_ros.drive import (CameraStream, percentile_ms, rgb_image_msg, start_node_process,
-                               stop_node_process, synthetic_frame)
+                               stop_node_process, synthetic_frame, use_large_image_profile)
 from clipseg_ros.engine import ClipSegEngine
 from clipseg_ros.tiny_model import write_random_model
 
@@ -98,6 +98,7 @@ def main() -> int:
                         help="camera rate in Hz, or 'auto': 70%% of the engine's own rate so "
                              'latency is not inflated by waiting for the previous frame')
     args = parser.parse_args()
+    use_large_image_profile()
     sizes = [parse_size(s) for s in args.sizes.split(',')]
     counts = [int(n) for n in args.prompts.split(',')]
     scratch = Path(tempfile.mkdtemp(prefix='clipseg_node_bench_'))
@@ -123,7 +124,7 @@ def main() -> int:
     # 2. The node, as launch starts it, on the same frames.
     process = start_node_process(
         {'model': model, 'device': args.device, 'dtype': args.dtype,
-         'compile_mode': args.compile_mode, 'qos_reliability': 'reliable',
+         'compile_mode': args.compile_mode,
          'publish_overlay': 'false', 'max_prompts': '16'},
         '/bench_camera/image_raw', scratch / 'node.log', namespace='/bench')
     rclpy.init()
@@ -149,7 +150,8 @@ def main() -> int:
                 measured = run_stream(stream, msgs, rate, args.frames)
                 overhead = measured['latency_p50_ms'] / engine_ms[size, count] - 1.0
                 row = {'width': size[0], 'height': size[1], 'prompts': count,
-                       'rate_hz': round(rate, 2), 'engine_p50_ms': round(engine_ms[size, count], 2),
+                       'rate_hz': round(rate, 2),
+                       'engine_p50_ms': round(engine_ms[size, count], 2),
                        **{k: round(v, 2) if isinstance(v, float) else v
                           for k, v in measured.items()},
                        'node_overhead_ratio': round(overhead, 4)}

@@ -21,7 +21,7 @@ from rclpy.executors import SingleThreadedExecutor
 
 from clipseg_ros.conversions import image_to_array
 from clipseg_ros.drive import (CameraStream, percentile_ms, rgb_image_msg, start_node_process,
-                               stop_node_process, synthetic_frame)
+                               stop_node_process, synthetic_frame, use_large_image_profile)
 from clipseg_ros.engine import DEFAULT_MODEL, ClipSegEngine, ModelLoadError
 from clipseg_ros.tiny_model import write_tiny_model
 
@@ -88,15 +88,13 @@ def main() -> int:
     parser.add_argument('--out', type=Path, default=Path('demo_output'))
     parser.add_argument('--save', type=int, default=8, help='frames to save')
     args = parser.parse_args()
+    use_large_image_profile()
     prompts = args.prompt or ['a red ball']
     args.out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix='clipseg_demo_'))
     model = choose_model(args.model, scratch)
 
-    # The synthetic camera publishes reliably: 640x480 frames exceed Fast DDS's default shared
-    # memory segment, and best-effort UDP fragments get lost between processes (see README).
-    params = {'model': model, 'prompts': '[' + ','.join(f'"{p}"' for p in prompts) + ']',
-              'qos_reliability': 'reliable'}
+    params = {'model': model, 'prompts': '[' + ','.join(f'"{p}"' for p in prompts) + ']'}
     process = start_node_process(params, '/demo_camera/image_raw', args.out / 'node.log',
                                  namespace='/demo')
     rclpy.init()

@@ -23,7 +23,7 @@ from sensor_msgs.msg import CompressedImage
 
 from clipseg_ros import fuzz
 from clipseg_ros.drive import (CameraStream, rgb_image_msg, start_node_process, stop_node_process,
-                               synthetic_frame)
+                               synthetic_frame, use_large_image_profile)
 from clipseg_ros.tiny_model import write_tiny_model
 
 
@@ -42,6 +42,7 @@ def main() -> int:
     parser.add_argument('--seed', type=int, default=1)
     parser.add_argument('--transport', choices=['raw', 'compressed'], default='raw')
     args = parser.parse_args()
+    use_large_image_profile()
     scratch = Path(tempfile.mkdtemp(prefix='clipseg_fuzz_'))
     model = write_tiny_model(scratch / 'model')
     log_path = scratch / 'node.log'

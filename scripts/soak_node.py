@@ -20,7 +20,7 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 
 from clipseg_ros.drive import (CameraStream, percentile_ms, rgb_image_msg, start_node_process,
-                               stop_node_process, synthetic_frame)
+                               stop_node_process, synthetic_frame, use_large_image_profile)
 from clipseg_ros.tiny_model import write_tiny_model
 
 
@@ -32,10 +32,11 @@ def main() -> int:
     parser.add_argument('--warmup', type=float, default=10.0,
                         help='seconds before the starting RSS is taken')
     args = parser.parse_args()
+    use_large_image_profile()
     scratch = Path(tempfile.mkdtemp(prefix='clipseg_soak_'))
     model = args.model or str(write_tiny_model(scratch / 'model'))
     log_path = scratch / 'node.log'
-    process = start_node_process({'model': model, 'device': 'cpu', 'qos_reliability': 'reliable',
+    process = start_node_process({'model': model, 'device': 'cpu',
                                   'prompts': '["a red ball", "floor"]'},
                                  '/soak_camera/image_raw', log_path, namespace='/soak')
     rclpy.init()

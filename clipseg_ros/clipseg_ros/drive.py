@@ -24,6 +24,18 @@ from sensor_msgs.msg import CompressedImage, Image
 OUTPUTS = ('mask', 'confidence', 'overlay', 'segmentation')
 
 
+def use_large_image_profile() -> None:
+    """Point Fast DDS at the shipped profile with a shared-memory segment for large frames.
+
+    Call before rclpy.init; node processes started afterwards inherit it.  The default segment
+    is smaller than one 640x480 rgb8 frame, so such frames would cross between processes as
+    UDP fragments, which best-effort readers lose under load.  A value already set wins.
+    """
+    profile = Path(get_package_share_directory('clipseg_ros')) / 'config' / \
+        'fastdds_large_images.xml'
+    os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', str(profile))
+
+
 def synthetic_frame(width: int, height: int, index: int) -> np.ndarray:
     """A scene with a red ball moving over a blue-green gradient, deterministic per index."""
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)

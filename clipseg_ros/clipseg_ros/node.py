@@ -107,7 +107,8 @@ class ClipSegNode(LifecycleNode):
         self._engine_error = 'not configured'
         self._prompt_set = PromptSet()
         self._prompt_lock = threading.Lock()
-        self._frame_lock = threading.Lock()
+        # Guards the pending frame; the worker thread waits on it for the next one.
+        self._frame_ready = threading.Condition()
         # Held while a camera frame is processed, so cleanup never frees what the worker uses.
         self._worker_lock = threading.Lock()
         self._pending_frame = None       # newest unprocessed camera message
@@ -120,11 +121,9 @@ class ClipSegNode(LifecycleNode):
         self._declare_parameters()
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        self._worker_group = MutuallyExclusiveCallbackGroup()
+        self._worker: Optional[threading.Thread] = None
         self._input_group = MutuallyExclusiveCallbackGroup()
         self._service_group = ReentrantCallbackGroup()
-        self._wake_worker = self.create_guard_condition(
-            self._process_pending_frame, callback_group=self._worker_group)
         # Diagnostics report in every lifecycle state, so they use a plain publisher.
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._diagnostics_timer = self.create_timer(
@@ -189,7 +188,8 @@ class ClipSegNode(LifecycleNode):
     def _on_set_parameters(self, parameters) -> SetParametersResult:
         # Validate every change first; apply only when all are accepted.
         for parameter in parameters:
-            if parameter.name == 'resolution' and parameter.type_ == ParameterType.PARAMETER_INTEGER:
+            if parameter.name == 'resolution' and \
+                    parameter.type_ == ParameterType.PARAMETER_INTEGER:
                 if parameter.value % 16 != 0 or not 64 <= parameter.value <= 1024:
                     return SetParametersResult(
                         successful=False,
@@ -235,6 +235,9 @@ class ClipSegNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._engine = engine
         self._engine_error = ''
+        if self._param('device') == 'auto' and engine.device.type == 'cpu':
+            self.get_logger().warning('device auto: no CUDA device found, running on the CPU '
+                                      '(expect seconds per frame with the full model)')
         with self._prompt_lock:
             self._prompt_set = PromptSet(tuple(initial), self._prompt_set.version + 1)
         self.get_logger().info(
@@ -274,20 +277,33 @@ class ClipSegNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._active = True
+        # Inference runs on a thread of its own rather than as an executor callback: it holds
+        # no executor thread for the length of an inference, sleeps on a condition variable
+        # between frames, and deactivate can join it, so no frame is processed afterwards.
+        self._worker = threading.Thread(target=self._worker_loop, name='clipseg_worker',
+                                        daemon=True)
+        self._worker.start()
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._active = False
-        with self._frame_lock:
-            self._pending_frame = None
+        self._stop_worker()
         return super().on_deactivate(state)
+
+    def _stop_worker(self) -> None:
+        with self._frame_ready:
+            self._active = False
+            self._pending_frame = None
+            self._frame_ready.notify_all()
+        if self._worker is not None and self._worker is not threading.current_thread():
+            self._worker.join()  # at most one inference
+        self._worker = None
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release_resources()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._active = False
+        self._stop_worker()
         self._release_resources()
         return TransitionCallbackReturn.SUCCESS
 
@@ -305,7 +321,7 @@ class ClipSegNode(LifecycleNode):
         for publisher in self._outputs.values():
             self.destroy_lifecycle_publisher(publisher)
         self._outputs = {}
-        with self._frame_lock:
+        with self._frame_ready:
             self._pending_frame = None
             self._latest_frame = None
         engine, self._engine = self._engine, None
@@ -355,37 +371,34 @@ class ClipSegNode(LifecycleNode):
             counters.rejected += 1
             self._warn_throttled('frame', f'dropping camera frame: {error}')
             return
-        with self._frame_lock:
+        with self._frame_ready:
             if self._pending_frame is not None:
                 counters.dropped += 1
             self._pending_frame = (msg, now)
             self._latest_frame = msg
-        if self._active:
-            self._wake_worker.trigger()
+            self._frame_ready.notify()
 
-    def _take_pending_frame(self):
-        with self._frame_lock:
-            pending, self._pending_frame = self._pending_frame, None
-        return pending
-
-    def _process_pending_frame(self) -> None:
-        with self._worker_lock:
-            self._process_one_frame()
-        # A newer frame may have arrived while this one was processed.
-        with self._frame_lock:
-            more = self._pending_frame is not None
-        if more and self._active:
-            self._wake_worker.trigger()
+    def _worker_loop(self) -> None:
+        while True:
+            with self._frame_ready:
+                self._frame_ready.wait_for(lambda: self._pending_frame is not None or
+                                           not self._active)
+                if not self._active:
+                    return
+            with self._worker_lock:
+                self._process_one_frame()
 
     def _process_one_frame(self) -> None:
+        """Convert, segment and publish the pending frame, if any."""
         if not self._active or self._engine is None:
             return
         max_rate = self._param('max_rate_hz')
-        if max_rate > 0.0:
+        if max_rate > 0.0 and self._pending_frame is not None:
             wait = self._last_process_start + 1.0 / max_rate - time.monotonic()
             if wait > 0.0:
-                time.sleep(wait)  # this callback group has no other work to block
-        pending = self._take_pending_frame()
+                time.sleep(wait)  # only the worker waits; a newer frame may arrive meanwhile
+        with self._frame_ready:
+            pending, self._pending_frame = self._pending_frame, None
         if pending is None:
             return
         msg, received_at = pending
@@ -640,6 +653,11 @@ class ClipSegNode(LifecycleNode):
         }
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         return status
+
+    def destroy_node(self) -> None:
+        """Stop the worker before the publishers it uses are destroyed."""
+        self._stop_worker()
+        super().destroy_node()
 
     def _publish_diagnostics(self) -> None:
         array = DiagnosticArray()

@@ -199,7 +199,8 @@ class RunningNode:
         return call_service(self.client_node, self.clients[which], request)
 
     def set_parameter(self, name, value):
-        request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+        parameter = Parameter(name, value=value).to_parameter_msg()
+        request = SetParameters.Request(parameters=[parameter])
         return self.call('params', request).results[0]
 
     def send_and_wait(self, msg, **kwargs):

@@ -623,7 +623,7 @@ def test_concurrent_use_from_threads_is_consistent(engine, frame) -> None:
 
 
 def test_text_cache_is_bounded_least_recently_used_first(tiny_model_dir: Path,
-                                                          monkeypatch) -> None:
+                                                         monkeypatch) -> None:
     from clipseg_ros import engine as engine_module
     monkeypatch.setattr(engine_module, 'TEXT_CACHE_SIZE', 3)
     small = ClipSegEngine(model=str(tiny_model_dir), device='cpu')

@@ -1,4 +1,4 @@
-"""Hundreds of seeded malformed frames and requests, then a valid frame: the node must answer it."""
+"""Hundreds of seeded malformed frames and requests, then a valid frame the node must answer."""
 
 import numpy as np
 import pytest
@@ -12,7 +12,7 @@ SEED = 20261125
 
 @pytest.mark.parametrize('compressed', [False, True], ids=['raw', 'compressed'])
 def test_fuzzed_frames_and_requests_leave_the_node_working(ros_context, tiny_model_dir,
-                                                          compressed):
+                                                           compressed):
     rng = np.random.default_rng(SEED + compressed)
     harness = RunningNode(ros_context, tiny_model_dir, compressed=compressed)
     try:

@@ -283,25 +283,55 @@ def test_diagnostics_report_rates_counts_and_stale_camera(running):
         s.name.startswith('/clipseg') for a in running.camera.diagnostics for s in a.status), 5)
 
 
-def test_unloadable_model_fails_configure_and_can_be_configured_again(ros_context, tmp_path,
-                                                                      tiny_model_dir):
+def break_model_folder(folder, tiny_model_dir, cause):
+    """Make `folder` an unloadable model of the given kind; return a text the error must name."""
     import shutil
-    missing = tmp_path / 'model'
+    if cause == 'missing':
+        return str(folder)
+    shutil.copytree(tiny_model_dir, folder)
+    weights = folder / 'model.safetensors'
+    if cause == 'corrupt safetensors':
+        weights.write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00not a safetensors header')
+        return 'corrupt'
+    weights.rename(folder / 'pytorch_model.bin')  # pickle-only folder
+    return 'pickle'
+
+
+@pytest.mark.parametrize('cause', ['missing', 'corrupt safetensors', 'pickle only'])
+def test_unloadable_model_fails_configure_and_can_be_configured_again(ros_context, tmp_path,
+                                                                      tiny_model_dir, cause):
+    import shutil
+    folder = tmp_path / 'model'
+    named = break_model_folder(folder, tiny_model_dir, cause)
     node = ClipSegNode(context=ros_context,
-                       parameter_overrides=tiny_model_overrides(missing, autostart=False))
+                       parameter_overrides=tiny_model_overrides(folder, autostart=False))
     try:
         assert node.autostart_if_enabled()  # autostart off: nothing to do
         assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
         status = node.diagnostic_status()
         assert status.level == DiagnosticStatus.ERROR
-        assert str(missing) in status.message
-        shutil.copytree(tiny_model_dir, missing)  # the cause is fixed
+        assert named in status.message and 'model not loaded' in status.message
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(tiny_model_dir, folder)  # the cause is fixed
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
         assert node.diagnostic_status().level != DiagnosticStatus.ERROR
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
         assert node.diagnostic_status().level == DiagnosticStatus.ERROR
+    finally:
+        node.destroy_node()
+
+
+def test_cuda_requested_without_cuda_fails_configure_clearly(ros_context, tiny_model_dir):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip('this machine has CUDA; the refusal is for machines without it')
+    node = ClipSegNode(context=ros_context, parameter_overrides=tiny_model_overrides(
+        tiny_model_dir, device='cuda', autostart=False))
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert 'CUDA' in node.diagnostic_status().message
     finally:
         node.destroy_node()
 
