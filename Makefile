@@ -12,6 +12,8 @@ REQUIREMENTS := scripts/requirements-ros.txt scripts/requirements-py.txt
 PACKAGE_SOURCES := $(shell find clipseg_ros clipseg_ros_interfaces -type f \
 	-not -path 'clipseg_ros/test/*' -not -path '*/__pycache__/*' -not -path '*/.pytest_cache/*' -not -name '*.pyc' | sort)
 PYTEST_ARGS ?=
+# e.g. make bench BENCH_ARGS='--device cuda --dtype float16 --compile-mode cuda_graphs'
+BENCH_ARGS ?=
 
 .PHONY: setup test demo bench bench-node fuzz soak clean
 
@@ -37,10 +39,10 @@ demo: setup
 	@source ./env.sh && python scripts/demo.py
 
 bench: setup
-	@source ./env.sh && python bench/engine_bench.py
+	@source ./env.sh && python bench/engine_bench.py $(BENCH_ARGS)
 
 bench-node: setup
-	@source ./env.sh && python bench/node_bench.py
+	@source ./env.sh && python bench/node_bench.py $(BENCH_ARGS)
 
 fuzz: setup
 	@source ./env.sh && python scripts/fuzz_node.py --count 10000

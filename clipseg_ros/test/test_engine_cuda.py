@@ -1,0 +1,48 @@
+"""GPU fast path checks; they run only where CUDA exists and are skipped elsewhere."""
+
+import numpy as np
+import pytest
+import torch
+
+from clipseg_ros.engine import ClipSegEngine
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason='no CUDA device on this machine: GPU fast path not run')
+
+PROMPTS = ['a red square', 'sky', 'a wall']
+
+
+def frames(count=4):
+    rng = np.random.default_rng(3)
+    return [rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+@pytest.mark.parametrize('dtype', ['float16', 'bfloat16'])
+def test_half_precision_masks_agree_with_float32(tiny_model_dir, dtype):
+    reference = ClipSegEngine(model=str(tiny_model_dir), device='cuda', dtype='float32')
+    half = ClipSegEngine(model=str(tiny_model_dir), device='cuda', dtype=dtype)
+    reference_prompts = reference.text_prompts(PROMPTS)
+    half_prompts = half.text_prompts(PROMPTS)
+    for frame in frames():
+        expected = reference.segment(frame, reference_prompts).labels
+        got = half.segment(frame, half_prompts).labels
+        for label in range(len(PROMPTS) + 1):
+            assert iou(expected == label, got == label) >= 0.98, (dtype, label)
+
+
+@pytest.mark.parametrize('mode', ['cuda_graphs', 'compile'])
+def test_fast_paths_match_eager(tiny_model_dir, mode):
+    eager = ClipSegEngine(model=str(tiny_model_dir), device='cuda', dtype='float32')
+    fast = ClipSegEngine(model=str(tiny_model_dir), device='cuda', dtype='float32',
+                         compile_mode=mode)
+    eager_prompts, fast_prompts = eager.text_prompts(PROMPTS), fast.text_prompts(PROMPTS)
+    for frame in frames():
+        expected = eager.segment(frame, eager_prompts, return_probabilities=True)
+        got = fast.segment(frame, fast_prompts, return_probabilities=True)
+        np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-3)
+    assert fast.compile_mode in (mode, 'none')  # 'none' only after a logged fallback
