@@ -89,6 +89,16 @@ def stop_node_process(process: subprocess.Popen, timeout: float = 20.0) -> int:
     return process.returncode
 
 
+def wait_for_subscription(publisher, timeout: float) -> bool:
+    """Wait until `publisher` has a matched subscription; False after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while publisher.get_subscription_count() == 0:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 @dataclass
 class FrameRecord:
     sent: float
@@ -134,12 +144,7 @@ class CameraStream:
         return collect
 
     def wait_for_subscriber(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self.publisher.get_subscription_count() == 0:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
+        return wait_for_subscription(self.publisher, timeout)
 
     def publish(self, msg, frame_id: str = 'demo_camera_optical') -> tuple:
         self._sequence += 1

@@ -17,6 +17,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
+from clipseg_ros.drive import wait_for_subscription
 from clipseg_ros.node import ClipSegNode
 
 OUTPUT_TOPICS = {'mask': Image, 'confidence': Image, 'overlay': Image,
@@ -105,12 +106,7 @@ class CameraAndCollector:
         return True
 
     def wait_for_subscriber(self, timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while self.publisher.get_subscription_count() == 0:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
-        return True
+        return wait_for_subscription(self.publisher, timeout)
 
     def next_stamp(self):
         self._sequence += 1
