@@ -22,6 +22,9 @@ except ImportError:  # pragma: no cover - depends on the machine
 # Encodings converted natively: name -> channels.
 NATIVE_ENCODINGS = {'rgb8': 3, 'bgr8': 3, 'rgba8': 4, 'bgra8': 4, 'mono8': 1}
 DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
+# Longest side accepted whatever the pixel count: a 1 x 16M image passes a pixel limit but makes
+# per-row/column work (and any padding to a square) enormous.
+MAX_IMAGE_SIDE = 16384
 # A compressed frame larger than this many bytes per allowed pixel is refused before decoding.
 MAX_COMPRESSED_BYTES_PER_PIXEL = 4
 
@@ -38,6 +41,9 @@ def bridge_available() -> bool:
 def _check_size(width: int, height: int, max_pixels: int) -> None:
     if width <= 0 or height <= 0:
         raise ImageConversionError(f'image size {width}x{height} is empty')
+    if width > MAX_IMAGE_SIDE or height > MAX_IMAGE_SIDE:
+        raise ImageConversionError(
+            f'image size {width}x{height} exceeds the largest side, {MAX_IMAGE_SIDE} pixels')
     if width * height > max_pixels:
         raise ImageConversionError(
             f'image size {width}x{height} exceeds max_image_pixels ({max_pixels})')
@@ -170,7 +176,8 @@ def compressed_to_rgb(msg: CompressedImage,
     """
     dimensions = validate_compressed(msg, max_pixels)
     data = np.frombuffer(msg.data, dtype=np.uint8)
-    decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    # The header size is what was checked: EXIF rotation would swap it, so ignore it.
+    decoded = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if decoded is None:
         raise ImageConversionError(f"compressed image (format '{msg.format}') does not decode")
     if (decoded.shape[1], decoded.shape[0]) != dimensions:

@@ -1,12 +1,12 @@
 """The clipseg lifecycle node: camera frames in, mask / confidence / overlay / segmentation out.
 
 Threading: the image callback only validates and keeps the newest frame, then wakes the worker
-(a guard condition in its own callback group).  The worker converts, runs the engine and
-publishes.  Services live in a reentrant group, so they answer while a frame is being processed,
-and a camera faster than the model replaces the pending frame (counted as dropped) instead of
-building a queue.
+thread.  The worker converts, runs the engine and publishes.  Services live in a reentrant
+group, so they answer while a frame is being processed, and a camera faster than the model
+replaces the pending frame (counted as dropped) instead of building a queue.
 """
 
+import functools
 import math
 import threading
 import time
@@ -38,6 +38,8 @@ from clipseg_ros.outputs import region_stats, render_overlay
 MAX_PROMPTS_LIMIT = 255
 MAX_PROMPT_CHARACTERS = 300
 WARNING_THROTTLE_S = 5.0
+# Diagnostics turn to ERROR after this many frames in a row failed.
+FAILURES_BEFORE_ERROR = 3
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class FrameCounters:
     dropped: int = 0      # replaced by a newer frame before the worker took it
     rejected: int = 0     # malformed input
     failed: int = 0       # inference raised
+    consecutive_failures: int = 0
     last_latency_s: float = 0.0
     last_inference_s: float = 0.0
     last_error: str = ''
@@ -96,6 +99,20 @@ def validate_text_prompts(prompts: Sequence[str], max_prompts: int) -> Optional[
     return None
 
 
+def always_answers(handler):
+    """Wrap a service handler so that any exception becomes a refusal with its reason."""
+    @functools.wraps(handler)
+    def answer(self, request, response):
+        try:
+            return handler(self, request, response)
+        except Exception as error:  # an exception escaping a service would stop the executor
+            self.get_logger().error(f'{handler.__name__} failed: {type(error).__name__}: {error}')
+            response.success = False
+            response.message = f'internal error: {type(error).__name__}: {error}'
+            return response
+    return answer
+
+
 class ClipSegNode(LifecycleNode):
     """CLIPSeg segmentation as a ROS 2 lifecycle node named `clipseg`."""
 
@@ -118,10 +135,12 @@ class ClipSegNode(LifecycleNode):
         self._counters = FrameCounters()
         self._warn_times = {}
         self._active = False
+        self._worker: Optional[threading.Thread] = None
+        self._subscription = None
+        self._outputs = {}
         self._declare_parameters()
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        self._worker: Optional[threading.Thread] = None
         self._input_group = MutuallyExclusiveCallbackGroup()
         self._service_group = ReentrantCallbackGroup()
         # Diagnostics report in every lifecycle state, so they use a plain publisher.
@@ -129,9 +148,16 @@ class ClipSegNode(LifecycleNode):
         self._diagnostics_timer = self.create_timer(
             self.get_parameter('diagnostics_period').value, self._publish_diagnostics,
             callback_group=MutuallyExclusiveCallbackGroup())
-        self._subscription = None
-        self._outputs = {}
-        self._prompt_services = []
+        # Services exist in every state and say why they refuse while no model is loaded; being
+        # there for the node's lifetime, cleanup never destroys one under an in-flight call.
+        self._prompt_services = [
+            self.create_service(SetTextPrompts, '~/set_text_prompts', self._on_set_text_prompts,
+                                callback_group=self._service_group),
+            self.create_service(SetImagePrompt, '~/set_image_prompt', self._on_set_image_prompt,
+                                callback_group=self._service_group),
+            self.create_service(Segment, '~/segment', self._on_segment,
+                                callback_group=self._service_group),
+        ]
 
     # ----------------------------------------------------------------- parameters
     def _declare_parameters(self) -> None:
@@ -254,14 +280,6 @@ class ClipSegNode(LifecycleNode):
             'segmentation': self.create_lifecycle_publisher(Segmentation, 'segmentation',
                                                             output_qos),
         }
-        self._prompt_services = [
-            self.create_service(SetTextPrompts, '~/set_text_prompts', self._on_set_text_prompts,
-                                callback_group=self._service_group),
-            self.create_service(SetImagePrompt, '~/set_image_prompt', self._on_set_image_prompt,
-                                callback_group=self._service_group),
-            self.create_service(Segment, '~/segment', self._on_segment,
-                                callback_group=self._service_group),
-        ]
         input_qos = QoSProfile(
             depth=1, history=HistoryPolicy.KEEP_LAST,
             reliability=(ReliabilityPolicy.RELIABLE if self._param('qos_reliability') ==
@@ -276,14 +294,17 @@ class ClipSegNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._active = True
+        result = super().on_activate(state)  # publishers first, so no first result is lost
+        with self._frame_ready:
+            self._pending_frame = None  # a frame from before activation is stale
+            self._active = True
         # Inference runs on a thread of its own rather than as an executor callback: it holds
         # no executor thread for the length of an inference, sleeps on a condition variable
         # between frames, and deactivate can join it, so no frame is processed afterwards.
         self._worker = threading.Thread(target=self._worker_loop, name='clipseg_worker',
                                         daemon=True)
         self._worker.start()
-        return super().on_activate(state)
+        return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_worker()
@@ -315,9 +336,6 @@ class ClipSegNode(LifecycleNode):
         if self._subscription is not None:
             self.destroy_subscription(self._subscription)
             self._subscription = None
-        for service in self._prompt_services:
-            self.destroy_service(service)
-        self._prompt_services = []
         for publisher in self._outputs.values():
             self.destroy_lifecycle_publisher(publisher)
         self._outputs = {}
@@ -372,10 +390,12 @@ class ClipSegNode(LifecycleNode):
             self._warn_throttled('frame', f'dropping camera frame: {error}')
             return
         with self._frame_ready:
+            self._latest_frame = msg
+            if not self._active:
+                return  # kept for ~/segment only; not processed, not counted as dropped
             if self._pending_frame is not None:
                 counters.dropped += 1
             self._pending_frame = (msg, now)
-            self._latest_frame = msg
             self._frame_ready.notify()
 
     def _worker_loop(self) -> None:
@@ -386,17 +406,21 @@ class ClipSegNode(LifecycleNode):
                 if not self._active:
                     return
             with self._worker_lock:
-                self._process_one_frame()
+                try:
+                    self._process_one_frame()
+                except Exception as error:  # the worker must outlive any one frame
+                    self._count_failure(error)
 
     def _process_one_frame(self) -> None:
         """Convert, segment and publish the pending frame, if any."""
         if not self._active or self._engine is None:
             return
         max_rate = self._param('max_rate_hz')
-        if max_rate > 0.0 and self._pending_frame is not None:
+        if max_rate > 0.0:
             wait = self._last_process_start + 1.0 / max_rate - time.monotonic()
-            if wait > 0.0:
-                time.sleep(wait)  # only the worker waits; a newer frame may arrive meanwhile
+            if wait > 0.0:  # a newer frame may arrive meanwhile; deactivate ends the wait
+                with self._frame_ready:
+                    self._frame_ready.wait_for(lambda: not self._active, timeout=wait)
         with self._frame_ready:
             pending, self._pending_frame = self._pending_frame, None
         if pending is None:
@@ -416,10 +440,7 @@ class ClipSegNode(LifecycleNode):
         try:
             result = engine.segment(image_rgb, prompt_set.prompts, threshold=threshold)
         except Exception as error:  # one bad frame (OOM, driver error) must not stop the node
-            counters.failed += 1
-            counters.last_error = f'{type(error).__name__}: {error}'
-            self._warn_throttled('inference', f'inference failed, frame dropped: '
-                                 f'{counters.last_error}')
+            self._count_failure(error)
             _free_device_cache(engine)
             return
         if not self._active:
@@ -430,6 +451,14 @@ class ClipSegNode(LifecycleNode):
         counters.last_latency_s = done - received_at
         counters.last_inference_s = result.inference_seconds
         counters.process_times.append(done)
+        counters.consecutive_failures = 0
+
+    def _count_failure(self, error: Exception) -> None:
+        counters = self._counters
+        counters.failed += 1
+        counters.consecutive_failures += 1
+        counters.last_error = f'{type(error).__name__}: {error}'
+        self._warn_throttled('inference', f'frame dropped: {counters.last_error}')
 
     def _segmentation_msg(self, header: Header, result: SegmentationResult,
                           prompt_set: PromptSet, threshold: float):
@@ -466,32 +495,48 @@ class ClipSegNode(LifecycleNode):
 
     # ----------------------------------------------------------------- services
     def _replace_prompts(self, prompts: Sequence[Prompt], append: bool) -> int:
-        with self._prompt_lock:
+        """Put prompts in force (after the current ones with append); return the version.
+
+        Raises ValueError, changing nothing, when the result would exceed max_prompts.
+        """
+        with self._prompt_lock:  # check and replace at once: concurrent appends stay in bounds
             current = self._prompt_set.prompts if append else ()
+            total = len(current) + len(prompts)
+            if total > self._param('max_prompts'):
+                raise ValueError(f'{total} prompts would exceed max_prompts '
+                                 f"({self._param('max_prompts')})")
             self._prompt_set = PromptSet(tuple(current) + tuple(prompts),
                                          self._prompt_set.version + 1)
             return self._prompt_set.version
 
+    @always_answers
     def _on_set_text_prompts(self, request, response):
         response.prompt_version = self._prompt_set.version
         prompts = list(request.prompts)
+        engine = self._engine  # read once: cleanup may clear it meanwhile
         problem = validate_text_prompts(prompts, self._param('max_prompts'))
-        if problem is None and self._engine is None:
+        if problem is None and engine is None:
             problem = f'the model is not loaded ({self._engine_error})'
         if problem is None:
             try:
-                encoded = self._engine.text_prompts(prompts)
+                encoded = engine.text_prompts(prompts)
             except (ValueError, RuntimeError) as error:
                 problem = f'cannot encode prompts: {error}'
         if problem is not None:
             response.success = False
             response.message = problem
             return response
-        response.prompt_version = self._replace_prompts(encoded, append=False)
+        try:
+            response.prompt_version = self._replace_prompts(encoded, append=False)
+        except ValueError as error:  # max_prompts lowered meanwhile
+            response.success = False
+            response.message = str(error)
+            return response
         response.success = True
         response.message = f'{len(encoded)} text prompt(s) in force: {prompts}'
         return response
 
+    @always_answers
     def _on_set_image_prompt(self, request, response):
         response.prompt_version = self._prompt_set.version
         try:
@@ -500,14 +545,12 @@ class ClipSegNode(LifecycleNode):
             response.success = False
             response.message = str(error)
             return response
-        with self._prompt_lock:
-            total = len(self._prompt_set.prompts) + 1 if request.append else 1
-            if total > self._param('max_prompts'):
-                response.success = False
-                response.message = (f'appending would make {total} prompts, more than '
-                                    f"max_prompts ({self._param('max_prompts')})")
-                return response
-        response.prompt_version = self._replace_prompts([prompt], append=request.append)
+        try:
+            response.prompt_version = self._replace_prompts([prompt], append=request.append)
+        except ValueError as error:
+            response.success = False
+            response.message = f'refused: {error}'
+            return response
         response.success = True
         response.message = (f"image prompt '{prompt.label}' "
                             f"{'appended' if request.append else 'in force'}")
@@ -541,6 +584,7 @@ class ClipSegNode(LifecycleNode):
         return engine.image_prompt(support, mask, label=label, text=text,
                                    text_weight=text_weight if text else 0.0)
 
+    @always_answers
     def _on_segment(self, request, response):
         response.success = False
         engine = self._engine
@@ -558,7 +602,7 @@ class ClipSegNode(LifecycleNode):
             except (ValueError, RuntimeError) as error:
                 response.message = f'cannot encode prompts: {error}'
                 return response
-            prompt_set = PromptSet(tuple(prompts), prompt_set.version)
+            prompt_set = PromptSet(tuple(prompts), version=0)  # 0: not a prompt set in force
         if not prompt_set.prompts:
             response.message = 'no prompts in force'
             return response
@@ -626,6 +670,10 @@ class ClipSegNode(LifecycleNode):
                 now - self._last_frame_time > self._param('stale_image_timeout'):
             status.level = DiagnosticStatus.WARN
             status.message = 'no camera frame received recently'
+        elif counters.consecutive_failures >= FAILURES_BEFORE_ERROR:
+            status.level = DiagnosticStatus.ERROR
+            status.message = (f'the last {counters.consecutive_failures} frames failed: '
+                              f'{counters.last_error}')
         elif counters.failed and counters.last_error:
             status.level = DiagnosticStatus.OK
             status.message = f'running; last inference error: {counters.last_error}'
@@ -678,7 +726,12 @@ def _free_device_cache(engine) -> None:
 def main(args=None) -> None:
     """Run the clipseg node until shut down."""
     rclpy.init(args=args)
-    node = ClipSegNode()
+    try:
+        node = ClipSegNode()
+    except Exception as error:  # e.g. a parameter file value of the wrong type
+        rclpy.logging.get_logger('clipseg').fatal(f'cannot start: {error}')
+        rclpy.try_shutdown()
+        raise SystemExit(1)
     # Image input, worker, services, diagnostics and lifecycle each need a thread.
     executor = MultiThreadedExecutor(num_threads=5)
     executor.add_node(node)

@@ -81,6 +81,10 @@ def darken_background(image: np.ndarray, selected: np.ndarray) -> np.ndarray:
     return np.where(selected[:, :, None], image, dark)
 
 
+# Crops longer than this many output sides are shrunk before they are padded to a square.
+MAX_PAD_SIDE_FACTOR = 4
+
+
 def pad_to_square(image: np.ndarray) -> np.ndarray:
     """Center ``image`` (H, W, C) on a zero square of side max(H, W)."""
     height, width = image.shape[:2]
@@ -125,6 +129,13 @@ def engineer_visual_prompt(
         selected = _check_mask(mask, support_rgb.shape[:2])
         x0, y0, x1, y1 = widened_box(selected)
         cropped = darken_background(support_rgb, selected)[y0:y1, x0:x1]
+    height, width = cropped.shape[:2]
+    if max(height, width) > MAX_PAD_SIDE_FACTOR * out_size:
+        # A very long, thin crop would make a huge square only to shrink it again: shrink
+        # first (aspect kept) so padding allocates at most a few output sizes.
+        scale = MAX_PAD_SIDE_FACTOR * out_size / max(height, width)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        cropped = cv2.resize(cropped, size, interpolation=cv2.INTER_AREA)
     square = pad_to_square(cropped)
     side = square.shape[0]
     if side == out_size:

@@ -62,11 +62,18 @@ def test_malformed_images_are_refused_with_a_reason(mutate, reason):
 
 
 def test_absurd_declared_size_is_refused_before_allocating():
-    # 4 bytes of data claiming a 100000 x 100000 image: refused on the declared size alone.
-    msg = Image(height=100000, width=100000, encoding='rgb8', step=300000)
+    # 4 bytes of data claiming a 10000 x 10000 image: refused on the declared size alone.
+    msg = Image(height=10000, width=10000, encoding='rgb8', step=30000)
     msg.data = b'\0\0\0\0'
     with pytest.raises(ImageConversionError, match='max_image_pixels'):
         conversions.image_to_rgb(msg, max_pixels=1920 * 1080)
+
+
+def test_absurdly_thin_image_is_refused_despite_few_pixels():
+    msg = Image(height=1, width=10_000_000, encoding='mono8', step=10_000_000)
+    msg.data = b'\0' * 3
+    with pytest.raises(ImageConversionError, match='largest side'):
+        conversions.image_to_rgb(msg, max_pixels=16_777_216)
 
 
 def test_mask_from_mono8_with_padding():
@@ -99,7 +106,7 @@ def test_compressed_header_claiming_huge_size_is_refused_before_decoding():
     ok, encoded = cv2.imencode('.png', RGB)
     assert ok
     data = bytearray(encoded.tobytes())
-    data[16:24] = struct.pack('>II', 60000, 60000)  # IHDR width/height
+    data[16:24] = struct.pack('>II', 10000, 10000)  # IHDR width/height
     msg = CompressedImage(format='png')
     msg.data = bytes(data)
     with pytest.raises(ImageConversionError, match='max_image_pixels'):

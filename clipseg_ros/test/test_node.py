@@ -168,6 +168,7 @@ def test_segment_service_on_given_image_and_latest_frame(running):
     assert (response.mask.width, response.mask.height) == (72, 40)
     assert response.confidence.encoding == '32FC1'
     assert response.segmentation.labels == ['wall']
+    assert response.segmentation.prompt_version == 0, 'one-off prompts are no prompt set'
     assert response.segmentation.header.frame_id == 'support_camera'
     assert running.node.prompt_set.labels == ['a red square', 'sky'], 'one-off prompts only'
 
@@ -364,3 +365,45 @@ def test_overlay_can_be_switched_off_live(running):
     key = (first['mask'].header.stamp.sec, first['mask'].header.stamp.nanosec)
     assert key not in running.camera.received['overlay']
     assert len(running.camera.received['mask']) == len(running.camera.received['overlay']) + 2
+
+
+def test_worker_survives_a_failure_outside_inference_and_diagnostics_escalate(running):
+    real_publish = running.node._publish_result
+    running.node._publish_result = lambda *args: (_ for _ in ()).throw(ValueError('broken'))
+    frame = encode_frame(rgb_frame(24, 16), 'rgb8')
+    for count in range(1, 4):
+        running.camera.publish(frame)
+        assert running.camera.wait_for(lambda: running.node.counters.failed == count, 10)
+    status = running.node.diagnostic_status()
+    assert status.level == DiagnosticStatus.ERROR and 'broken' in status.message
+    running.node._publish_result = real_publish
+    assert running.send_and_wait(frame)['mask'].width == 24, 'the worker is still alive'
+    assert running.node.diagnostic_status().level != DiagnosticStatus.ERROR
+
+
+def test_frames_while_inactive_are_not_processed_later(running):
+    node = running.node
+    frame = encode_frame(rgb_frame(24, 16), 'rgb8')
+    running.send_and_wait(frame)
+    assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    before = (node.counters.processed, node.counters.dropped)
+    stale = running.camera.publish(frame)
+    assert running.camera.wait_for(lambda: node.counters.received == 2, 10)
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    running.send_and_wait(frame)
+    assert stale not in running.camera.received['mask']
+    assert (node.counters.processed, node.counters.dropped) == (before[0] + 1, before[1])
+    # the inactive frame is still the latest one for ~/segment until the fresh one came
+    assert node._latest_frame is not None
+
+
+def test_deactivate_interrupts_the_rate_limit_wait(running):
+    assert running.set_parameter('max_rate_hz', 0.001).successful  # one frame per 1000 s
+    frame = encode_frame(rgb_frame(24, 16), 'rgb8')
+    running.send_and_wait(frame)
+    running.camera.publish(frame)  # waits in the rate limit
+    assert running.camera.wait_for(lambda: running.node.counters.received == 2, 10)
+    worker = running.node._worker
+    assert running.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    assert not worker.is_alive()
+    assert running.node.counters.processed == 1

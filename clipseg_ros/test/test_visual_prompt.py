@@ -133,3 +133,13 @@ def test_bad_out_size_and_margin_are_refused(scene) -> None:
             engineer_visual_prompt(image, mask, bad)
     with pytest.raises(ValueError, match='margin'):
         widened_box(mask, margin=-0.1)
+
+
+def test_long_thin_support_image_is_shrunk_before_padding():
+    from clipseg_ros.visual_prompt import engineer_visual_prompt
+    thin = np.full((2, 16000, 3), 200, np.uint8)  # padding first would allocate 16000 x 16000
+    out = engineer_visual_prompt(thin, None, 352)
+    assert out.shape == (352, 352, 3) and out.dtype == np.uint8
+    row = out[:, 176]
+    # a thin grey line (area-averaged into one output row) centred on black padding
+    assert row.max() >= 40 and row.min() == 0 and (row > 0).sum() <= 2
