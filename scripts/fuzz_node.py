@@ -23,7 +23,7 @@ from sensor_msgs.msg import CompressedImage
 
 from clipseg_ros import fuzz
 from clipseg_ros.drive import (CameraStream, rgb_image_msg, start_node_process, stop_node_process,
-                               synthetic_frame, use_large_image_profile)
+                               synthetic_frame)
 from clipseg_ros.tiny_model import write_tiny_model
 
 
@@ -42,7 +42,6 @@ def main() -> int:
     parser.add_argument('--seed', type=int, default=1)
     parser.add_argument('--transport', choices=['raw', 'compressed'], default='raw')
     args = parser.parse_args()
-    use_large_image_profile()
     scratch = Path(tempfile.mkdtemp(prefix='clipseg_fuzz_'))
     model = write_tiny_model(scratch / 'model')
     log_path = scratch / 'node.log'
@@ -72,10 +71,11 @@ def main() -> int:
               'requests_accepted': 0, 'requests_unanswered': 0}
     crashed = 0
     try:
-        for client in clients.values():
-            if not client.wait_for_service(timeout_sec=120.0):
-                print(f'fuzz: the node did not come up, see {log_path}', file=sys.stderr)
-                return 1
+        # Services answer from start-up; the camera subscription exists once the model loaded.
+        ready = all(client.wait_for_service(timeout_sec=120.0) for client in clients.values())
+        if not ready or not camera.wait_for_subscriber(timeout=120.0):
+            print(f'fuzz: the node did not come up, see {log_path}', file=sys.stderr)
+            return 1
         rss_start = psutil.Process(process.pid).memory_info().rss
         generators = [('text', fuzz.malformed_text_request),
                       ('image', fuzz.malformed_image_prompt_request),
@@ -89,7 +89,7 @@ def main() -> int:
                 camera.publish(fuzz.malformed_compressed(rng) if compressed
                                else fuzz.malformed_image(rng))
                 counts['frames_sent'] += 1
-                time.sleep(0.001)
+                time.sleep(0.005)  # 200 Hz: well above any camera, below what rclpy can dispatch
                 continue
             which, make = generators[(index // 2) % len(generators)]
             response = call(clients[which], make(rng))
