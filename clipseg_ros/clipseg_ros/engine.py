@@ -416,6 +416,9 @@ class ClipSegEngine:
         self.text_encoder_calls = 0
         self._pinned: Optional[torch.Tensor] = None
         self._graph: Optional[_CudaGraphRunner] = None
+        # Position embeddings interpolated for the current input side (see _update_positions).
+        self._positions: Optional[torch.Tensor] = None
+        self._positions_size = 0
         self._compiled: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
         if compile_mode != 'none' and device.type != 'cuda':
             _LOGGER.warning("compile_mode '%s' needs CUDA; running eagerly on %s",
@@ -597,7 +600,13 @@ class ClipSegEngine:
     def _encode(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """Run the vision encoder up to the last extracted layer; return its activations."""
         vision = self._model.clip.vision_model
-        hidden = vision.embeddings(pixel_values, interpolate_pos_encoding=True)
+        # The same operations as vision.embeddings(pixel_values, interpolate_pos_encoding=True),
+        # with the interpolated position embeddings taken from the per-size cache.
+        stem = vision.embeddings
+        patches = stem.patch_embedding(pixel_values.to(stem.patch_embedding.weight.dtype))
+        patches = patches.flatten(2).transpose(1, 2)
+        classes = stem.class_embedding.expand(pixel_values.shape[0], 1, -1)
+        hidden = torch.cat([classes, patches], dim=1) + self._positions
         hidden = vision.pre_layrnorm(hidden)
         kept = {}
         for index, layer in enumerate(vision.encoder.layers[:self._last_layer + 1]):
@@ -616,8 +625,25 @@ class ClipSegEngine:
         # The decoder squeezes its channel dimension; pin the shape down for any N.
         return torch.sigmoid(logits.reshape(count, logits.shape[-2], logits.shape[-1]))
 
+    def _update_positions(self, size: int) -> None:
+        """
+        Interpolate the position embeddings for a size x size input, once per size.
+
+        transformers re-interpolates them (bicubic) on every forward: 2.1 ms of a 3.4 ms
+        float16 frame on an H200. Done here, outside CUDA graphs and torch.compile, whose
+        recorded inputs change only with the input size (which also changes their key).
+        """
+        if self._positions is not None and self._positions_size == size:
+            return
+        stem = self._model.clip.vision_model.embeddings
+        tokens = (size // self._patch_size) ** 2 + 1
+        template = stem.position_embedding.weight.new_empty(1, tokens, stem.embed_dim)
+        self._positions = stem.interpolate_pos_encoding(template, size, size)
+        self._positions_size = size
+
     def _probabilities(self, pixel_values: torch.Tensor,
                        embeddings: torch.Tensor) -> torch.Tensor:
+        self._update_positions(pixel_values.shape[-1])
         if self._compile_mode == 'cuda_graphs':
             try:
                 key = (tuple(pixel_values.shape), tuple(embeddings.shape))
@@ -720,6 +746,7 @@ class ClipSegEngine:
             self._graph = None
             self._compiled = None
             self._pinned = None
+            self._positions = None
             gc.collect()
             if self._device.type == 'cuda':
                 torch.cuda.empty_cache()

@@ -131,7 +131,7 @@ class ClipSegNode(LifecycleNode):
         self._pending_frame = None       # newest unprocessed camera message
         self._latest_frame = None        # newest valid camera message, for ~/segment
         self._last_frame_time: Optional[float] = None
-        self._last_process_start = 0.0
+        self._last_process_start = -math.inf  # no frame yet: the first is never rate-limited
         self._counters = FrameCounters()
         self._warn_times = {}
         self._active = False

@@ -419,6 +419,7 @@ def test_resolution_can_change_live(tiny_model_dir, reference) -> None:
     engine = ClipSegEngine(str(tiny_model_dir), device='cpu', resolution=352)
     frame = np.random.default_rng(9).integers(0, 256, (240, 320, 3), dtype=np.uint8)
     prompts = engine.text_prompts(TEXTS)
+    engine.segment(frame, prompts)  # caches the 352 px position embeddings, which must not stay
     engine.resolution = 224
     assert engine.resolution == 224
     assert tuple(engine.preprocess(frame).shape) == (1, 3, 224, 224)

@@ -29,10 +29,29 @@ def test_half_precision_masks_agree_with_float32(tiny_model_dir, dtype):
     reference_prompts = reference.text_prompts(PROMPTS)
     half_prompts = half.text_prompts(PROMPTS)
     for frame in frames():
+        expected = reference.segment(frame, reference_prompts, return_probabilities=True)
+        got = half.segment(frame, half_prompts, return_probabilities=True)
+        for index in range(len(PROMPTS)):
+            # Cut at the float32 median, so each mask is half the frame and sits where the
+            # probabilities are densest: the cut most sensitive to rounding.
+            cut = np.median(expected.probabilities[index])
+            assert iou(expected.probabilities[index] >= cut,
+                       got.probabilities[index] >= cut) >= 0.98, (dtype, index)
+
+
+def test_float16_label_image_agrees_with_float32(tiny_model_dir):
+    # The random tiny model's prompts differ little (on about half the pixels the best two are
+    # within 0.01), so the arg-max label image is a strict test; bfloat16's 8-bit mantissa
+    # flips those near-ties (IoU about 0.95 measured) and is checked per prompt above.
+    reference = ClipSegEngine(model=str(tiny_model_dir), device='cuda', dtype='float32')
+    half = ClipSegEngine(model=str(tiny_model_dir), device='cuda', dtype='float16')
+    reference_prompts = reference.text_prompts(PROMPTS)
+    half_prompts = half.text_prompts(PROMPTS)
+    for frame in frames():
         expected = reference.segment(frame, reference_prompts).labels
         got = half.segment(frame, half_prompts).labels
         for label in range(len(PROMPTS) + 1):
-            assert iou(expected == label, got == label) >= 0.98, (dtype, label)
+            assert iou(expected == label, got == label) >= 0.98, label
 
 
 @pytest.mark.parametrize('mode', ['cuda_graphs', 'compile'])

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# GPU checks and benchmarks in one command, for a CUDA machine with torch + transformers and no
+# ROS (e.g. the lent H100/H200): the CUDA fast-path tests, the engine benchmark for each GPU
+# configuration, and a profile of the fastest one.  Wheels in .whl/ (e.g. the transformers
+# version CI pins) are installed to a scratch folder first.  Logs go to $OUT when it is set.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-/tmp/clipseg_gpu_check}
+mkdir -p "$out"
+if compgen -G '.whl/*.whl' >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/clipseg_site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/clipseg_site
+fi
+export PYTHONPATH=$PWD/clipseg_ros${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers",
+transformers.__version__, torch.cuda.get_device_name())'
+python3 -m pytest -q -p no:cacheprovider clipseg_ros/test/test_engine_cuda.py \
+    2>&1 | tee "$out/cuda_tests.txt"
+repeats=${REPEATS:-100}
+# dtype:compile_mode pairs; float32 eager is the exact path the CPU equivalence test covers.
+configs=${CONFIGS:-float16:cuda_graphs bfloat16:cuda_graphs float16:none float32:cuda_graphs}
+for config in $configs; do
+    dtype=${config%%:*} mode=${config##*:}
+    python3 bench/engine_bench.py --device cuda --dtype "$dtype" --compile-mode "$mode" \
+        --warmup 10 --repeats "$repeats" 2>&1 | tee "$out/engine_${dtype}_${mode}.txt"
+done
+python3 bench/engine_profile.py --device cuda --dtype float16 --compile-mode cuda_graphs \
+    --prompts 1 2>&1 | tee "$out/profile_float16_cuda_graphs_n1.txt"
+if [ "${WITH_COMPILE:-0}" = 1 ]; then
+    timeout 240 python3 bench/engine_bench.py --device cuda --dtype float16 \
+        --compile-mode compile --warmup 10 --repeats "$repeats" 2>&1 \
+        | tee "$out/engine_float16_compile.txt"
+fi
