@@ -28,7 +28,7 @@ try:
 except ImportError:  # running from a source checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'clipseg_ros'))
     from clipseg_ros.engine import ClipSegEngine
-from clipseg_ros.tiny_model import build_tokenizer, full_size_config, PREPROCESSOR_CONFIG
+from clipseg_ros.tiny_model import build_random_model, PREPROCESSOR_CONFIG
 import numpy as np
 import torch
 from torch.nn.functional import interpolate
@@ -150,17 +150,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.repeats < 1 or args.warmup < 0:
         parser.error('--repeats must be >= 1 and --warmup >= 0')
 
-    tokenizer = build_tokenizer()
-    config = full_size_config()
-    # The small benchmark tokenizer has its own special-token ids; the text model pools at
-    # the end-of-text token, so point the config at them (compute is unchanged).
-    config.text_config.bos_token_id = tokenizer.bos_token_id
-    config.text_config.eos_token_id = tokenizer.eos_token_id
-    config.text_config.pad_token_id = tokenizer.pad_token_id
     build_start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = CLIPSegForImageSegmentation(config).eval()
+    model, tokenizer = build_random_model('full', seed=0)
     parameters = sum(p.numel() for p in model.parameters())
     engine = ClipSegEngine.from_model(
         model, tokenizer, PREPROCESSOR_CONFIG, device=args.device, dtype=args.dtype,

@@ -19,11 +19,9 @@ try:
 except ImportError:  # running from a source checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'clipseg_ros'))
     from clipseg_ros.engine import ClipSegEngine
-from clipseg_ros.tiny_model import build_tokenizer, full_size_config, PREPROCESSOR_CONFIG
+from clipseg_ros.tiny_model import build_random_model, PREPROCESSOR_CONFIG
 import numpy as np
-import torch
 from torch.profiler import profile, ProfilerActivity
-from transformers import CLIPSegForImageSegmentation
 
 PROMPTS = ('a person', 'a chair', 'a table', 'a cup', 'a bottle', 'a laptop', 'a door',
            'a window', 'a potted plant', 'a backpack', 'a robot arm', 'a cardboard box',
@@ -40,13 +38,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--rows', type=int, default=20, help='rows per table')
     args = parser.parse_args(argv)
 
-    tokenizer = build_tokenizer()
-    config = full_size_config()
-    config.text_config.bos_token_id = tokenizer.bos_token_id
-    config.text_config.eos_token_id = tokenizer.eos_token_id
-    config.text_config.pad_token_id = tokenizer.pad_token_id
-    torch.manual_seed(0)
-    model = CLIPSegForImageSegmentation(config).eval()
+    model, tokenizer = build_random_model('full', seed=0)
     engine = ClipSegEngine.from_model(model, tokenizer, PREPROCESSOR_CONFIG, device=args.device,
                                       dtype=args.dtype, compile_mode=args.compile_mode)
     prompts = engine.text_prompts(list(PROMPTS[:args.prompts]))

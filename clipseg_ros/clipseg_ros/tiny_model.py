@@ -143,9 +143,39 @@ def _spread_decoder_outputs(model: CLIPSegForImageSegmentation) -> None:
         model.decoder.transposed_convolution[-1].weight.mul_(32.0)
 
 
-def full_size_config() -> CLIPSegConfig:
-    """Return the configuration of ``CIDAS/clipseg-rd64-refined`` (150.7M parameters)."""
-    return CLIPSegConfig(vision_config={'patch_size': 16}, use_complex_transposed_convolution=True)
+def full_size_config(tokenizer: Optional[CLIPTokenizer] = None) -> CLIPSegConfig:
+    """
+    Return the configuration of ``CIDAS/clipseg-rd64-refined`` (150.7M parameters).
+
+    With ``tokenizer``, the text model's special-token ids are those of that tokenizer (the
+    text model pools at the end-of-text token); the amount of computation is unchanged.
+    """
+    config = CLIPSegConfig(vision_config={'patch_size': 16},
+                           use_complex_transposed_convolution=True)
+    if tokenizer is not None:
+        config.text_config.bos_token_id = tokenizer.bos_token_id
+        config.text_config.eos_token_id = tokenizer.eos_token_id
+        config.text_config.pad_token_id = tokenizer.pad_token_id
+    return config
+
+
+def build_random_model(size: str = 'tiny',
+                       seed: int = 0) -> tuple[CLIPSegForImageSegmentation, CLIPTokenizer]:
+    """
+    Return a random CLIPSeg in eval mode and its tokenizer: ``size`` 'tiny' or 'full'.
+
+    The weights depend only on ``seed``; the global torch random state is left untouched.
+    """
+    if size not in ('tiny', 'full'):
+        raise ValueError(f"size must be 'tiny' or 'full', not {size!r}")
+    tokenizer = build_tokenizer()
+    config = tiny_config(tokenizer) if size == 'tiny' else full_size_config(tokenizer)
+    # fork_rng keeps callers' random streams reproducible while the init is seeded.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPSegForImageSegmentation(config)
+        _spread_decoder_outputs(model)
+    return model.eval(), tokenizer
 
 
 def write_tiny_model(out_dir: 'str | Path', seed: int = 0) -> Path:
@@ -167,18 +197,9 @@ def write_random_model(out_dir: 'str | Path', size: str = 'tiny', seed: int = 0)
     latency does not depend on weight values, so it stands in for the real weights in speed
     measurements.
     """
-    if size not in ('tiny', 'full'):
-        raise ValueError(f"size must be 'tiny' or 'full', not {size!r}")
+    model, tokenizer = build_random_model(size, seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
-    config = tiny_config(tokenizer) if size == 'tiny' else full_size_config()
-    # fork_rng keeps callers' random streams reproducible while the init is seeded.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = CLIPSegForImageSegmentation(config)
-        _spread_decoder_outputs(model)
-    model.eval()
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     # Written as JSON because the image processor classes of transformers 5 need torchvision
