@@ -143,8 +143,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--dtype', default='auto', help='auto, float32, float16, bfloat16')
     parser.add_argument('--prompts', type=parse_counts, default=[1, 4, 13],
                         help='comma-separated prompt counts, e.g. 1,4,13')
-    parser.add_argument('--compile-mode', default='none',
-                        help='engine fast path: none, cuda_graphs or compile (CUDA only)')
+    parser.add_argument('--compile-mode', default='auto',
+                        help='engine fast path: auto, none or cuda_graphs (CUDA only)')
     parser.add_argument('--resolution', type=int, default=352)
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:

@@ -32,7 +32,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--device', default='auto')
     parser.add_argument('--dtype', default='auto')
-    parser.add_argument('--compile-mode', default='none')
+    parser.add_argument('--compile-mode', default='auto')
     parser.add_argument('--prompts', type=int, default=1, choices=range(1, len(PROMPTS) + 1))
     parser.add_argument('--frames', type=int, default=20, help='profiled frames')
     parser.add_argument('--rows', type=int, default=20, help='rows per table')

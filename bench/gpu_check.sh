@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU checks and benchmarks in one command, for a CUDA machine with torch + transformers and no
 # ROS (e.g. the lent H100/H200): the CUDA fast-path tests, the engine benchmark for each GPU
-# configuration, and a profile of the fastest one.  Wheels in .whl/ (e.g. the transformers
-# version CI pins) are installed to a scratch folder first.  Logs go to $OUT when it is set.
+# configuration, a profile of the fastest one and, where the ROS kit travelled (.gpukit), the
+# node benchmark end to end.  Wheels in .whl/ (e.g. the transformers version CI pins) are
+# installed to a scratch folder first.  Logs go to $OUT when it is set.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/clipseg_gpu_check}
@@ -20,7 +21,7 @@ python3 -m pytest -q -p no:cacheprovider clipseg_ros/test/test_engine_cuda.py \
     2>&1 | tee "$out/cuda_tests.txt"
 repeats=${REPEATS:-100}
 # dtype:compile_mode pairs; float32 eager is the exact path the CPU equivalence test covers.
-configs=${CONFIGS:-float16:cuda_graphs bfloat16:cuda_graphs float16:none float32:cuda_graphs}
+configs=${CONFIGS:-float16:cuda_graphs bfloat16:cuda_graphs float16:none float32:none}
 for config in $configs; do
     dtype=${config%%:*} mode=${config##*:}
     python3 bench/engine_bench.py --device cuda --dtype "$dtype" --compile-mode "$mode" \
@@ -28,8 +29,8 @@ for config in $configs; do
 done
 python3 bench/engine_profile.py --device cuda --dtype float16 --compile-mode cuda_graphs \
     --prompts 1 2>&1 | tee "$out/profile_float16_cuda_graphs_n1.txt"
-if [ "${WITH_COMPILE:-0}" = 1 ]; then
-    timeout 240 python3 bench/engine_bench.py --device cuda --dtype float16 \
-        --compile-mode compile --warmup 10 --repeats "$repeats" 2>&1 \
-        | tee "$out/engine_float16_compile.txt"
+# The node end to end, where the ROS kit was carried (.gpukit, made by scripts/make_gpu_kit.sh).
+if [ -f .gpukit/kit.tar.xz ]; then
+    (source scripts/gpu_kit_env.sh && python bench/node_bench.py --device cuda \
+        --dtype float16 --compile-mode cuda_graphs --frames 60 2>&1 | tee "$out/node_bench.txt")
 fi

@@ -92,7 +92,7 @@ def main() -> int:
     parser.add_argument('--prompts', default='1,4,13')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--dtype', default='auto')
-    parser.add_argument('--compile-mode', default='none')
+    parser.add_argument('--compile-mode', default='auto')
     parser.add_argument('--model', help='model folder or hub id (default: full-size random)')
     parser.add_argument('--frames', type=int, default=12, help='frames per configuration')
     parser.add_argument('--rate', default='auto',

@@ -26,27 +26,41 @@ def region_stats(labels: np.ndarray, confidence: np.ndarray, prompt_count: int) 
     height, width = labels.shape
     bins = prompt_count + 1
     wide = labels.astype(np.intp)
-    # Per-row and per-column histograms of the labels: every statistic below comes from these
-    # two small tables, without a pass over the image per prompt.
-    row_hist = np.bincount((wide + bins * np.arange(height)[:, None]).ravel(),
-                           minlength=bins * height).reshape(height, bins).T[1:]
-    col_hist = np.bincount((wide + bins * np.arange(width)[None, :]).ravel(),
-                           minlength=bins * width).reshape(width, bins).T[1:]
-    counts = row_hist.sum(axis=1)
+    # Per-row and per-column histograms of the labels: every statistic comes from these two
+    # small tables, without a pass over the image per prompt.
+    row_counts = np.bincount((wide + bins * np.arange(height)[:, None]).ravel(),
+                             minlength=bins * height).reshape(height, bins).T[1:]
+    column_counts = np.bincount((wide + bins * np.arange(width)[None, :]).ravel(),
+                                minlength=bins * width).reshape(width, bins).T[1:]
+    confidence_sums = np.bincount(wide.ravel(), weights=confidence.ravel(),
+                                  minlength=bins)[1:bins]
+    return stats_from_histograms(row_counts, column_counts, confidence_sums)
+
+
+def stats_from_histograms(row_counts: np.ndarray, column_counts: np.ndarray,
+                          confidence_sums: np.ndarray) -> RegionStats:
+    """Build the statistics of N prompts from their label histograms.
+
+    row_counts: (N, H), pixels of label k + 1 in each image row; column_counts: (N, W), the
+    same per column; confidence_sums: (N,), the sum of confidence over each label's pixels.
+    The engine computes these on its device (see ClipSegEngine.segment); region_stats here.
+    """
+    prompt_count, height = row_counts.shape
+    width = column_counts.shape[1]
+    counts = row_counts.sum(axis=1)
     safe = np.maximum(counts, 1)
-    centroids = np.stack([col_hist @ np.arange(width) / safe,
-                          row_hist @ np.arange(height) / safe], axis=1)
+    centroids = np.stack([column_counts @ np.arange(width) / safe,
+                          row_counts @ np.arange(height) / safe], axis=1)
     boxes = np.zeros((prompt_count, 4), np.int64)
     present = counts > 0
     if present.any():
-        rows_present, cols_present = row_hist[present] > 0, col_hist[present] > 0
+        rows_present, cols_present = row_counts[present] > 0, column_counts[present] > 0
         top = rows_present.argmax(axis=1)
         bottom = height - 1 - rows_present[:, ::-1].argmax(axis=1)
         left = cols_present.argmax(axis=1)
         right = width - 1 - cols_present[:, ::-1].argmax(axis=1)
         boxes[present] = np.stack([left, top, right - left + 1, bottom - top + 1], axis=1)
-    sum_conf = np.bincount(wide.ravel(), weights=confidence.ravel(), minlength=bins)[1:bins]
-    mean_confidence = (sum_conf / safe).astype(np.float32)
+    mean_confidence = (confidence_sums / safe).astype(np.float32)
     return RegionStats(counts.astype(np.int64), boxes, centroids, mean_confidence)
 
 

@@ -12,7 +12,7 @@ from clipseg_ros_interfaces.msg import Segmentation
 from clipseg_ros_interfaces.srv import Segment, SetImagePrompt, SetTextPrompts
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.srv import SetParameters
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
@@ -177,7 +177,8 @@ class RunningNode:
                                 parameter_overrides=tiny_model_overrides(model_dir, **overrides))
         self.camera = CameraAndCollector(context, compressed=compressed)
         self.client_node = self.camera.node
-        self.executor = MultiThreadedExecutor(num_threads=5, context=context)
+        # The executor clipseg_node's main() uses.
+        self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.camera.node)
         if autostart:
