@@ -1,11 +1,12 @@
-"""End-to-end benchmark: the installed clipseg node fed by a camera publisher at a fixed rate.
+"""End-to-end benchmark: the installed clipseg node fed by a camera publisher.
 
-For each input size and prompt count it measures, on the same frames:
-  * engine-only time: ClipSegEngine.segment in this process, no ROS, timed with the node idle
-    right before the node gets the same frames,
-  * node latency: camera header stamp -> arrival of `mask`, `confidence` and `segmentation`,
-  * output rate and dropped frames,
-and prints the node's overhead over the engine as a ratio (p50 latency / p50 engine - 1).
+For each input size and prompt count it measures, in two phases:
+  * side by side, frame by frame: ClipSegEngine.segment in this process (no ROS), then the same
+    frame through the node, waiting for its outputs before the next, so both sides see the
+    same machine state on a noisy host; the node's overhead over the engine is the ratio of
+    their p50s minus 1 (latency = camera header stamp -> arrival of `mask`, `confidence` and
+    `segmentation`);
+  * a camera stream at a fixed rate: latency p50/p99, output rate and dropped frames.
 Uses the full-size CLIPSeg architecture with random weights (latency does not depend on weight
 values) unless --model names real weights.  The last line is a JSON summary.
 
@@ -44,17 +45,31 @@ def parse_size(text: str) -> tuple:
     return int(width), int(height)
 
 
-def engine_times(engine: ClipSegEngine, frames, prompts, repeats: int) -> np.ndarray:
+def timed_segment(engine: ClipSegEngine, frame, prompts) -> float:
+    start = time.perf_counter()
+    engine.segment(frame, prompts)  # returns host arrays: the device work is done
+    return time.perf_counter() - start
+
+
+def side_by_side(engine: ClipSegEngine, stream: CameraStream, frames, msgs, prompts,
+                 count: int) -> dict:
+    """Alternate one engine-only frame and the same frame through the node, `count` times."""
     encoded = engine.text_prompts(prompts)
-    engine.segment(frames[0], encoded)  # warm-up
-    times = []
-    for index in range(repeats):
-        start = time.perf_counter()
-        engine.segment(frames[index % len(frames)], encoded)
-        if engine.device.type == 'cuda':
-            torch.cuda.synchronize(engine.device)
-        times.append(time.perf_counter() - start)
-    return np.array(times)
+    timed_segment(engine, frames[0], encoded)  # warm-up
+    engine_s, latency_s, node_inference_s = [], [], []
+    for index in range(count):
+        engine_s.append(timed_segment(engine, frames[index % len(frames)], encoded))
+        key = stream.publish(msgs[index % len(msgs)])
+        deadline = time.monotonic() + 60.0
+        while time.monotonic() < deadline and \
+                not set(OUTPUT_NAMES) <= set(stream.records[key].arrivals):
+            time.sleep(0.001)
+        record = stream.records[key]
+        if set(OUTPUT_NAMES) <= set(record.arrivals):
+            latency_s.append(max(record.arrivals[n] for n in OUTPUT_NAMES) - record.sent)
+            node_inference_s.append(record.inference_s)
+    return {'engine': np.array(engine_s), 'latency': np.array(latency_s),
+            'node_inference': np.array(node_inference_s)}
 
 
 def set_prompts(node, client, prompts) -> None:
@@ -106,9 +121,7 @@ def main() -> int:
     model = args.model or str(write_random_model(scratch / 'model', size='full'))
 
     rgb = {size: [synthetic_frame(*size, i) for i in range(8)] for size in sizes}
-    # The node, started as launch starts it, and an engine of our own on the same model. Each
-    # configuration is timed on the engine alone (the node idle) right before the node gets the
-    # same frames, so both see the same machine state.
+    # The node, started as launch starts it, and an engine of our own on the same model.
     process = start_node_process(
         {'model': model, 'device': args.device, 'dtype': args.dtype,
          'compile_mode': args.compile_mode,
@@ -119,7 +132,6 @@ def main() -> int:
     device_name = torch.cuda.get_device_name(engine.device) if engine.device.type == 'cuda' \
         else f'{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads'
     dtype_name = str(engine.dtype).replace('torch.', '')
-    engine_ms = {}
     rclpy.init()
     node = rclpy.create_node('clipseg_bench_camera')
     stream = CameraStream(node, '/bench_camera/image_raw', output_namespace='/bench')
@@ -137,29 +149,36 @@ def main() -> int:
             msgs = [rgb_image_msg(frame) for frame in rgb[size]]
             for count in counts:
                 set_prompts(node, client, PROMPT_POOL[:count])
-                times = engine_times(engine, rgb[size], PROMPT_POOL[:count], args.frames)
-                engine_ms[size, count] = float(np.median(times) * 1e3)
+                run_stream(stream, msgs, 2.0, 2)  # warm-up at this size and prompt count
+                paired = side_by_side(engine, stream, rgb[size], msgs, PROMPT_POOL[:count],
+                                      args.frames)
+                engine_p50 = percentile_ms(paired['engine'], 50)
+                paired_p50 = percentile_ms(paired['latency'], 50)
+                overhead = paired_p50 / engine_p50 - 1.0
                 rate = float(args.rate) if args.rate != 'auto' else \
-                    min(30.0, 0.4 * 1e3 / engine_ms[size, count])
-                run_stream(stream, msgs, rate, 2)  # warm-up at this size and prompt count
+                    min(30.0, 0.4 * 1e3 / engine_p50)
                 measured = run_stream(stream, msgs, rate, args.frames)
-                overhead = measured['latency_p50_ms'] / engine_ms[size, count] - 1.0
                 row = {'width': size[0], 'height': size[1], 'prompts': count,
-                       'rate_hz': round(rate, 2),
-                       'engine_p50_ms': round(engine_ms[size, count], 2),
-                       **{k: round(v, 2) if isinstance(v, float) else v
-                          for k, v in measured.items()},
+                       'engine_p50_ms': round(engine_p50, 2),
+                       'paired_latency_p50_ms': round(paired_p50, 2),
+                       'paired_node_inference_p50_ms': round(
+                           percentile_ms(paired['node_inference'], 50), 2),
                        'node_overhead_ratio': round(overhead, 4),
                        # what the node adds around its own engine call, per frame
-                       'node_work_p50_ms': round(measured['latency_p50_ms'] -
-                                                 measured['node_inference_p50_ms'], 2)}
-                results.append(row)
-                print(f"node   {size[0]}x{size[1]} N={count} at {rate:.1f} Hz: latency p50 "
+                       'node_work_p50_ms': round(paired_p50 - percentile_ms(
+                           paired['node_inference'], 50), 2),
+                       'rate_hz': round(rate, 2),
+                       **{k: round(v, 2) if isinstance(v, float) else v
+                          for k, v in measured.items()}}
+                print(f"node   {size[0]}x{size[1]} N={count}: side by side, engine p50 "
+                      f"{engine_p50:.1f} ms, node latency p50 {paired_p50:.1f} ms "
+                      f"(engine inside the node {row['paired_node_inference_p50_ms']:.1f} ms, "
+                      f"node work {row['node_work_p50_ms']:.1f} ms), overhead "
+                      f"{overhead * 100:+.1f}%; stream at {rate:.1f} Hz: latency p50 "
                       f"{row['latency_p50_ms']:.1f} ms p99 {row['latency_p99_ms']:.1f} ms, "
-                      f"engine p50 {row['engine_p50_ms']:.1f} ms, overhead "
-                      f'{overhead * 100:+.1f}%, output {row["output_rate_hz"]:.1f} Hz, '
-                      f"dropped {row['dropped']}/{row['sent']}; engine inside the node p50 "
-                      f"{row['node_inference_p50_ms']:.1f} ms", flush=True)
+                      f"output {row['output_rate_hz']:.1f} Hz, dropped "
+                      f"{row['dropped']}/{row['sent']}", flush=True)
+                results.append(row)
     finally:
         engine.release()
         executor.shutdown()
