@@ -43,7 +43,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                       dtype=args.dtype, compile_mode=args.compile_mode)
     prompts = engine.text_prompts(list(PROMPTS[:args.prompts]))
     frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
-    for _ in range(10):  # warm-up: graph capture, compilation, allocator
+    for _ in range(10):  # warm-up: graph capture, allocator
         engine.segment(frame, prompts)
 
     walls = []

@@ -91,5 +91,4 @@ tar -C "$work/stage" -cf - wheels install | xz -T1 -9e > "$kit/kit.tar.xz"
     (cd "$kit" && sha256sum kit.tar.xz)
     ls "$work/stage/wheels"
 } > "$kit/MANIFEST.txt"
-grep -qxF '/.gpukit/' "$repo/.git/info/exclude" || echo '/.gpukit/' >> "$repo/.git/info/exclude"
 du -sh "$kit"

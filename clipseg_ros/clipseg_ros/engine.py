@@ -37,9 +37,12 @@ DEFAULT_MODEL = 'CIDAS/clipseg-rd64-refined'
 TEXT_CACHE_SIZE = 1024
 DEVICE_CHOICES = ('auto', 'cpu', 'cuda', 'cuda:N')
 DTYPE_CHOICES = ('auto', 'float32', 'float16', 'bfloat16')
-# auto = cuda_graphs on CUDA (1.8 ms against 10-12 ms eager, float16 on an H200), none on the
+# auto = cuda_graphs on CUDA (1.8 ms against 9-12 ms eager, float16 on an H200), none on the
 # CPU. torch.compile was measured too (14.6 ms) and is not offered.
 COMPILE_MODES = ('auto', 'none', 'cuda_graphs')
+# Captured CUDA graphs kept, one per (input size, prompt count): the camera stream's and, say,
+# a ~/segment call's one-off prompts, without recapturing each time they alternate.
+CUDA_GRAPH_CACHE_SIZE = 4
 RESOLUTION_STEP = 16
 MIN_RESOLUTION = 64
 MAX_RESOLUTION = 1024
@@ -445,7 +448,7 @@ class ClipSegEngine:
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.text_encoder_calls = 0
         self._pinned: Optional[torch.Tensor] = None
-        self._graph: Optional[_CudaGraphRunner] = None
+        self._graphs: OrderedDict[tuple, _CudaGraphRunner] = OrderedDict()
         # Position embeddings interpolated for the current input side (see _update_positions).
         self._positions: Optional[torch.Tensor] = None
         self._positions_size = 0
@@ -500,7 +503,7 @@ class ClipSegEngine:
         with self._lock:
             if checked != self._resolution:
                 self._resolution = checked
-                self._graph = None
+                self._graphs.clear()
 
     def _check_model_resolution(self, value: int) -> int:
         checked = check_resolution(value)
@@ -676,15 +679,18 @@ class ClipSegEngine:
         if self._compile_mode == 'cuda_graphs':
             try:
                 key = (tuple(pixel_values.shape), tuple(embeddings.shape))
-                if self._graph is None or self._graph.key != key:
-                    self._graph = None
-                    self._graph = _CudaGraphRunner(
-                        self._probabilities_eager, pixel_values, embeddings)
-                return self._graph(pixel_values, embeddings)
+                graph = self._graphs.get(key)
+                if graph is None:
+                    if len(self._graphs) >= CUDA_GRAPH_CACHE_SIZE:
+                        self._graphs.popitem(last=False)
+                    graph = _CudaGraphRunner(self._probabilities_eager, pixel_values, embeddings)
+                    self._graphs[key] = graph
+                self._graphs.move_to_end(key)
+                return graph(pixel_values, embeddings)
             except Exception as exc:  # noqa: B902 - any capture failure: fall back for good
                 _LOGGER.warning('CUDA graph capture failed (%s: %s); running eagerly',
                                 type(exc).__name__, exc)
-                self._graph = None
+                self._graphs.clear()
                 self._compile_mode = 'none'
         return self._probabilities_eager(pixel_values, embeddings)
 
@@ -776,10 +782,19 @@ class ClipSegEngine:
             self._model = None
             self._tokenizer = None
             self._text_cache.clear()
-            self._graph = None
+            self._graphs.clear()
             self._pinned = None
             self._positions = None
             gc.collect()
+            if self._device.type == 'cuda':
+                torch.cuda.empty_cache()
+
+    def free_cache(self) -> None:
+        """Return unused cached CUDA memory to the driver (e.g. after an out-of-memory error).
+
+        Under the engine lock, so it never lands in the middle of a CUDA graph capture.
+        """
+        with self._lock:
             if self._device.type == 'cuda':
                 torch.cuda.empty_cache()
 

@@ -1,9 +1,10 @@
 """The clipseg lifecycle node: camera frames in, mask / confidence / overlay / segmentation out.
 
 Threading: the image callback only validates and keeps the newest frame, then wakes the worker
-thread.  The worker converts, runs the engine and publishes.  Services live in a reentrant
-group, so they answer while a frame is being processed, and a camera faster than the model
-replaces the pending frame (counted as dropped) instead of building a queue.
+thread.  The worker converts, runs the engine and publishes, so services answer while a frame is
+being processed, and a camera faster than the model replaces the pending frame (counted as
+dropped) instead of building a queue.  The executor is single-threaded: a service that needs the
+model (embedding new prompts, ~/segment) holds the other callbacks until it is done.
 """
 
 import functools
@@ -718,9 +719,7 @@ class ClipSegNode(LifecycleNode):
 
 def _free_device_cache(engine) -> None:
     try:
-        import torch
-        if torch.cuda.is_available() and str(getattr(engine, 'device', 'cpu')).startswith('cuda'):
-            torch.cuda.empty_cache()
+        engine.free_cache()
     except Exception:  # freeing a cache must never raise into the caller
         pass
 
@@ -734,10 +733,10 @@ def main(args=None) -> None:
         rclpy.logging.get_logger('clipseg').fatal(f'cannot start: {error}')
         rclpy.try_shutdown()
         raise SystemExit(1)
-    # Inference has a thread of its own (the worker), so the executor only runs short callbacks.
-    # rclpy's MultiThreadedExecutor costs far more than it saves here: in a pass-through node
-    # echoing 640x480 frames at 30 Hz it delivered 32 of 150 (p50 122 ms), this one 150 of 150
-    # (p50 6.6 ms).
+    # Inference on camera frames has a thread of its own (the worker); the executor runs the
+    # other callbacks. rclpy's MultiThreadedExecutor costs far more than it saves here: in a
+    # pass-through node echoing 640x480 frames at 30 Hz it delivered 32 of 150 (p50 122 ms),
+    # this one 150 of 150 (p50 6.6 ms).
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:

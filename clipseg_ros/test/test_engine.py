@@ -561,19 +561,18 @@ def test_auto_options_pick_cpu_float32_here(tiny_model_dir, caplog) -> None:
         engine = ClipSegEngine(str(tiny_model_dir))
     assert engine.device.type == 'cpu' and engine.dtype == torch.float32
     assert 'CUDA is not available' in caplog.text
+    assert engine.compile_mode == 'none' and 'needs CUDA' not in caplog.text  # auto: no noise
 
 
 def test_gpu_fast_paths_fall_back_to_eager_on_cpu(tiny_model_dir, frame, caplog) -> None:
     plain = ClipSegEngine(str(tiny_model_dir), device='cpu')
-    for mode in ('cuda_graphs',):
-        with caplog.at_level(logging.WARNING, logger='clipseg_ros.engine'):
-            engine = ClipSegEngine(str(tiny_model_dir), device='cpu', compile_mode=mode)
-        assert engine.compile_mode == 'none'
-        assert f"compile_mode '{mode}' needs CUDA" in caplog.text
-        prompts = engine.text_prompts(TEXTS)
-        np.testing.assert_array_equal(
-            engine.segment(frame, prompts).labels,
-            plain.segment(frame, plain.text_prompts(TEXTS)).labels)
+    with caplog.at_level(logging.WARNING, logger='clipseg_ros.engine'):
+        engine = ClipSegEngine(str(tiny_model_dir), device='cpu', compile_mode='cuda_graphs')
+    assert engine.compile_mode == 'none'
+    assert "compile_mode 'cuda_graphs' needs CUDA" in caplog.text
+    np.testing.assert_array_equal(
+        engine.segment(frame, engine.text_prompts(TEXTS)).labels,
+        plain.segment(frame, plain.text_prompts(TEXTS)).labels)
 
 
 def test_from_model_matches_the_folder_engine(tiny_model_dir, engine, frame) -> None:
@@ -710,12 +709,3 @@ def test_device_label_histograms_give_the_numpy_statistics(prompt_count) -> None
     np.testing.assert_allclose(got.mean_confidence, expected.mean_confidence, rtol=1e-6)
     assert got.pixel_count.sum() == (labels > 0).sum()
 
-
-def test_segment_reports_the_statistics_of_its_label_image(engine) -> None:
-    from clipseg_ros.outputs import region_stats
-    frame = np.random.default_rng(4).integers(0, 256, (90, 120, 3), dtype=np.uint8)
-    result = engine.segment(frame, engine.text_prompts(TEXTS), threshold=0.3)
-    expected = region_stats(result.labels, result.confidence, len(TEXTS))
-    np.testing.assert_array_equal(result.stats.pixel_count, expected.pixel_count)
-    np.testing.assert_array_equal(result.stats.boxes, expected.boxes)
-    assert result.stats.pixel_count.sum() == (result.labels > 0).sum() > 0

@@ -80,3 +80,16 @@ def test_statistics_computed_on_the_gpu_match_numpy(tiny_model_dir):
         np.testing.assert_allclose(result.stats.centroids, expected.centroids)
         np.testing.assert_allclose(result.stats.mean_confidence, expected.mean_confidence,
                                    rtol=1e-5)
+
+
+def test_cuda_graphs_are_kept_per_prompt_count(tiny_model_dir):
+    # A ~/segment call with one-off prompts between camera frames must not force recaptures.
+    eager = ClipSegEngine(model=str(tiny_model_dir), device='cuda', dtype='float32',
+                          compile_mode='none')
+    fast = ClipSegEngine(model=str(tiny_model_dir), device='cuda', dtype='float32')
+    frame = frames(1)[0]
+    for texts in (PROMPTS, PROMPTS[:1], PROMPTS, PROMPTS[:1]):
+        expected = eager.segment(frame, eager.text_prompts(texts), return_probabilities=True)
+        got = fast.segment(frame, fast.text_prompts(texts), return_probabilities=True)
+        np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-3)
+    assert len(fast._graphs) == 2 and fast.compile_mode == 'cuda_graphs'
