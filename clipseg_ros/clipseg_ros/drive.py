@@ -136,9 +136,10 @@ class CameraStream:
                 record = self.records.get(key)
                 if record is None:
                     return
-                record.arrivals[name] = now
+                # inference_s first: readers that poll arrivals without the lock see it set.
                 if name == 'segmentation':
                     record.inference_s = float(msg.inference_time)
+                record.arrivals[name] = now
                 if self.keep_outputs:
                     record.outputs[name] = msg
         return collect

@@ -143,19 +143,18 @@ def _spread_decoder_outputs(model: CLIPSegForImageSegmentation) -> None:
         model.decoder.transposed_convolution[-1].weight.mul_(32.0)
 
 
-def full_size_config(tokenizer: Optional[CLIPTokenizer] = None) -> CLIPSegConfig:
+def full_size_config(tokenizer: CLIPTokenizer) -> CLIPSegConfig:
     """
     Return the configuration of ``CIDAS/clipseg-rd64-refined`` (150.7M parameters).
 
-    With ``tokenizer``, the text model's special-token ids are those of that tokenizer (the
-    text model pools at the end-of-text token); the amount of computation is unchanged.
+    The text model's special-token ids are those of ``tokenizer`` (the text model pools at the
+    end-of-text token); the amount of computation is that of the real model.
     """
     config = CLIPSegConfig(vision_config={'patch_size': 16},
                            use_complex_transposed_convolution=True)
-    if tokenizer is not None:
-        config.text_config.bos_token_id = tokenizer.bos_token_id
-        config.text_config.eos_token_id = tokenizer.eos_token_id
-        config.text_config.pad_token_id = tokenizer.pad_token_id
+    config.text_config.bos_token_id = tokenizer.bos_token_id
+    config.text_config.eos_token_id = tokenizer.eos_token_id
+    config.text_config.pad_token_id = tokenizer.pad_token_id
     return config
 
 
