@@ -32,7 +32,8 @@ from std_msgs.msg import Header
 
 from clipseg_ros import conversions
 from clipseg_ros.conversions import ImageConversionError
-from clipseg_ros.engine import DEFAULT_MODEL, ClipSegEngine, Prompt, SegmentationResult
+from clipseg_ros.engine import (DEFAULT_MODEL, ClipSegEngine, Prompt, SegmentationResult,
+                                set_cpu_threads)
 from clipseg_ros.outputs import render_overlay
 
 # Prompt labels are uint8 values in the mask image.
@@ -134,6 +135,7 @@ class ClipSegNode(LifecycleNode):
         self._last_frame_time: Optional[float] = None
         self._last_process_start = -math.inf  # no frame yet: the first is never rate-limited
         self._counters = FrameCounters()
+        self._cpu_threads = 0  # applied at configure
         self._warn_times = {}
         self._active = False
         self._worker: Optional[threading.Thread] = None
@@ -176,6 +178,9 @@ class ClipSegNode(LifecycleNode):
         declare('compile_mode', 'auto', _descriptor(
             'GPU fast path: auto (cuda_graphs on CUDA, none on CPU), none or cuda_graphs',
             read_only=True))
+        declare('cpu_threads', 0, _descriptor(
+            'Threads for CPU inference; 0 = auto (one per core, less one left to ROS)',
+            read_only=True, integer_range=(0, 1024, 1)))
         declare('threshold', 0.3, _descriptor(
             'Probability a prompt must reach for a pixel to get its label',
             float_range=(0.0, 1.0)))
@@ -254,6 +259,7 @@ class ClipSegNode(LifecycleNode):
                     f"parameter {name} is '{self._param(name)}', expected one of {allowed}")
                 return TransitionCallbackReturn.FAILURE
         try:
+            threads = set_cpu_threads(self._param('cpu_threads'))
             engine = self._engine_factory(
                 model=self._param('model'), device=self._param('device'),
                 dtype=self._param('dtype'), resolution=self._param('resolution'),
@@ -265,14 +271,15 @@ class ClipSegNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._engine = engine
         self._engine_error = ''
+        self._cpu_threads = threads
         if self._param('device') == 'auto' and engine.device.type == 'cpu':
             self.get_logger().warning('device auto: no CUDA device found, running on the CPU '
                                       '(expect seconds per frame with the full model)')
         with self._prompt_lock:
             self._prompt_set = PromptSet(tuple(initial), self._prompt_set.version + 1)
         self.get_logger().info(
-            f"model '{self._param('model')}' on {engine.device} ({engine.dtype}); "
-            f'prompts: {prompts}')
+            f"model '{self._param('model')}' on {engine.device} ({engine.dtype}, "
+            f'{threads} CPU threads); prompts: {prompts}')
 
         output_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                                 history=HistoryPolicy.KEEP_LAST,
@@ -697,6 +704,7 @@ class ClipSegNode(LifecycleNode):
             'last_inference_ms': f'{counters.last_inference_s * 1e3:.1f}',
             'seconds_since_last_frame': age,
             'device': str(engine.device) if engine else 'none',
+            'cpu_threads': str(self._cpu_threads),
             'device_memory_bytes': str(engine.memory_in_use() if engine else 0),
             'prompt_count': str(len(self._prompt_set.prompts)),
             'prompt_version': str(self._prompt_set.version),

@@ -14,8 +14,10 @@ import shutil
 import string
 import threading
 
+from clipseg_ros import engine as engine_module
 from clipseg_ros.engine import (
-    ClipSegEngine, DEFAULT_MODEL, ModelLoadError, PreprocessConfig, Prompt, SegmentationResult)
+    ClipSegEngine, cpu_thread_count, DEFAULT_MODEL, ModelLoadError, PreprocessConfig, Prompt,
+    SegmentationResult, set_cpu_threads)
 from clipseg_ros.tiny_model import write_tiny_model
 from clipseg_ros.visual_prompt import engineer_visual_prompt
 import numpy as np
@@ -562,6 +564,34 @@ def test_auto_options_pick_cpu_float32_here(tiny_model_dir, caplog) -> None:
     assert engine.device.type == 'cpu' and engine.dtype == torch.float32
     assert 'CUDA is not available' in caplog.text
     assert engine.compile_mode == 'none' and 'needs CUDA' not in caplog.text  # auto: no noise
+
+
+@pytest.mark.parametrize('torch_default, usable, expected', [
+    (2, 2, 1),    # this machine: one core left to ROS
+    (1, 1, 1),    # never zero
+    (8, 16, 8),   # SMT: torch's one-per-physical-core wins
+    (8, 4, 3),    # a cpuset smaller than the machine
+])
+def test_auto_cpu_threads_leave_a_core(monkeypatch, torch_default, usable, expected) -> None:
+    monkeypatch.setattr(engine_module, '_TORCH_DEFAULT_THREADS', torch_default)
+    monkeypatch.setattr(engine_module, 'usable_cpu_count', lambda: usable)
+    assert cpu_thread_count(0) == expected
+    assert cpu_thread_count(5) == 5  # an explicit count is taken as is
+
+
+@pytest.mark.parametrize('bad', [-1, 1.5, True, '2'])
+def test_bad_cpu_threads_are_refused(bad) -> None:
+    with pytest.raises(ValueError, match='cpu_threads'):
+        cpu_thread_count(bad)
+
+
+def test_set_cpu_threads_applies_to_torch() -> None:
+    before = torch.get_num_threads()
+    try:
+        assert set_cpu_threads(1) == 1 and torch.get_num_threads() == 1
+        assert set_cpu_threads(3) == 3 and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_gpu_fast_paths_fall_back_to_eager_on_cpu(tiny_model_dir, frame, caplog) -> None:

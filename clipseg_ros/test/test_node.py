@@ -4,11 +4,13 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from clipseg_ros_interfaces.srv import Segment, SetImagePrompt, SetTextPrompts
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.lifecycle import TransitionCallbackReturn
 from sensor_msgs.msg import CompressedImage, Image
 
+from clipseg_ros import engine as engine_module
 from clipseg_ros.conversions import image_to_array
 from clipseg_ros.node import ClipSegNode
 from node_harness import RunningNode, encode_frame, rgb_frame, tiny_model_overrides
@@ -273,6 +275,10 @@ def test_diagnostics_report_rates_counts_and_stale_camera(running):
     assert float(values['processing_rate_hz']) > 0.0
     assert float(values['input_rate_hz']) > 0.0
     assert values['device'] == 'cpu'
+    # auto: torch's default less a core for ROS (2 cores here -> 1), never 0
+    expected_threads = engine_module.cpu_thread_count(0)
+    assert values['cpu_threads'] == str(expected_threads) and \
+        torch.get_num_threads() == expected_threads
     assert values['prompt_count'] == '2'
     assert float(values['last_inference_ms']) > 0.0
     assert running.set_parameter('stale_image_timeout', 0.2).successful
@@ -282,6 +288,19 @@ def test_diagnostics_report_rates_counts_and_stale_camera(running):
     # and it reaches /diagnostics
     assert running.camera.wait_for(lambda: any(
         s.name.startswith('/clipseg') for a in running.camera.diagnostics for s in a.status), 5)
+
+
+def test_explicit_cpu_threads_are_applied_at_configure(ros_context, tiny_model_dir):
+    before = torch.get_num_threads()
+    harness = RunningNode(ros_context, tiny_model_dir, cpu_threads=3)
+    try:
+        assert torch.get_num_threads() == 3
+        values = diagnostic_values(harness.node.diagnostic_status())
+        assert values['cpu_threads'] == '3'
+        harness.send_and_wait(encode_frame(rgb_frame(32, 24), 'rgb8'))  # still segments
+    finally:
+        harness.close()
+        torch.set_num_threads(before)
 
 
 def break_model_folder(folder, tiny_model_dir, cause):
