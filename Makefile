@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # e.g. make bench BENCH_ARGS='--device cuda --dtype float16 --compile-mode cuda_graphs'
 BENCH_ARGS ?=
 
-.PHONY: setup test demo bench bench-node fuzz soak clean
+.PHONY: setup test demo bench bench-node bench-transport fuzz soak clean
 
 setup: $(BUILD_STAMP)
 
@@ -43,6 +43,9 @@ bench: setup
 
 bench-node: setup
 	@source ./env.sh && python bench/node_bench.py $(BENCH_ARGS)
+
+bench-transport: setup
+	@source ./env.sh && python bench/transport_bench.py
 
 fuzz: setup
 	@source ./env.sh && python scripts/fuzz_node.py --count 10000

@@ -33,6 +33,8 @@ python3 bench/engine_profile.py --device cuda --dtype float16 --compile-mode cud
 # The node end to end, where the ROS kit was carried (.gpukit, made by scripts/make_gpu_kit.sh).
 if [ -f .gpukit/kit.tar.xz ]; then
     (source scripts/gpu_kit_env.sh && python bench/node_bench.py --device cuda \
-        --dtype float16 --compile-mode cuda_graphs --frames 60 2>&1 | tee "$out/node_bench.txt")
+        --dtype float16 --compile-mode cuda_graphs --frames 60 2>&1 | tee "$out/node_bench.txt"
+     # the host's share: the node without inference against a minimal rclpy echo
+     python bench/transport_bench.py 2>&1 | tee "$out/transport_bench.txt")
 fi
 exit "$tests_status"

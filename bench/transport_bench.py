@@ -1,0 +1,192 @@
+"""What the clipseg node costs around inference, against the least any rclpy node pays.
+
+Two node processes take turns answering one camera stream (rounds alternate, so both see the
+same host):
+  * clipseg: ClipSegNode as clipseg_node runs it (single-threaded executor, worker thread,
+    validation, conversion, statistics message, publishing), with an engine that returns a
+    result computed once per frame size: inference costs nothing, the node and ROS remain;
+  * echo: a minimal rclpy node that answers each frame with mask, confidence and segmentation
+    messages of the same sizes and QoS, built the same way (the floor: Fast DDS both ways and
+    rclpy's executor, serialisation and copies).
+Latency: camera header stamp -> arrival of all three outputs in this process. Prints p50/p99
+per side and the ratio clipseg/echo of the p50s; the last line is JSON. No GPU is involved, so
+this measures the host's share of the end-to-end latency of `node_bench.py`.
+
+    python bench/transport_bench.py                   # 640x480 and 1280x720, 2 rounds a side
+"""
+
+import argparse
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+
+from clipseg_ros.drive import (CameraStream, installed_node_command, percentile_ms,
+                               rgb_image_msg, stop_node_process, synthetic_frame,
+                               use_large_image_profile)
+from clipseg_ros.engine import ClipSegEngine
+from clipseg_ros.tiny_model import write_tiny_model
+
+OUTPUT_NAMES = ('mask', 'confidence', 'segmentation')
+CAMERA_TOPIC = '/transport_camera/image_raw'
+NAMESPACE = '/transport'
+
+
+class PrecomputedEngine(ClipSegEngine):
+    """The real engine, run once per (frame size, prompts, threshold); later calls reuse it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._results = {}
+
+    def segment(self, image_rgb, prompts, threshold=0.5, **kwargs):
+        key = (image_rgb.shape, tuple(id(p) for p in prompts), threshold)
+        if key not in self._results:
+            result = super().segment(image_rgb, prompts, threshold=threshold, **kwargs)
+            self._results[key] = dataclasses.replace(result, inference_seconds=0.0)
+        return self._results[key]
+
+
+def serve_clipseg(ros_args) -> None:
+    from clipseg_ros.node import ClipSegNode  # as clipseg_node's main(), with the engine above
+    rclpy.init(args=ros_args)
+    node = ClipSegNode(engine_factory=PrecomputedEngine)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        node.autostart_if_enabled()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def serve_echo(ros_args) -> None:
+    from clipseg_ros_interfaces.msg import Segmentation
+    from clipseg_ros.conversions import array_to_image
+    rclpy.init(args=ros_args)
+    node = rclpy.create_node('clipseg')
+    output_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                            history=HistoryPolicy.KEEP_LAST)
+    publishers = {name: node.create_publisher(Segmentation if name == 'segmentation' else Image,
+                                              name, output_qos) for name in OUTPUT_NAMES}
+    outputs = {}
+
+    def answer(msg: Image) -> None:
+        size = (msg.height, msg.width)
+        if size not in outputs:
+            outputs[size] = (np.zeros(size, np.uint8), np.zeros(size, np.float32))
+        labels, confidence = outputs[size]
+        publishers['mask'].publish(array_to_image(labels, 'mono8', msg.header))
+        publishers['confidence'].publish(array_to_image(confidence, '32FC1', msg.header))
+        publishers['segmentation'].publish(Segmentation(header=msg.header, labels=['object']))
+
+    node.create_subscription(Image, 'image', answer, QoSProfile(
+        depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.BEST_EFFORT))
+    try:
+        rclpy.spin(node, SingleThreadedExecutor())
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def start_server(kind: str, model: str, log_path: Path) -> subprocess.Popen:
+    command = installed_node_command({'model': model, 'device': 'cpu', 'prompts': '["a ball"]',
+                                      'publish_overlay': 'false'}, CAMERA_TOPIC, NAMESPACE)
+    ros_args = command[command.index('--ros-args'):]
+    with open(log_path, 'w') as log:
+        return subprocess.Popen([sys.executable, __file__, '--serve', kind] + ros_args,
+                                stdout=log, stderr=subprocess.STDOUT)
+
+
+def measure(stream: CameraStream, msgs, rate_hz: float, frames: int) -> np.ndarray:
+    stream.run(msgs, 2.0, 1.5)  # warm-up: first frames of a size pay for lazy set-up
+    time.sleep(0.5)
+    stream.records.clear()
+    stream.run(msgs, rate_hz, frames / rate_hz)
+    time.sleep(0.5)
+    answered = [r for r in stream.records.values() if set(OUTPUT_NAMES) <= set(r.arrivals)]
+    return np.array([max(r.arrivals[n] for n in OUTPUT_NAMES) - r.sent for r in answered])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--serve', choices=('clipseg', 'echo'), help=argparse.SUPPRESS)
+    parser.add_argument('--sizes', default='640x480,1280x720')
+    parser.add_argument('--rounds', type=int, default=2, help='rounds per side and size')
+    parser.add_argument('--frames', type=int, default=40, help='frames per round')
+    parser.add_argument('--rate', type=float, default=10.0, help='camera rate in Hz')
+    args, ros_args = parser.parse_known_args()
+    if args.serve:
+        (serve_clipseg if args.serve == 'clipseg' else serve_echo)([sys.argv[0]] + ros_args)
+        return 0
+    use_large_image_profile()
+    scratch = Path(tempfile.mkdtemp(prefix='clipseg_transport_'))
+    model = str(write_tiny_model(scratch / 'model'))
+    sizes = [tuple(int(v) for v in s.lower().split('x')) for s in args.sizes.split(',')]
+    rclpy.init()
+    node = rclpy.create_node('clipseg_transport_camera')
+    stream = CameraStream(node, CAMERA_TOPIC, output_namespace=NAMESPACE)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    latencies = {(size, kind): [] for size in sizes for kind in ('clipseg', 'echo')}
+    try:
+        for round_index in range(args.rounds):
+            for kind in ('clipseg', 'echo'):
+                process = start_server(kind, model, scratch / f'{kind}.log')
+                try:
+                    if not stream.wait_for_subscriber(timeout=120.0):
+                        print(f'{kind} did not come up; see {scratch / (kind + ".log")}',
+                              file=sys.stderr)
+                        return 1
+                    for size in sizes:
+                        msgs = [rgb_image_msg(synthetic_frame(*size, i)) for i in range(4)]
+                        latencies[size, kind].append(measure(stream, msgs, args.rate,
+                                                             args.frames))
+                finally:
+                    stop_node_process(process)
+                    # the next server must not match the old one's lingering subscription
+                    while stream.publisher.get_subscription_count():
+                        time.sleep(0.05)
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+        shutil.rmtree(scratch, ignore_errors=True)
+    results = []
+    for size in sizes:
+        row = {'width': size[0], 'height': size[1]}
+        for kind in ('clipseg', 'echo'):
+            values = np.concatenate(latencies[size, kind])
+            row[f'{kind}_answered'] = f'{len(values)}/{args.rounds * args.frames}'
+            row[f'{kind}_p50_ms'] = round(percentile_ms(values, 50), 2)
+            row[f'{kind}_p99_ms'] = round(percentile_ms(values, 99), 2)
+        row['clipseg_over_echo'] = round(row['clipseg_p50_ms'] / row['echo_p50_ms'], 3)
+        print(f"{size[0]}x{size[1]}: clipseg node without inference p50 {row['clipseg_p50_ms']} "
+              f"ms p99 {row['clipseg_p99_ms']} ms ({row['clipseg_answered']}); minimal rclpy "
+              f"echo p50 {row['echo_p50_ms']} ms p99 {row['echo_p99_ms']} ms "
+              f"({row['echo_answered']}); ratio {row['clipseg_over_echo']:.2f}", flush=True)
+        results.append(row)
+    print(json.dumps({'benchmark': 'transport_bench', 'rate_hz': args.rate, 'results': results}))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
