@@ -1,18 +1,22 @@
 """What the clipseg node costs around inference, against the least any rclpy node pays.
 
-Two node processes take turns answering one camera stream (rounds alternate, so both see the
-same host):
+Node processes take turns answering one camera stream (rounds alternate, so all see the same
+host):
   * clipseg: ClipSegNode as clipseg_node runs it (single-threaded executor, worker thread,
     validation, conversion, statistics message, publishing), with an engine that returns a
     result computed once per frame size: inference costs nothing, the node and ROS remain;
   * echo: a minimal rclpy node that answers each frame with mask, confidence and segmentation
     messages of the same sizes and QoS, built the same way (the floor: Fast DDS both ways and
-    rclpy's executor, serialisation and copies).
+    rclpy's executor, serialisation and copies);
+  * echo_glibc_malloc, when asked for: the echo without the allocator settings clipseg_node
+    makes (node.keep_freed_memory), to measure what they are worth.
 Latency: camera header stamp -> arrival of all three outputs in this process. Prints p50/p99
-per side and the ratio clipseg/echo of the p50s; the last line is JSON. No GPU is involved, so
+per side, each side's p50 over the echo's, and the CPU time the server process used a frame
+(user + system: steadier than latency on a shared host); the last line is JSON. No GPU is involved, so
 this measures the host's share of the end-to-end latency of `node_bench.py`.
 
-    python bench/transport_bench.py                   # 640x480 and 1280x720, 2 rounds a side
+    python bench/transport_bench.py                   # 640x480 and 1280x720, 3 rounds a side
+    python bench/transport_bench.py --sides clipseg,echo,echo_glibc_malloc
 """
 
 import argparse
@@ -27,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -39,6 +44,9 @@ from clipseg_ros.engine import ClipSegEngine
 from clipseg_ros.tiny_model import write_tiny_model
 
 OUTPUT_NAMES = ('mask', 'confidence', 'segmentation')
+SIDES = ('clipseg', 'echo', 'echo_glibc_malloc')
+SIDE_NAMES = {'clipseg': 'clipseg node without inference', 'echo': 'minimal rclpy echo',
+              'echo_glibc_malloc': 'echo, glibc malloc defaults'}
 CAMERA_TOPIC = '/transport_camera/image_raw'
 NAMESPACE = '/transport'
 
@@ -59,24 +67,16 @@ class PrecomputedEngine(ClipSegEngine):
 
 
 def serve_clipseg(ros_args) -> None:
-    from clipseg_ros.node import ClipSegNode  # as clipseg_node's main(), with the engine above
-    rclpy.init(args=ros_args)
-    node = ClipSegNode(engine_factory=PrecomputedEngine)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        node.autostart_if_enabled()
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    from clipseg_ros.node import main as clipseg_node_main
+    clipseg_node_main(ros_args, engine_factory=PrecomputedEngine)
 
 
-def serve_echo(ros_args) -> None:
+def serve_echo(ros_args, tune_malloc: bool = True) -> None:
     from clipseg_ros_interfaces.msg import Segmentation
     from clipseg_ros.conversions import array_to_image
+    from clipseg_ros.node import keep_freed_memory
+    if tune_malloc:
+        keep_freed_memory()  # the same allocator settings as the clipseg node
     rclpy.init(args=ros_args)
     node = rclpy.create_node('clipseg')
     output_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -114,28 +114,43 @@ def start_server(kind: str, model: str, log_path: Path) -> subprocess.Popen:
                                 stdout=log, stderr=subprocess.STDOUT)
 
 
-def measure(stream: CameraStream, msgs, rate_hz: float, frames: int) -> np.ndarray:
+def measure(stream: CameraStream, server: psutil.Process, msgs, rate_hz: float,
+            frames: int) -> tuple:
+    """Return the latencies of the answered frames and the server's CPU seconds a frame."""
     stream.run(msgs, 2.0, 1.5)  # warm-up: first frames of a size pay for lazy set-up
     time.sleep(0.5)
     stream.records.clear()
-    stream.run(msgs, rate_hz, frames / rate_hz)
+    before = server.cpu_times()
+    sent = stream.run(msgs, rate_hz, frames / rate_hz)
     time.sleep(0.5)
+    after = server.cpu_times()
     answered = [r for r in stream.records.values() if set(OUTPUT_NAMES) <= set(r.arrivals)]
-    return np.array([max(r.arrivals[n] for n in OUTPUT_NAMES) - r.sent for r in answered])
+    cpu = (after.user + after.system - before.user - before.system) / sent
+    return np.array([max(r.arrivals[n] for n in OUTPUT_NAMES) - r.sent for r in answered]), cpu
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--serve', choices=('clipseg', 'echo'), help=argparse.SUPPRESS)
+    parser.add_argument('--serve', choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument('--sides', default='clipseg,echo',
+                        help="comma-separated, from: clipseg, echo, and echo_glibc_malloc (the "
+                             "echo with glibc's default allocator settings)")
     parser.add_argument('--sizes', default='640x480,1280x720')
-    parser.add_argument('--rounds', type=int, default=2, help='rounds per side and size')
+    parser.add_argument('--rounds', type=int, default=3, help='rounds per side and size')
     parser.add_argument('--frames', type=int, default=40, help='frames per round')
     parser.add_argument('--rate', type=float, default=10.0, help='camera rate in Hz')
     args, ros_args = parser.parse_known_args()
     if args.serve:
-        (serve_clipseg if args.serve == 'clipseg' else serve_echo)([sys.argv[0]] + ros_args)
+        ros_args = [sys.argv[0]] + ros_args
+        if args.serve == 'clipseg':
+            serve_clipseg(ros_args)
+        else:
+            serve_echo(ros_args, tune_malloc=args.serve == 'echo')
         return 0
+    sides = args.sides.split(',')
+    if not set(sides) <= set(SIDES) or 'echo' not in sides:
+        parser.error(f'--sides takes names from {SIDES} and must include echo')
     use_large_image_profile()
     scratch = Path(tempfile.mkdtemp(prefix='clipseg_transport_'))
     model = str(write_tiny_model(scratch / 'model'))
@@ -146,25 +161,30 @@ def main() -> int:
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     threading.Thread(target=executor.spin, daemon=True).start()
-    latencies = {(size, kind): [] for size in sizes for kind in ('clipseg', 'echo')}
+    latencies = {(size, kind): [] for size in sizes for kind in sides}
+    cpu_per_frame = {(size, kind): [] for size in sizes for kind in sides}
     try:
+        # A fresh server for each size, as a camera has one size: the allocator's state
+        # depends on the sizes a process has seen.
         for round_index in range(args.rounds):
-            for kind in ('clipseg', 'echo'):
-                process = start_server(kind, model, scratch / f'{kind}.log')
-                try:
-                    if not stream.wait_for_subscriber(timeout=120.0):
-                        print(f'{kind} did not come up; see {scratch / (kind + ".log")}',
-                              file=sys.stderr)
-                        return 1
-                    for size in sizes:
-                        msgs = [rgb_image_msg(synthetic_frame(*size, i)) for i in range(4)]
-                        latencies[size, kind].append(measure(stream, msgs, args.rate,
-                                                             args.frames))
-                finally:
-                    stop_node_process(process)
-                    # the next server must not match the old one's lingering subscription
-                    while stream.publisher.get_subscription_count():
-                        time.sleep(0.05)
+            for size in sizes:
+                msgs = [rgb_image_msg(synthetic_frame(*size, i)) for i in range(4)]
+                for kind in sides:
+                    process = start_server(kind, model, scratch / f'{kind}.log')
+                    try:
+                        if not stream.wait_for_subscriber(timeout=120.0):
+                            print(f'{kind} did not come up; see {scratch / (kind + ".log")}',
+                                  file=sys.stderr)
+                            return 1
+                        values, cpu = measure(stream, psutil.Process(process.pid), msgs,
+                                              args.rate, args.frames)
+                        latencies[size, kind].append(values)
+                        cpu_per_frame[size, kind].append(cpu)
+                    finally:
+                        stop_node_process(process)
+                        # the next server must not match this one's lingering subscription
+                        while stream.publisher.get_subscription_count():
+                            time.sleep(0.05)
     finally:
         executor.shutdown()
         node.destroy_node()
@@ -173,16 +193,21 @@ def main() -> int:
     results = []
     for size in sizes:
         row = {'width': size[0], 'height': size[1]}
-        for kind in ('clipseg', 'echo'):
+        for kind in sides:
             values = np.concatenate(latencies[size, kind])
             row[f'{kind}_answered'] = f'{len(values)}/{args.rounds * args.frames}'
             row[f'{kind}_p50_ms'] = round(percentile_ms(values, 50), 2)
             row[f'{kind}_p99_ms'] = round(percentile_ms(values, 99), 2)
-        row['clipseg_over_echo'] = round(row['clipseg_p50_ms'] / row['echo_p50_ms'], 3)
-        print(f"{size[0]}x{size[1]}: clipseg node without inference p50 {row['clipseg_p50_ms']} "
-              f"ms p99 {row['clipseg_p99_ms']} ms ({row['clipseg_answered']}); minimal rclpy "
-              f"echo p50 {row['echo_p50_ms']} ms p99 {row['echo_p99_ms']} ms "
-              f"({row['echo_answered']}); ratio {row['clipseg_over_echo']:.2f}", flush=True)
+            row[f'{kind}_cpu_ms_per_frame'] = round(float(np.median(cpu_per_frame[size, kind]))
+                                                    * 1e3, 2)
+        for kind in sides:
+            if kind != 'echo':
+                row[f'{kind}_over_echo'] = round(row[f'{kind}_p50_ms'] / row['echo_p50_ms'], 3)
+        print(f'{size[0]}x{size[1]}: ' + '; '.join(
+            f"{SIDE_NAMES[kind]} p50 {row[f'{kind}_p50_ms']} ms p99 {row[f'{kind}_p99_ms']} ms "
+            f"({row[f'{kind}_answered']}, CPU {row[f'{kind}_cpu_ms_per_frame']} ms a frame)" +
+            (f", {row[f'{kind}_over_echo']:.2f}x the echo" if kind != 'echo' else '')
+            for kind in sides), flush=True)
         results.append(row)
     print(json.dumps({'benchmark': 'transport_bench', 'rate_hz': args.rate, 'results': results}))
     return 0

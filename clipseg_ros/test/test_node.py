@@ -1,5 +1,6 @@
 """The clipseg node in process: real rclpy over loopback DDS, the tiny CLIPSeg model."""
 
+import platform
 import time
 
 import numpy as np
@@ -12,7 +13,7 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from clipseg_ros import engine as engine_module
 from clipseg_ros.conversions import image_to_array
-from clipseg_ros.node import ClipSegNode
+from clipseg_ros.node import ClipSegNode, keep_freed_memory
 from node_harness import RunningNode, encode_frame, rgb_frame, tiny_model_overrides
 
 
@@ -301,6 +302,12 @@ def test_explicit_cpu_threads_are_applied_at_configure(ros_context, tiny_model_d
     finally:
         harness.close()
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not platform.libc_ver()[0] == 'glibc', reason='mallopt is glibc-only')
+def test_allocator_settings_are_accepted_by_glibc():
+    # clipseg_node's main() calls this before anything is allocated; glibc refuses bad values
+    assert keep_freed_memory()
 
 
 def break_model_folder(folder, tiny_model_dir, cause):
