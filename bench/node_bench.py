@@ -32,7 +32,7 @@ from rclpy.executors import SingleThreadedExecutor
 
 from clipseg_ros.drive import (CameraStream, percentile_ms, rgb_image_msg, start_node_process,
                                stop_node_process, synthetic_frame, use_large_image_profile)
-from clipseg_ros.engine import ClipSegEngine
+from clipseg_ros.engine import ClipSegEngine, set_cpu_threads
 from clipseg_ros.tiny_model import write_random_model
 
 PROMPT_POOL = ['a red ball', 'the floor', 'a wall', 'a person', 'a mug', 'a table', 'a chair',
@@ -108,6 +108,8 @@ def main() -> int:
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--dtype', default='auto')
     parser.add_argument('--compile-mode', default='auto')
+    parser.add_argument('--cpu-threads', type=int, default=0,
+                        help='torch CPU threads for the node and this process alike (0 = auto)')
     parser.add_argument('--model', help='model folder or hub id (default: full-size random)')
     parser.add_argument('--frames', type=int, default=12, help='frames per configuration')
     parser.add_argument('--rate', default='auto',
@@ -124,9 +126,10 @@ def main() -> int:
     # The node, started as launch starts it, and an engine of our own on the same model.
     process = start_node_process(
         {'model': model, 'device': args.device, 'dtype': args.dtype,
-         'compile_mode': args.compile_mode,
+         'compile_mode': args.compile_mode, 'cpu_threads': str(args.cpu_threads),
          'publish_overlay': 'false', 'max_prompts': '16'},
         '/bench_camera/image_raw', scratch / 'node.log', namespace='/bench')
+    set_cpu_threads(args.cpu_threads)  # the node applies the same rule to itself
     engine = ClipSegEngine(model=model, device=args.device, dtype=args.dtype,
                            compile_mode=args.compile_mode)
     device_name = torch.cuda.get_device_name(engine.device) if engine.device.type == 'cuda' \

@@ -62,6 +62,8 @@ _DTYPES = {
 _LOGGER = logging.getLogger(__name__)
 # torch's own choice (one thread per physical core), taken before anything changes it.
 _TORCH_DEFAULT_THREADS = torch.get_num_threads()
+# cpu_threads auto leaves a core to ROS from this many usable CPUs on.
+SPARE_A_CORE_FROM = 4
 
 
 class ModelLoadError(RuntimeError):
@@ -218,20 +220,24 @@ def usable_cpu_count() -> int:
 
 def cpu_thread_count(requested: int) -> int:
     """
-    Threads for torch's CPU operators: ``requested`` when > 0; for 0 (auto), torch's default
-    but at most the usable CPUs less one, and at least one.
+    Threads for torch's CPU operators: ``requested`` when > 0. For 0 (auto): torch's default
+    (one per physical core) within the usable CPUs, less one core when there are at least
+    :data:`SPARE_A_CORE_FROM`.
 
-    Auto leaves a core to the executor, DDS and the camera driver: torch's thread team waits at
-    every operator for its slowest member, so one preempted thread stalls the whole frame. On 2
-    cores, with a 30 Hz camera, 2 threads gave a latency p99 of 174-213 ms against 112-156 ms for
-    one thread (p50 64-74 against 72-78 ms, same throughput).
+    The spare core is for the executor, DDS and the camera driver: torch's thread team waits at
+    every operator for its slowest member, so one preempted thread stalls the whole frame (tiny
+    model, 30 Hz camera, 2 cores: latency p99 112-156 ms with one thread against 174-213 ms with
+    two, same throughput). Below 4 cores a spare core costs too much throughput: the full model
+    on 2 cores took 1.07 s a frame with one thread against 0.60 s with two.
     """
     if isinstance(requested, bool) or not isinstance(requested, (int, np.integer)) or \
             requested < 0:
         raise ValueError(f'cpu_threads must be an integer >= 0 (0 = auto), got {requested!r}')
     if requested > 0:
         return int(requested)
-    return max(1, min(_TORCH_DEFAULT_THREADS, usable_cpu_count() - 1))
+    usable = usable_cpu_count()
+    spare = 1 if usable >= SPARE_A_CORE_FROM else 0
+    return max(1, min(_TORCH_DEFAULT_THREADS, usable - spare))
 
 
 def set_cpu_threads(requested: int) -> int:

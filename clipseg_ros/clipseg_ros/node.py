@@ -181,7 +181,7 @@ class ClipSegNode(LifecycleNode):
             'GPU fast path: auto (cuda_graphs on CUDA, none on CPU), none or cuda_graphs',
             read_only=True))
         declare('cpu_threads', 0, _descriptor(
-            'Threads for CPU inference; 0 = auto (one per core, less one left to ROS)',
+            'Threads for CPU inference; 0 = auto (one per core, less one for ROS from 4 cores)',
             read_only=True, integer_range=(0, 1024, 1)))
         declare('threshold', 0.3, _descriptor(
             'Probability a prompt must reach for a pixel to get its label',

@@ -567,12 +567,14 @@ def test_auto_options_pick_cpu_float32_here(tiny_model_dir, caplog) -> None:
 
 
 @pytest.mark.parametrize('torch_default, usable, expected', [
-    (2, 2, 1),    # this machine: one core left to ROS
+    (2, 2, 2),    # this machine: too few cores to spare one
     (1, 1, 1),    # never zero
+    (4, 3, 3),
+    (4, 4, 3),    # from 4 cores on, one is left to ROS
     (8, 16, 8),   # SMT: torch's one-per-physical-core wins
     (8, 4, 3),    # a cpuset smaller than the machine
 ])
-def test_auto_cpu_threads_leave_a_core(monkeypatch, torch_default, usable, expected) -> None:
+def test_auto_cpu_threads_leave_a_core_from_four(monkeypatch, torch_default, usable, expected) -> None:
     monkeypatch.setattr(engine_module, '_TORCH_DEFAULT_THREADS', torch_default)
     monkeypatch.setattr(engine_module, 'usable_cpu_count', lambda: usable)
     assert cpu_thread_count(0) == expected

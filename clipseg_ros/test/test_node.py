@@ -276,7 +276,7 @@ def test_diagnostics_report_rates_counts_and_stale_camera(running):
     assert float(values['processing_rate_hz']) > 0.0
     assert float(values['input_rate_hz']) > 0.0
     assert values['device'] == 'cpu'
-    # auto: torch's default less a core for ROS (2 cores here -> 1), never 0
+    # auto: torch's default, less a core for ROS from 4 cores on (2 cores here -> 2)
     expected_threads = engine_module.cpu_thread_count(0)
     assert values['cpu_threads'] == str(expected_threads) and \
         torch.get_num_threads() == expected_threads
