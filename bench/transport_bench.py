@@ -22,6 +22,7 @@ this measures the host's share of the end-to-end latency of `node_bench.py`.
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -31,7 +32,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -114,18 +114,23 @@ def start_server(kind: str, model: str, log_path: Path) -> subprocess.Popen:
                                 stdout=log, stderr=subprocess.STDOUT)
 
 
-def measure(stream: CameraStream, server: psutil.Process, msgs, rate_hz: float,
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; no psutil on the GPU kit)."""
+    fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def measure(stream: CameraStream, server_pid: int, msgs, rate_hz: float,
             frames: int) -> tuple:
     """Return the latencies of the answered frames and the server's CPU seconds a frame."""
     stream.run(msgs, 2.0, 1.5)  # warm-up: first frames of a size pay for lazy set-up
     time.sleep(0.5)
     stream.records.clear()
-    before = server.cpu_times()
+    before = cpu_seconds(server_pid)
     sent = stream.run(msgs, rate_hz, frames / rate_hz)
     time.sleep(0.5)
-    after = server.cpu_times()
+    cpu = (cpu_seconds(server_pid) - before) / sent
     answered = [r for r in stream.records.values() if set(OUTPUT_NAMES) <= set(r.arrivals)]
-    cpu = (after.user + after.system - before.user - before.system) / sent
     return np.array([max(r.arrivals[n] for n in OUTPUT_NAMES) - r.sent for r in answered]), cpu
 
 
@@ -176,8 +181,8 @@ def main() -> int:
                             print(f'{kind} did not come up; see {scratch / (kind + ".log")}',
                                   file=sys.stderr)
                             return 1
-                        values, cpu = measure(stream, psutil.Process(process.pid), msgs,
-                                              args.rate, args.frames)
+                        values, cpu = measure(stream, process.pid, msgs, args.rate,
+                                              args.frames)
                         latencies[size, kind].append(values)
                         cpu_per_frame[size, kind].append(cpu)
                     finally:
