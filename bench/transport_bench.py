@@ -12,8 +12,8 @@ host):
     makes (node.keep_freed_memory), to measure what they are worth.
 Latency: camera header stamp -> arrival of all three outputs in this process. Prints p50/p99
 per side, each side's p50 over the echo's, and the CPU time the server process used a frame
-(user + system: steadier than latency on a shared host); the last line is JSON. No GPU is involved, so
-this measures the host's share of the end-to-end latency of `node_bench.py`.
+(user + system: steadier than latency on a shared host); the last line is JSON. No GPU is
+involved, so this measures the host's share of the end-to-end latency of `node_bench.py`.
 
     python bench/transport_bench.py                   # 640x480 and 1280x720, 3 rounds a side
     python bench/transport_bench.py --sides clipseg,echo,echo_glibc_malloc

@@ -574,7 +574,8 @@ def test_auto_options_pick_cpu_float32_here(tiny_model_dir, caplog) -> None:
     (8, 16, 8),   # SMT: torch's one-per-physical-core wins
     (8, 4, 3),    # a cpuset smaller than the machine
 ])
-def test_auto_cpu_threads_leave_a_core_from_four(monkeypatch, torch_default, usable, expected) -> None:
+def test_auto_cpu_threads_spare_a_core_from_four(monkeypatch, torch_default, usable,
+                                                  expected) -> None:
     monkeypatch.setattr(engine_module, '_TORCH_DEFAULT_THREADS', torch_default)
     monkeypatch.setattr(engine_module, 'usable_cpu_count', lambda: usable)
     assert cpu_thread_count(0) == expected
