@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from clipseg_ros.drive import (CameraStream, installed_node_command, percentile_ms,
@@ -74,15 +73,13 @@ def serve_clipseg(ros_args) -> None:
 def serve_echo(ros_args, tune_malloc: bool = True) -> None:
     from clipseg_ros_interfaces.msg import Segmentation
     from clipseg_ros.conversions import array_to_image
-    from clipseg_ros.node import keep_freed_memory
+    from clipseg_ros.node import camera_qos, keep_freed_memory, OUTPUT_QOS
     if tune_malloc:
         keep_freed_memory()  # the same allocator settings as the clipseg node
     rclpy.init(args=ros_args)
     node = rclpy.create_node('clipseg')
-    output_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                            history=HistoryPolicy.KEEP_LAST)
     publishers = {name: node.create_publisher(Segmentation if name == 'segmentation' else Image,
-                                              name, output_qos) for name in OUTPUT_NAMES}
+                                              name, OUTPUT_QOS) for name in OUTPUT_NAMES}
     outputs = {}
 
     def answer(msg: Image) -> None:
@@ -94,8 +91,7 @@ def serve_echo(ros_args, tune_malloc: bool = True) -> None:
         publishers['confidence'].publish(array_to_image(confidence, '32FC1', msg.header))
         publishers['segmentation'].publish(Segmentation(header=msg.header, labels=['object']))
 
-    node.create_subscription(Image, 'image', answer, QoSProfile(
-        depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.BEST_EFFORT))
+    node.create_subscription(Image, 'image', answer, camera_qos('best_effort'))
     try:
         rclpy.spin(node, SingleThreadedExecutor())
     except (KeyboardInterrupt, ExternalShutdownException):

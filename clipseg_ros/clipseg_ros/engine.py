@@ -381,6 +381,12 @@ def _label_histograms(labels: torch.Tensor, confidence: torch.Tensor,
             'confidence_sums': confidence_sums}
 
 
+def _stats_from_label_histograms(tables: Mapping[str, np.ndarray]) -> RegionStats:
+    """The statistics from :func:`_label_histograms`' tables on the host (background dropped)."""
+    return stats_from_histograms(tables['row_counts'][:, 1:].T, tables['column_counts'][:, 1:].T,
+                                 tables['confidence_sums'][1:])
+
+
 class _CudaGraphRunner:
     """Replays one captured CUDA graph of ``fn`` for fixed input shapes."""
 
@@ -791,9 +797,7 @@ class ClipSegEngine:
                 outputs['probabilities'] = probabilities
             host = dict(zip(outputs, self._to_host(list(outputs.values()))))
         if 'row_counts' in host:
-            stats = stats_from_histograms(host['row_counts'][:, 1:].T,
-                                          host['column_counts'][:, 1:].T,
-                                          host['confidence_sums'][1:])
+            stats = _stats_from_label_histograms(host)
         else:  # on the CPU, numpy's bincount beats torch's scatter
             stats = region_stats(host['labels'], host['confidence'], len(prompts))
         return SegmentationResult(

@@ -38,6 +38,18 @@ from clipseg_ros.engine import (DEFAULT_MODEL, ClipSegEngine, Prompt, Segmentati
                                 set_cpu_threads)
 from clipseg_ros.outputs import render_overlay
 
+# Outputs: the newest result only; reliable, so a subscriber gets every result it can take.
+OUTPUT_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                        history=HistoryPolicy.KEEP_LAST, durability=DurabilityPolicy.VOLATILE)
+
+
+def camera_qos(reliability: str) -> QoSProfile:
+    """The image subscription's QoS: the newest frame only, best_effort or reliable."""
+    return QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
+                      reliability=(ReliabilityPolicy.RELIABLE if reliability == 'reliable'
+                                   else ReliabilityPolicy.BEST_EFFORT))
+
+
 # Prompt labels are uint8 values in the mask image.
 MAX_PROMPTS_LIMIT = 255
 MAX_PROMPT_CHARACTERS = 300
@@ -283,20 +295,14 @@ class ClipSegNode(LifecycleNode):
             f"model '{self._param('model')}' on {engine.device} ({engine.dtype}, "
             f'{threads} CPU threads); prompts: {prompts}')
 
-        output_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                                history=HistoryPolicy.KEEP_LAST,
-                                durability=DurabilityPolicy.VOLATILE)
         self._outputs = {
-            'mask': self.create_lifecycle_publisher(Image, 'mask', output_qos),
-            'confidence': self.create_lifecycle_publisher(Image, 'confidence', output_qos),
-            'overlay': self.create_lifecycle_publisher(Image, 'overlay', output_qos),
+            'mask': self.create_lifecycle_publisher(Image, 'mask', OUTPUT_QOS),
+            'confidence': self.create_lifecycle_publisher(Image, 'confidence', OUTPUT_QOS),
+            'overlay': self.create_lifecycle_publisher(Image, 'overlay', OUTPUT_QOS),
             'segmentation': self.create_lifecycle_publisher(Segmentation, 'segmentation',
-                                                            output_qos),
+                                                            OUTPUT_QOS),
         }
-        input_qos = QoSProfile(
-            depth=1, history=HistoryPolicy.KEEP_LAST,
-            reliability=(ReliabilityPolicy.RELIABLE if self._param('qos_reliability') ==
-                         'reliable' else ReliabilityPolicy.BEST_EFFORT))
+        input_qos = camera_qos(self._param('qos_reliability'))
         if self._param('input_transport') == 'compressed':
             self._subscription = self.create_subscription(
                 CompressedImage, 'image/compressed', self._on_image, input_qos,

@@ -723,8 +723,8 @@ def test_tiny_model_loads_with_clipseg_processor(tiny_model_dir) -> None:
 @pytest.mark.parametrize('prompt_count', [1, 4])
 def test_device_label_histograms_give_the_numpy_statistics(prompt_count) -> None:
     # The CUDA path builds the statistics from torch histograms; the same torch code runs here.
-    from clipseg_ros.engine import _label_histograms
-    from clipseg_ros.outputs import region_stats, stats_from_histograms
+    from clipseg_ros.engine import _label_histograms, _stats_from_label_histograms
+    from clipseg_ros.outputs import region_stats
     rng = np.random.default_rng(prompt_count)
     labels = np.zeros((47, 61), np.uint8)
     labels[5:20, 7:30] = 1
@@ -732,13 +732,10 @@ def test_device_label_histograms_give_the_numpy_statistics(prompt_count) -> None
     confidence = rng.random(labels.shape, dtype=np.float32)
     tables = _label_histograms(torch.from_numpy(labels), torch.from_numpy(confidence),
                                prompt_count)
-    got = stats_from_histograms(tables['row_counts'].numpy()[:, 1:].T,
-                                tables['column_counts'].numpy()[:, 1:].T,
-                                tables['confidence_sums'].numpy()[1:])
+    got = _stats_from_label_histograms({name: table.numpy() for name, table in tables.items()})
     expected = region_stats(labels, confidence, prompt_count)
     np.testing.assert_array_equal(got.pixel_count, expected.pixel_count)
     np.testing.assert_array_equal(got.boxes, expected.boxes)
     np.testing.assert_allclose(got.centroids, expected.centroids)
     np.testing.assert_allclose(got.mean_confidence, expected.mean_confidence, rtol=1e-6)
     assert got.pixel_count.sum() == (labels > 0).sum()
-
