@@ -17,6 +17,7 @@ Typical use::
 from collections import OrderedDict
 from dataclasses import dataclass
 import gc
+import inspect
 import json
 import logging
 import numbers
@@ -49,7 +50,13 @@ MIN_RESOLUTION = 64
 MAX_RESOLUTION = 1024
 # Labels are published as uint8 with 0 reserved for the background.
 MAX_PROMPTS = 255
+# Where a model folder keeps its image preprocessing constants: the file of transformers 4 and
+# the hub checkpoints, then the processor file of transformers 5 (image processor nested inside).
 PREPROCESSOR_FILE = 'preprocessor_config.json'
+PROCESSOR_FILE = 'processor_config.json'
+# The oldest transformers whose CLIPSeg this engine is tested with (CI runs the engine tests on
+# it as well as on the pinned release).
+MIN_TRANSFORMERS_VERSION = '5.0.0'
 # Weight files that can only be read by unpickling, which can execute arbitrary code.
 PICKLE_SUFFIXES = ('.bin', '.pt', '.pth', '.ckpt', '.pkl', '.pickle')
 
@@ -329,7 +336,6 @@ def _load_pretrained(model: str, dtype: torch.dtype) -> tuple[Any, Any, Preproce
 
     # Imported here so that importing this module stays fast for code that never loads a model.
     from transformers import AutoTokenizer, CLIPSegForImageSegmentation
-    from transformers.utils import cached_file
 
     try:
         network = CLIPSegForImageSegmentation.from_pretrained(
@@ -347,14 +353,148 @@ def _load_pretrained(model: str, dtype: torch.dtype) -> tuple[Any, Any, Preproce
         raise ModelLoadError(
             f'could not load the tokenizer of {what}: {_cause(exc)}. '
             f'{_how_to_get(model)}') from exc
-    try:
-        config_path = cached_file(source, PREPROCESSOR_FILE, local_files_only=local_only)
-        preprocess = PreprocessConfig.from_file(config_path)
-    except Exception as exc:  # noqa: B902
-        raise ModelLoadError(
-            f'could not read {PREPROCESSOR_FILE} of {what}: {_cause(exc)}. '
-            f'{_how_to_get(model)}') from exc
+    preprocess = _read_preprocess_config(source, local_only, what, model)
     return network, tokenizer, preprocess
+
+
+def _processor_file(source: str, name: str, local_only: bool) -> 'str | None':
+    """Path of ``name`` in a model folder or the hub cache, None when the model has none."""
+    from transformers.utils import cached_file
+    return cached_file(source, name, local_files_only=local_only,
+                       _raise_exceptions_for_missing_entries=False)
+
+
+def preprocess_dict_from_processor_file(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """
+    Return the image processor part of a processor file's dictionary.
+
+    ``preprocessor_config.json`` is the image processor itself; ``processor_config.json``
+    (transformers 5) nests it under ``image_processor``.
+    """
+    nested = config.get('image_processor')
+    if isinstance(nested, Mapping):
+        return nested
+    return config
+
+
+def _read_preprocess_config(source: str, local_only: bool, what: str,
+                            model: str) -> PreprocessConfig:
+    """Read the preprocessing constants from whichever processor file the model has."""
+    tried = []
+    for name in (PREPROCESSOR_FILE, PROCESSOR_FILE):
+        tried.append(name)
+        try:
+            path = _processor_file(source, name, local_only)
+            if path is None:
+                continue
+            with open(path, encoding='utf-8') as stream:
+                config = json.load(stream)
+            if not isinstance(config, Mapping):
+                raise ValueError('it does not hold a JSON object')
+            return PreprocessConfig.from_dict(preprocess_dict_from_processor_file(config))
+        except Exception as exc:  # noqa: B902 - reported as one clear error with its cause
+            raise ModelLoadError(
+                f'could not read {name} of {what}: {_cause(exc)}. '
+                f'{_how_to_get(model)}') from exc
+    raise ModelLoadError(
+        f'{what} has no image processor config: neither {" nor ".join(tried)} was found '
+        '(CLIPSegProcessor.save_pretrained writes one). '
+        f'{_how_to_get(model)}')
+
+
+def check_transformers_version(installed: 'str | None' = None) -> str:
+    """
+    Return the installed transformers version; raise ModelLoadError when it is too old.
+
+    ``installed`` overrides the detected version (for tests).
+    """
+    from packaging.version import InvalidVersion, Version
+    if installed is None:
+        import transformers
+        installed = transformers.__version__
+    try:
+        too_old = Version(installed) < Version(MIN_TRANSFORMERS_VERSION)
+    except InvalidVersion:
+        too_old = False  # a development build: let loading say whether it works
+    if too_old:
+        raise ModelLoadError(
+            f'transformers {installed} is installed, but clipseg_ros needs transformers >= '
+            f"{MIN_TRANSFORMERS_VERSION}: run 'pip install \"transformers>="
+            f"{MIN_TRANSFORMERS_VERSION}\"'")
+    return installed
+
+
+# Elements of one (prompts x rows x width) slab when probability maps are brought to the
+# frame's size: the slabs' temporaries stay at tens of MB for any prompt count and frame size.
+SLAB_ELEMENTS = 1 << 22
+
+
+@dataclass
+class _FrameMaps:
+    labels: torch.Tensor          # (H, W) uint8
+    confidence: torch.Tensor      # (H, W) float32
+    max_confidence: torch.Tensor  # (N,) float32
+    probabilities: torch.Tensor | None  # (N, H, W) float32, only when asked for
+
+
+def _bilinear_taps(out_size: int, in_size: int,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """
+    Source indices and weights of bilinear resizing along one axis (align_corners=False).
+
+    The same sampling as torch's ``interpolate(mode='bilinear', align_corners=False)``:
+    output pixel i reads source position (i + 0.5) * in / out - 0.5, clamped at 0.
+    Returns (first index, second index, weight of the second); the first weighs 1 - that.
+    """
+    position = (torch.arange(out_size, device=device, dtype=torch.float32) + 0.5) * \
+        (in_size / out_size) - 0.5
+    position = position.clamp(min=0.0)
+    first = position.floor().to(torch.int64).clamp(max=in_size - 1)
+    second = (first + 1).clamp(max=in_size - 1)
+    return first, second, position - first.to(torch.float32)
+
+
+def _labels_at_frame_size(probabilities: torch.Tensor, height: int, width: int,
+                          threshold: float, keep_probabilities: bool) -> _FrameMaps:
+    """
+    Resize (N, r, r) probability maps to the frame bilinearly and label each pixel.
+
+    The maps are resized a slab of rows at a time, and each slab is reduced to the best prompt
+    and its probability before the next, so memory does not grow with N x H x W (16 prompts on
+    a 4096 x 4096 frame would need 1 GB a frame at once). A pixel gets label k (1-based) when
+    prompt k is the most probable there and its probability reaches ``threshold``; a threshold
+    of 1 labels nothing, even where a probability rounds to 1.
+    """
+    count, rows_in, columns_in = probabilities.shape
+    device = probabilities.device
+    row_first, row_second, row_weight = _bilinear_taps(height, rows_in, device)
+    column_first, column_second, column_weight = _bilinear_taps(width, columns_in, device)
+    labels = torch.empty(height, width, dtype=torch.uint8, device=device)
+    confidence = torch.empty(height, width, dtype=torch.float32, device=device)
+    max_confidence = torch.zeros(count, dtype=torch.float32, device=device)
+    kept = (torch.empty(count, height, width, dtype=torch.float32, device=device)
+            if keep_probabilities else None)
+    slab_rows = max(1, SLAB_ELEMENTS // (count * width))
+    label_nothing = threshold >= 1.0
+    for top in range(0, height, slab_rows):
+        rows = slice(top, min(top + slab_rows, height))
+        weight = row_weight[rows].view(1, -1, 1)
+        # Rows first, then columns: (N, slab, r) -> (N, slab, W).
+        blended = probabilities[:, row_first[rows]] * (1.0 - weight) + \
+            probabilities[:, row_second[rows]] * weight
+        slab = blended[:, :, column_first] * (1.0 - column_weight) + \
+            blended[:, :, column_second] * column_weight
+        best_value, best_index = slab.max(dim=0)
+        confidence[rows] = best_value
+        if label_nothing:
+            labels[rows] = 0
+        else:
+            labels[rows] = torch.where(best_value >= threshold, best_index + 1,
+                                       torch.zeros_like(best_index)).to(torch.uint8)
+        torch.maximum(max_confidence, slab.amax(dim=(1, 2)), out=max_confidence)
+        if kept is not None:
+            kept[:, rows] = slab
+    return _FrameMaps(labels, confidence, max_confidence, kept)
 
 
 def _label_histograms(labels: torch.Tensor, confidence: torch.Tensor,
@@ -433,6 +573,7 @@ class ClipSegEngine:
         torch_dtype = resolve_dtype(dtype, torch_device)
         check_resolution(resolution)
         mode = _check_compile_mode(compile_mode)
+        check_transformers_version()
         network, tokenizer, preprocess = _load_pretrained(model, torch_dtype)
         self._setup(network, tokenizer, preprocess, torch_device, torch_dtype, resolution, mode,
                     model)
@@ -487,6 +628,9 @@ class ClipSegEngine:
         # hidden_states[i + 1] in transformers is the output of encoder layer i, so layers
         # after the last extracted one never influence the decoder.
         self._last_layer = max(self._extract_layers)
+        first_layer = model.clip.vision_model.encoder.layers[0]
+        self._layer_takes_causal_mask = 'causal_attention_mask' in \
+            inspect.signature(first_layer.forward).parameters
         self._resolution = self._check_model_resolution(resolution)
         if resolution != preprocess.size:
             _LOGGER.info('running at %d px; the processor config of %s says %d px',
@@ -690,8 +834,13 @@ class ClipSegEngine:
         hidden = torch.cat([classes, patches], dim=1) + self._positions
         hidden = vision.pre_layrnorm(hidden)
         kept = {}
+        # Releases before 5.1 take a causal mask as a third positional argument (None for
+        # the vision encoder) and may return a tuple.
+        masks = (None, None) if self._layer_takes_causal_mask else (None,)
         for index, layer in enumerate(vision.encoder.layers[:self._last_layer + 1]):
-            hidden = layer(hidden, None)
+            hidden = layer(hidden, *masks)
+            if isinstance(hidden, tuple):
+                hidden = hidden[0]
             if index in self._extract_layers:
                 kept[index] = hidden
         return [kept[index] for index in self._extract_layers]
@@ -703,8 +852,10 @@ class ClipSegEngine:
         # expand() shares the single frame's activations across the N prompts without a copy.
         activations = [a.expand(count, -1, -1) for a in self._encode(pixel_values)]
         logits = self._model.decoder(activations, embeddings).logits
-        # The decoder squeezes its channel dimension; pin the shape down for any N.
-        return torch.sigmoid(logits.reshape(count, logits.shape[-2], logits.shape[-1]))
+        # The decoder squeezes its channel dimension; pin the shape down for any N. The sigmoid
+        # runs in float32: in half precision it rounds to exactly 1.0 from a logit of about 8.
+        logits = logits.reshape(count, logits.shape[-2], logits.shape[-1])
+        return torch.sigmoid(logits.to(torch.float32))
 
     def _update_positions(self, size: int) -> None:
         """
@@ -751,7 +902,6 @@ class ClipSegEngine:
         A pixel gets label k (1-based prompt index) when prompt k has the highest probability
         there and that probability is >= ``threshold``; otherwise 0 (background).
         """
-        start = time.perf_counter()
         _check_frame(image_rgb)
         if isinstance(prompts, Prompt) or not isinstance(prompts, Sequence):
             raise ValueError('prompts must be a list of Prompt objects')
@@ -775,26 +925,24 @@ class ClipSegEngine:
             raise ValueError(f'threshold must be a number in [0, 1], got {threshold!r}')
         height, width = image_rgb.shape[:2]
         with self._lock, torch.inference_mode():
+            # Timed from here: waiting for the lock (a prompt being embedded, ~/segment) is
+            # not inference.
+            start = time.perf_counter()
             self._require_model()
             embeddings = torch.stack(
                 [p.embedding.to(device=self._device, dtype=self._dtype) for p in prompts])
             pixel_values = self._preprocess(image_rgb, pinned=True)
-            probabilities = self._probabilities(pixel_values, embeddings).to(torch.float32)
-            if probabilities.shape[-2:] != (height, width):
-                probabilities = interpolate(
-                    probabilities.unsqueeze(0), size=(height, width), mode='bilinear',
-                    align_corners=False).squeeze(0)
-            confidence, best = probabilities.max(dim=0)
-            labels = torch.where(confidence >= float(threshold), best + 1,
-                                 torch.zeros_like(best)).to(torch.uint8)
-            outputs = {'labels': labels, 'confidence': confidence,
-                       'max_confidence': probabilities.amax(dim=(1, 2))}
+            maps = _labels_at_frame_size(
+                self._probabilities(pixel_values, embeddings), height, width, float(threshold),
+                return_probabilities)
+            outputs = {'labels': maps.labels, 'confidence': maps.confidence,
+                       'max_confidence': maps.max_confidence}
             if self._device.type == 'cuda':
                 # On the GPU the statistics cost microseconds and only small tables travel;
                 # on the host they took 3 ms (640x480) to 14 ms (1280x720) a frame.
-                outputs.update(_label_histograms(labels, confidence, len(prompts)))
+                outputs.update(_label_histograms(maps.labels, maps.confidence, len(prompts)))
             if return_probabilities:
-                outputs['probabilities'] = probabilities
+                outputs['probabilities'] = maps.probabilities
             host = dict(zip(outputs, self._to_host(list(outputs.values()))))
         if 'row_counts' in host:
             stats = _stats_from_label_histograms(host)
