@@ -93,3 +93,17 @@ def test_cuda_graphs_are_kept_per_prompt_count(tiny_model_dir):
         got = fast.segment(frame, fast.text_prompts(texts), return_probabilities=True)
         np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-3)
     assert len(fast._graphs) == 2 and fast.compile_mode == 'cuda_graphs'
+
+
+def test_float16_probabilities_do_not_saturate_below_a_float32_one(tiny_model_dir):
+    """Logits around 9 round to a probability of exactly 1.0 in float16, not in float32."""
+    half = ClipSegEngine(model=str(tiny_model_dir), device='cuda', dtype='float16',
+                         compile_mode='none')
+    with torch.no_grad():
+        half._model.decoder.transposed_convolution[-1].bias.fill_(9.0)
+    frame = frames(1)[0]
+    result = half.segment(frame, half.text_prompts(PROMPTS[:1]), threshold=1.0,
+                          return_probabilities=True)
+    assert result.probabilities.dtype == np.float32
+    assert result.probabilities.max() < 1.0
+    assert not result.labels.any()
