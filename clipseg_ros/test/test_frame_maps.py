@@ -66,6 +66,8 @@ def test_threshold_one_labels_nothing_even_where_probability_rounds_to_one(tiny_
     """Logits beyond ~17 give a float32 sigmoid of exactly 1.0; threshold 1 still means none."""
     engine = ClipSegEngine(str(tiny_model_dir), device='cpu', resolution=64)
     with torch.no_grad():
+        # Every logit exactly 60.0: the last layer outputs its bias alone.
+        engine._model.decoder.transposed_convolution[-1].weight.zero_()
         engine._model.decoder.transposed_convolution[-1].bias.fill_(60.0)
     frame = np.random.default_rng(2).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     result = engine.segment(frame, engine.text_prompts(['a cup']), threshold=1.0)
