@@ -168,6 +168,24 @@ def _looks_like_hub_id(model: str) -> bool:
     return re.fullmatch(r'[A-Za-z0-9][\w.-]*(/[\w.-]+)?', model) is not None
 
 
+def check_device_name(device: str) -> str:
+    """Return the normalised device string (auto, cpu, cuda, cuda:N); ValueError otherwise."""
+    if not isinstance(device, str):
+        raise ValueError(f'device must be a string, one of {", ".join(DEVICE_CHOICES)}')
+    name = device.strip().lower()
+    if name in ('auto', 'cpu', 'cuda') or re.fullmatch(r'cuda:\d+', name):
+        return name
+    raise ValueError(
+        f'unknown device {device!r}: expected one of {", ".join(DEVICE_CHOICES)}')
+
+
+def check_dtype_name(dtype: str) -> str:
+    """Return the normalised dtype string (auto, float32, ...); ValueError otherwise."""
+    if not isinstance(dtype, str) or dtype.strip().lower() not in ('auto',) + tuple(_DTYPES):
+        raise ValueError(f'unknown dtype {dtype!r}: expected one of {", ".join(DTYPE_CHOICES)}')
+    return dtype.strip().lower()
+
+
 def resolve_device(device: str) -> torch.device:
     """
     Turn a device string (auto, cpu, cuda, cuda:N) into a torch device.
@@ -175,9 +193,7 @@ def resolve_device(device: str) -> torch.device:
     Raises ValueError for an unknown string and ModelLoadError when CUDA is requested but not
     available.
     """
-    if not isinstance(device, str):
-        raise ValueError(f'device must be a string, one of {", ".join(DEVICE_CHOICES)}')
-    name = device.strip().lower()
+    name = check_device_name(device)
     if name == 'auto':
         if torch.cuda.is_available():
             return torch.device('cuda')
@@ -199,15 +215,12 @@ def resolve_device(device: str) -> torch.device:
             raise ModelLoadError(
                 f"device '{device}' does not exist: this machine has {count} CUDA device(s)")
         return torch.device('cuda', index)
-    raise ValueError(
-        f'unknown device {device!r}: expected one of {", ".join(DEVICE_CHOICES)}')
+    raise AssertionError(f'check_device_name let {device!r} through')  # unreachable
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """Turn a dtype string into a torch dtype for ``device``; half precision needs CUDA."""
-    if not isinstance(dtype, str) or dtype.strip().lower() not in ('auto',) + tuple(_DTYPES):
-        raise ValueError(f'unknown dtype {dtype!r}: expected one of {", ".join(DTYPE_CHOICES)}')
-    name = dtype.strip().lower()
+    name = check_dtype_name(dtype)
     if name == 'auto':
         return torch.float16 if device.type == 'cuda' else torch.float32
     if device.type != 'cuda' and name != 'float32':
@@ -267,7 +280,8 @@ def check_resolution(resolution: int) -> int:
     return value
 
 
-def _check_compile_mode(mode: str) -> str:
+def check_compile_mode(mode: str) -> str:
+    """Return the normalised compile mode; ValueError for an unknown one."""
     if not isinstance(mode, str) or mode.strip().lower() not in COMPILE_MODES:
         raise ValueError(
             f'unknown compile_mode {mode!r}: expected one of {", ".join(COMPILE_MODES)}')
@@ -572,7 +586,7 @@ class ClipSegEngine:
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         check_resolution(resolution)
-        mode = _check_compile_mode(compile_mode)
+        mode = check_compile_mode(compile_mode)
         check_transformers_version()
         network, tokenizer, preprocess = _load_pretrained(model, torch_dtype)
         self._setup(network, tokenizer, preprocess, torch_device, torch_dtype, resolution, mode,
@@ -593,7 +607,7 @@ class ClipSegEngine:
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         check_resolution(resolution)
-        mode = _check_compile_mode(compile_mode)
+        mode = check_compile_mode(compile_mode)
         if not isinstance(preprocess, PreprocessConfig):
             preprocess = PreprocessConfig.from_dict(preprocess)
         engine = cls.__new__(cls)
@@ -631,7 +645,7 @@ class ClipSegEngine:
         first_layer = model.clip.vision_model.encoder.layers[0]
         self._layer_takes_causal_mask = 'causal_attention_mask' in \
             inspect.signature(first_layer.forward).parameters
-        self._resolution = self._check_model_resolution(resolution)
+        self._resolution = self.check_model_resolution(resolution)
         if resolution != preprocess.size:
             _LOGGER.info('running at %d px; the processor config of %s says %d px',
                          resolution, model_name, preprocess.size)
@@ -692,13 +706,14 @@ class ClipSegEngine:
 
     @resolution.setter
     def resolution(self, value: int) -> None:
-        checked = self._check_model_resolution(value)
+        checked = self.check_model_resolution(value)
         with self._lock:
             if checked != self._resolution:
                 self._resolution = checked
                 self._graphs.clear()
 
-    def _check_model_resolution(self, value: int) -> int:
+    def check_model_resolution(self, value: int) -> int:
+        """Return ``value`` if this model can run at it; ValueError with the reason otherwise."""
         checked = check_resolution(value)
         if checked % self._patch_size:
             raise ValueError(
@@ -1001,5 +1016,6 @@ class ClipSegEngine:
 
 __all__ = [
     'DEFAULT_MODEL', 'ClipSegEngine', 'ModelLoadError', 'PreprocessConfig', 'Prompt',
-    'SegmentationResult', 'check_resolution', 'resolve_device', 'resolve_dtype',
+    'SegmentationResult', 'check_compile_mode', 'check_device_name', 'check_dtype_name',
+    'check_resolution', 'check_transformers_version', 'resolve_device', 'resolve_dtype',
 ]

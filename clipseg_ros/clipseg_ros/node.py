@@ -24,7 +24,7 @@ from clipseg_ros_interfaces.srv import Segment, SetImagePrompt, SetTextPrompts
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                ParameterType, SetParametersResult)
+                                SetParametersResult)
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -34,8 +34,9 @@ from std_msgs.msg import Header
 
 from clipseg_ros import conversions
 from clipseg_ros.conversions import ImageConversionError
-from clipseg_ros.engine import (DEFAULT_MODEL, ClipSegEngine, Prompt, SegmentationResult,
-                                set_cpu_threads)
+from clipseg_ros.engine import (
+    check_compile_mode, check_device_name, check_dtype_name, check_resolution, ClipSegEngine,
+    cpu_thread_count, DEFAULT_MODEL, Prompt, SegmentationResult, set_cpu_threads)
 from clipseg_ros.outputs import render_overlay
 
 # Outputs: the newest result only; reliable, so a subscriber gets every result it can take.
@@ -50,6 +51,13 @@ def camera_qos(reliability: str) -> QoSProfile:
                                    else ReliabilityPolicy.BEST_EFFORT))
 
 
+# Read once at configure: changeable while the node is unconfigured, refused while configured.
+CONFIGURE_TIME_PARAMETERS = frozenset({
+    'model', 'device', 'dtype', 'compile_mode', 'cpu_threads', 'prompts', 'input_transport',
+    'qos_reliability'})
+AT_CONFIGURE = 'read at configure (change it while unconfigured)'
+CHOICES = {'input_transport': ('raw', 'compressed'),
+           'qos_reliability': ('best_effort', 'reliable')}
 # Prompt labels are uint8 values in the mask image.
 MAX_PROMPTS_LIMIT = 255
 MAX_PROMPT_CHARACTERS = 300
@@ -84,8 +92,33 @@ class FrameCounters:
     last_inference_s: float = 0.0
     last_error: str = ''
     # Recent monotonic times, for the rates in diagnostics.
-    receive_times: deque = field(default_factory=lambda: deque(maxlen=300))
-    process_times: deque = field(default_factory=lambda: deque(maxlen=300))
+    receive_times: 'RecentTimes' = field(default_factory=lambda: RecentTimes())
+    process_times: 'RecentTimes' = field(default_factory=lambda: RecentTimes())
+
+    def forget_failures(self) -> None:
+        """Start failure reporting afresh (a new configure), keeping the lifetime totals."""
+        self.consecutive_failures = 0
+        self.last_error = ''
+
+
+class RecentTimes:
+    """Times of recent events, appended by one thread while another reads the rate."""
+
+    def __init__(self, capacity: int = 300) -> None:
+        self._times: deque = deque(maxlen=capacity)
+        self._lock = threading.Lock()
+
+    def append(self, when: float) -> None:
+        with self._lock:
+            self._times.append(when)
+
+    def rate(self, now: float, window: float = 5.0) -> float:
+        """Events per second over the last ``window`` seconds (0 with fewer than two)."""
+        with self._lock:
+            recent = [t for t in self._times if now - t <= window]
+        if len(recent) < 2:
+            return 0.0
+        return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6)
 
 
 def _descriptor(description: str, *, read_only: bool = False, float_range=None,
@@ -151,6 +184,9 @@ class ClipSegNode(LifecycleNode):
         self._counters = FrameCounters()
         self._cpu_threads = 0  # applied at configure
         self._warn_times = {}
+        # Guards _configured against parameter changes racing a configure or cleanup.
+        self._configuration_lock = threading.Lock()
+        self._configured = False
         self._active = False
         self._worker: Optional[threading.Thread] = None
         self._subscription = None
@@ -181,20 +217,23 @@ class ClipSegNode(LifecycleNode):
     # ----------------------------------------------------------------- parameters
     def _declare_parameters(self) -> None:
         declare = self.declare_parameter
+        # Configure-time parameters (CONFIGURE_TIME_PARAMETERS) are not read-only: a lifecycle
+        # manager changes them while the node is unconfigured; the on-set callback refuses them
+        # while it is configured.
         declare('model', DEFAULT_MODEL, _descriptor(
-            'Hugging Face hub id or local folder (save_pretrained format, safetensors)',
-            read_only=True))
+            'Hugging Face hub id or local folder (save_pretrained format, safetensors); '
+            + AT_CONFIGURE))
         declare('device', 'auto', _descriptor(
-            'auto (cuda when available), cpu, cuda or cuda:N', read_only=True))
+            'auto (cuda when available), cpu, cuda or cuda:N; ' + AT_CONFIGURE))
         declare('dtype', 'auto', _descriptor(
-            'auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16',
-            read_only=True))
+            'auto (float16 on CUDA, float32 on CPU), float32, float16 or bfloat16; '
+            + AT_CONFIGURE))
         declare('compile_mode', 'auto', _descriptor(
-            'GPU fast path: auto (cuda_graphs on CUDA, none on CPU), none or cuda_graphs',
-            read_only=True))
+            'GPU fast path: auto (cuda_graphs on CUDA, none on CPU), none or cuda_graphs; '
+            + AT_CONFIGURE))
         declare('cpu_threads', 0, _descriptor(
-            'Threads for CPU inference; 0 = auto (one per core, less one for ROS from 4 cores)',
-            read_only=True, integer_range=(0, 1024, 1)))
+            'Threads for CPU inference; 0 = auto (one per core, less one for ROS from 4 cores); '
+            + AT_CONFIGURE, integer_range=(0, 1024, 1)))
         declare('threshold', 0.3, _descriptor(
             'Probability a prompt must reach for a pixel to get its label',
             float_range=(0.0, 1.0)))
@@ -202,14 +241,14 @@ class ClipSegNode(LifecycleNode):
             'Model input side in pixels (the frame is resized to resolution x resolution)',
             integer_range=(64, 1024, 16)))
         declare('prompts', ['object'], _descriptor(
-            'Initial text prompts; change them at run time with ~/set_text_prompts',
-            read_only=True))
+            'Initial text prompts; change them at run time with ~/set_text_prompts; '
+            + AT_CONFIGURE))
         declare('input_transport', 'raw', _descriptor(
-            "raw: subscribe 'image' (sensor_msgs/Image); compressed: 'image/compressed'",
-            read_only=True, additional_constraints='raw or compressed'))
+            "raw: subscribe 'image' (sensor_msgs/Image); compressed: 'image/compressed'; "
+            + AT_CONFIGURE, additional_constraints='raw or compressed'))
         declare('qos_reliability', 'best_effort', _descriptor(
-            'Reliability of the image subscription: best_effort (sensor data) or reliable',
-            read_only=True, additional_constraints='best_effort or reliable'))
+            'Reliability of the image subscription: best_effort (sensor data) or reliable; '
+            + AT_CONFIGURE, additional_constraints='best_effort or reliable'))
         declare('max_rate_hz', 0.0, _descriptor(
             'Upper bound on processed frames per second; 0 = as fast as the model allows',
             float_range=(0.0, 1000.0)))
@@ -234,65 +273,105 @@ class ClipSegNode(LifecycleNode):
     def _param(self, name: str):
         return self.get_parameter(name).value
 
-    def _on_set_parameters(self, parameters) -> SetParametersResult:
-        # Validate every change first; apply only when all are accepted.
-        for parameter in parameters:
-            if parameter.name == 'resolution' and \
-                    parameter.type_ == ParameterType.PARAMETER_INTEGER:
-                if parameter.value % 16 != 0 or not 64 <= parameter.value <= 1024:
-                    return SetParametersResult(
-                        successful=False,
-                        reason='resolution must be a multiple of 16 between 64 and 1024')
-            if parameter.name == 'threshold' and parameter.type_ == ParameterType.PARAMETER_DOUBLE:
-                if not 0.0 <= parameter.value <= 1.0 or math.isnan(parameter.value):
-                    return SetParametersResult(successful=False,
-                                               reason='threshold must be within [0, 1]')
-            if parameter.name == 'max_prompts' and \
-                    parameter.type_ == ParameterType.PARAMETER_INTEGER:
+    def _parameter_problem(self, name: str, value) -> str | None:
+        """Why ``value`` is unacceptable for parameter ``name`` now, or None."""
+        try:
+            if name == 'model':
+                if not value.strip():
+                    return 'model must be a hub id or a model folder, not empty'
+            elif name == 'device':
+                check_device_name(value)
+            elif name == 'dtype':
+                check_dtype_name(value)
+            elif name == 'compile_mode':
+                check_compile_mode(value)
+            elif name == 'cpu_threads':
+                cpu_thread_count(value)
+            elif name == 'prompts':
+                return validate_text_prompts(list(value), self._param('max_prompts'))
+            elif name in CHOICES:
+                if value not in CHOICES[name]:
+                    return f"'{value}' is not one of {', '.join(CHOICES[name])}"
+            elif name == 'threshold':
+                if not 0.0 <= value <= 1.0:  # False for NaN too
+                    return 'threshold must be within [0, 1]'
+            elif name == 'resolution':
+                engine = self._engine
+                if engine is not None:
+                    engine.check_model_resolution(value)
+                else:
+                    check_resolution(value)
+            elif name == 'max_prompts':
                 current = len(self._prompt_set.prompts)
-                if parameter.value < current:
-                    return SetParametersResult(
-                        successful=False,
-                        reason=f'{current} prompts are in force; max_prompts cannot be lower')
-        for parameter in parameters:
-            if parameter.name == 'resolution' and self._engine is not None:
-                self._engine.resolution = parameter.value
+                if value < current:
+                    return f'{current} prompts are in force; max_prompts cannot be lower'
+        except ValueError as error:
+            return str(error)
+        return None
+
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        # Validate every change first; apply only when all are accepted. Nothing may raise out
+        # of here: it would end the executor's spin, and with it the node.
+        try:
+            with self._configuration_lock:
+                for parameter in parameters:
+                    if parameter.name in CONFIGURE_TIME_PARAMETERS and self._configured:
+                        return SetParametersResult(successful=False, reason=(
+                            f'{parameter.name} is read at configure and the node is '
+                            'configured: cleanup, set it, then configure again'))
+                    problem = self._parameter_problem(parameter.name, parameter.value)
+                    if problem is not None:
+                        return SetParametersResult(successful=False,
+                                                   reason=f'{parameter.name}: {problem}')
+                for parameter in parameters:
+                    if parameter.name == 'resolution' and self._engine is not None:
+                        self._engine.resolution = parameter.value
+        except Exception as error:  # noqa: B902 - refused with the reason instead
+            return SetParametersResult(
+                successful=False,
+                reason=f'cannot apply the change: {type(error).__name__}: {error}')
         return SetParametersResult(successful=True)
 
     # ----------------------------------------------------------------- lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        prompts = list(self._param('prompts'))
-        problem = validate_text_prompts(prompts, self._param('max_prompts'))
-        if problem is not None:
-            self.get_logger().error(f'parameter prompts: {problem}')
-            return TransitionCallbackReturn.FAILURE
-        for name, allowed in (('input_transport', ('raw', 'compressed')),
-                              ('qos_reliability', ('best_effort', 'reliable'))):
-            if self._param(name) not in allowed:
-                self.get_logger().error(
-                    f"parameter {name} is '{self._param(name)}', expected one of {allowed}")
-                return TransitionCallbackReturn.FAILURE
+        with self._configuration_lock:
+            # Values given at start-up (params file, overrides) never went through the on-set
+            # callback, so every configure-time value is checked here.
+            for name in sorted(CONFIGURE_TIME_PARAMETERS):
+                problem = self._parameter_problem(name, self._param(name))
+                if problem is not None:
+                    self._engine_error = f'parameter {name}: {problem}'
+                    self.get_logger().error(self._engine_error)
+                    return TransitionCallbackReturn.FAILURE
+            config = {name: self._param(name) for name in CONFIGURE_TIME_PARAMETERS}
+            self._configured = True  # configure-time parameters are frozen from here on
         try:
-            threads = set_cpu_threads(self._param('cpu_threads'))
-            engine = self._engine_factory(
-                model=self._param('model'), device=self._param('device'),
-                dtype=self._param('dtype'), resolution=self._param('resolution'),
-                compile_mode=self._param('compile_mode'))
-            initial = engine.text_prompts(prompts)
+            self._configure_from(config)
         except Exception as error:  # the transition must fail cleanly, whatever the cause
+            self._release_resources()  # frees a model loaded before the failure
             self._engine_error = f'model not loaded: {error}'
             self.get_logger().error(self._engine_error)
             return TransitionCallbackReturn.FAILURE
-        self._engine = engine
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure_from(self, config: dict) -> None:
+        """Load the model and create the topics; raises on any failure (the caller frees)."""
+        prompts = list(config['prompts'])
+        threads = set_cpu_threads(config['cpu_threads'])
+        engine = self._engine_factory(
+            model=config['model'], device=config['device'], dtype=config['dtype'],
+            resolution=self._param('resolution'), compile_mode=config['compile_mode'])
+        self._engine = engine  # from here on, a failure is cleaned up with the rest
+        initial = engine.text_prompts(prompts)
         self._engine_error = ''
         self._cpu_threads = threads
-        if self._param('device') == 'auto' and engine.device.type == 'cpu':
+        if config['device'] == 'auto' and engine.device.type == 'cpu':
             self.get_logger().warning('device auto: no CUDA device found, running on the CPU '
                                       '(expect seconds per frame with the full model)')
         with self._prompt_lock:
             self._prompt_set = PromptSet(tuple(initial), self._prompt_set.version + 1)
         self.get_logger().info(
-            f"model '{self._param('model')}' on {engine.device} ({engine.dtype}, "
+            f"model '{config['model']}' on {engine.device} ({engine.dtype}, "
             f'{threads} CPU threads); prompts: {prompts}')
 
         self._outputs = {
@@ -302,15 +381,14 @@ class ClipSegNode(LifecycleNode):
             'segmentation': self.create_lifecycle_publisher(Segmentation, 'segmentation',
                                                             OUTPUT_QOS),
         }
-        input_qos = camera_qos(self._param('qos_reliability'))
-        if self._param('input_transport') == 'compressed':
+        input_qos = camera_qos(config['qos_reliability'])
+        if config['input_transport'] == 'compressed':
             self._subscription = self.create_subscription(
                 CompressedImage, 'image/compressed', self._on_image, input_qos,
                 callback_group=self._input_group)
         else:
             self._subscription = self.create_subscription(
                 Image, 'image', self._on_image, input_qos, callback_group=self._input_group)
-        return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         result = super().on_activate(state)  # publishers first, so no first result is lost
@@ -365,6 +443,13 @@ class ClipSegNode(LifecycleNode):
         if engine is not None:
             engine.release()  # waits for an inference in progress (engine lock)
         self._engine_error = 'not configured'
+        # A reconfigured node starts its health report afresh: failures and the last frame
+        # time belong to the configuration that was cleaned up.
+        self._counters.forget_failures()
+        self._last_frame_time = None
+        self._warn_times.clear()
+        with self._configuration_lock:
+            self._configured = False
 
     def autostart_if_enabled(self) -> bool:
         """Configure and activate when the `autostart` parameter says so; return success."""
@@ -664,13 +749,6 @@ class ClipSegNode(LifecycleNode):
     def prompt_set(self) -> PromptSet:
         return self._prompt_set
 
-    @staticmethod
-    def _rate(times, now: float) -> float:
-        recent = [t for t in times if now - t <= 5.0]
-        if len(recent) < 2:
-            return 0.0
-        return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6)
-
     def diagnostic_status(self) -> DiagnosticStatus:
         """Build the node's DiagnosticStatus (level, message and key/values)."""
         now = time.monotonic()
@@ -701,8 +779,8 @@ class ClipSegNode(LifecycleNode):
         age = 'never' if self._last_frame_time is None else \
             f'{now - self._last_frame_time:.3f}'
         values = {
-            'input_rate_hz': f'{self._rate(counters.receive_times, now):.2f}',
-            'processing_rate_hz': f'{self._rate(counters.process_times, now):.2f}',
+            'input_rate_hz': f'{counters.receive_times.rate(now):.2f}',
+            'processing_rate_hz': f'{counters.process_times.rate(now):.2f}',
             'frames_received': str(counters.received),
             'frames_processed': str(counters.processed),
             'frames_dropped': str(counters.dropped),
@@ -727,10 +805,14 @@ class ClipSegNode(LifecycleNode):
         super().destroy_node()
 
     def _publish_diagnostics(self) -> None:
-        array = DiagnosticArray()
-        array.header.stamp = self.get_clock().now().to_msg()
-        array.status = [self.diagnostic_status()]
-        self._diagnostics_pub.publish(array)
+        try:
+            array = DiagnosticArray()
+            array.header.stamp = self.get_clock().now().to_msg()
+            array.status = [self.diagnostic_status()]
+            self._diagnostics_pub.publish(array)
+        except Exception as error:  # a timer callback that raises ends the executor's spin
+            self._warn_throttled('diagnostics', f'diagnostics not published: '
+                                 f'{type(error).__name__}: {error}')
 
 
 def _free_device_cache(engine) -> None:
