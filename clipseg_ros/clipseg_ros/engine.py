@@ -770,9 +770,10 @@ class ClipSegEngine:
         """
         Return a prompt from a support image and an optional object mask.
 
-        The support image is engineered as in the CLIPSeg paper (background blurred and
-        darkened, crop to the widened mask box, square pad, resize) and embedded with the CLIP
-        image encoder. With ``text``, the embedding is
+        The support image is engineered as the checkpoint was trained (see
+        :mod:`clipseg_ros.visual_prompt`: resize and normalise, background blurred and pulled
+        to the mean colour, crop to the widened mask box, square pad, resize) and embedded with
+        the CLIP image encoder. With ``text``, the embedding is
         ``(1 - text_weight) * image + text_weight * text``. The label defaults to ``text``, or
         ``'image'`` without one.
         """
@@ -784,12 +785,16 @@ class ClipSegEngine:
                 or not 0.0 <= float(text_weight) <= 1.0):
             raise ValueError(f'text_weight must be a number in [0, 1], got {text_weight!r}')
         weight = float(text_weight)
-        engineered = engineer_visual_prompt(support_rgb, mask, self._resolution)
+        config = self._preprocess_config
+        # Normalised at the model size already, so it bypasses _preprocess.
+        engineered = engineer_visual_prompt(
+            support_rgb, mask, self._resolution, mean=config.mean, std=config.std,
+            rescale_factor=config.rescale_factor)
         with self._lock:
             model = self._require_model()
             with torch.inference_mode():
-                # The upload must not reuse the per-frame pinned buffer (no sync here).
-                pixel_values = self._preprocess(engineered, pinned=False)
+                pixel_values = torch.from_numpy(engineered).unsqueeze(0).to(
+                    device=self._device, dtype=self._dtype)
                 embedding = model.clip.get_image_features(
                     pixel_values=pixel_values).pooler_output[0]
                 if text is not None:
