@@ -1,57 +1,89 @@
 # One place that knows how to set up, build, test, demo and benchmark clipseg_ros.
 # Every target works from a fresh clone; `make setup` is idempotent (stamp files record what is done).
+#
+# ROS 2 comes from PyPI wheels, one prefix per distro, side by side:
+#   kilted (default)  .venv/        build/        install/        log/
+#   jazzy             .venv-jazzy/  build-jazzy/  install-jazzy/  log-jazzy/
+# Pick one with `make TARGET ROS_DISTRO=jazzy`.  Plain `make test` tests every distro in turn.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -e -o pipefail -c
 PYTHON_BOOTSTRAP ?= python3
-VENV := .venv
+ROS_DISTROS := kilted jazzy
+# Only make's command line picks the distro: the ROS_DISTRO that a sourced /opt/ros setup (or
+# env.sh) exports says nothing about which wheel-built prefix a target should use.
+DISTRO_GIVEN := $(filter command line,$(origin ROS_DISTRO))
+ifeq ($(DISTRO_GIVEN),)
+ROS_DISTRO := kilted
+endif
+ifeq ($(filter $(ROS_DISTRO),$(ROS_DISTROS)),)
+$(error ROS_DISTRO=$(ROS_DISTRO) is not one of: $(ROS_DISTROS))
+endif
+# Kilted keeps the unsuffixed paths that existing checkouts (and their .venv links) already use.
+SUFFIX := $(if $(filter kilted,$(ROS_DISTRO)),,-$(ROS_DISTRO))
+VENV := .venv$(SUFFIX)
+BUILD_BASE := build$(SUFFIX)
+INSTALL_BASE := install$(SUFFIX)
+LOG_BASE := log$(SUFFIX)
+export STEP_LOG_DIR := $(LOG_BASE)
 PY := $(VENV)/bin/python
 DEPS_STAMP := $(VENV)/.clipseg-deps-installed
-BUILD_STAMP := install/.clipseg-built
-REQUIREMENTS := scripts/requirements-ros.txt scripts/requirements-py.txt
+BUILD_STAMP := $(INSTALL_BASE)/.clipseg-built
+REQUIREMENTS := scripts/requirements-ros-$(ROS_DISTRO).txt scripts/requirements-py.txt
 PACKAGE_SOURCES := $(shell find clipseg_ros clipseg_ros_interfaces -type f \
 	-not -path 'clipseg_ros/test/*' -not -path '*/__pycache__/*' -not -path '*/.pytest_cache/*' -not -name '*.pyc' | sort)
 PYTEST_ARGS ?=
+# Where pytest writes its junit report (scripts/test_distros.sh reads the counts from it).
+JUNIT_XML ?= $(LOG_BASE)/pytest-junit.xml
 # e.g. make bench BENCH_ARGS='--device cuda --dtype float16 --compile-mode cuda_graphs'
 BENCH_ARGS ?=
+ENV := source ./env.sh $(ROS_DISTRO)
 
 .PHONY: setup test demo bench bench-node bench-transport fuzz soak clean
 
 setup: $(BUILD_STAMP)
 
 $(PY):
-	@scripts/step.sh 'create virtualenv' $(PYTHON_BOOTSTRAP) -m venv $(VENV)
+	@scripts/step.sh "create $(ROS_DISTRO) virtualenv" $(PYTHON_BOOTSTRAP) -m venv $(VENV)
 
 $(DEPS_STAMP): $(REQUIREMENTS) scripts/fix_ros_cmake_paths.py | $(PY)
-	@scripts/step.sh 'install Python and ROS 2 wheels' \
+	@scripts/step.sh "install Python and ROS 2 $(ROS_DISTRO) wheels" \
 		$(PY) -m pip install --quiet $(addprefix -r ,$(REQUIREMENTS))
 	@scripts/step.sh 're-point ROS wheel CMake include paths' $(PY) scripts/fix_ros_cmake_paths.py
 	@touch $@
 
 $(BUILD_STAMP): $(DEPS_STAMP) $(PACKAGE_SOURCES)
-	@scripts/step.sh 'colcon build' scripts/colcon_build.sh
+	@scripts/step.sh "colcon build for $(ROS_DISTRO)" \
+		scripts/colcon_build.sh $(VENV) $(BUILD_BASE) $(INSTALL_BASE) $(LOG_BASE)
 	@touch $@
 
+ifneq ($(DISTRO_GIVEN),)
 test: setup
-	@source ./env.sh && python -m pytest clipseg_ros/test $(PYTEST_ARGS)
+	@$(ENV) && python -m pytest clipseg_ros/test --junitxml=$(JUNIT_XML) $(PYTEST_ARGS)
+else
+test:
+	@scripts/test_distros.sh $(ROS_DISTROS)
+endif
 
 demo: setup
-	@source ./env.sh && python scripts/demo.py
+	@$(ENV) && python scripts/demo.py
 
 bench: setup
-	@source ./env.sh && python bench/engine_bench.py $(BENCH_ARGS)
+	@$(ENV) && python bench/engine_bench.py $(BENCH_ARGS)
 
 bench-node: setup
-	@source ./env.sh && python bench/node_bench.py $(BENCH_ARGS)
+	@$(ENV) && python bench/node_bench.py $(BENCH_ARGS)
 
 bench-transport: setup
-	@source ./env.sh && python bench/transport_bench.py
+	@$(ENV) && python bench/transport_bench.py
 
 fuzz: setup
-	@source ./env.sh && python scripts/fuzz_node.py --count 10000
+	@$(ENV) && python scripts/fuzz_node.py --count 10000
 
 soak: setup
-	@source ./env.sh && python scripts/soak_node.py --duration 300
+	@$(ENV) && python scripts/soak_node.py --duration 300
 
+# Build outputs only (the venvs stay): of the distro named, or of every distro.
 clean:
-	rm -rf build install log
+	rm -rf $(if $(DISTRO_GIVEN),$(BUILD_BASE) $(INSTALL_BASE) $(LOG_BASE),build install log \
+		$(foreach d,$(filter-out kilted,$(ROS_DISTROS)),build-$(d) install-$(d) log-$(d)))

@@ -20,11 +20,11 @@ runtime_roots='ros-kilted-rclpy ros-kilted-rmw-fastrtps-cpp ros-kilted-sensor-ms
   ros-kilted-lifecycle-msgs ros-kilted-builtin-interfaces ros-kilted-ament-index-python'
 
 # 1. A Python 3.12 venv with the same ROS wheels + build tooling as `make setup` (no torch).
-deps_stamp=$(cat "$repo/scripts/requirements-ros.txt" "$repo/scripts/fix_ros_cmake_paths.py" | sha256sum)
+deps_stamp=$(cat "$repo/scripts/requirements-ros-kilted.txt" "$repo/scripts/fix_ros_cmake_paths.py" | sha256sum)
 if [ "$(cat "$venv/.gpukit-deps" 2>/dev/null)" != "$deps_stamp" ]; then
     rm -rf "$venv"
     "$py312" -m venv "$venv"
-    "$venv/bin/pip" install --quiet -r "$repo/scripts/requirements-ros.txt" \
+    "$venv/bin/pip" install --quiet -r "$repo/scripts/requirements-ros-kilted.txt" \
         'setuptools<80' colcon-common-extensions==0.3.0 'numpy>=1.26,<3'
     # Wheels were built under /opt/python/cp312-cp312; re-point their CMake include dirs.
     "$venv/bin/python" "$repo/scripts/fix_ros_cmake_paths.py"

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# `make test` without ROS_DISTRO: set up and test each distro given, one after the other (the
+# second runs even when the first fails), then say which result belongs to which distro and close
+# with the totals.  Exits non-zero when any distro's setup or tests failed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+reports=$(mktemp -d)
+trap 'rm -rf "$reports"' EXIT
+declare -A result
+total_passed=0 total_failed=0 total_skipped=0 failed=0
+for distro in "$@"; do
+    echo "==> ROS 2 $distro: make test ROS_DISTRO=$distro"
+    start=$SECONDS
+    if "${MAKE:-make}" --no-print-directory test ROS_DISTRO="$distro" \
+            JUNIT_XML="$reports/$distro.xml"; then
+        status=passed
+    else
+        status=FAILED failed=1
+    fi
+    # Counts from pytest's junit report (passed failed skipped errors); none if pytest never ran.
+    if counts=$(python3 - "$reports/$distro.xml" 2>/dev/null <<'PY'
+import sys
+import xml.etree.ElementTree as ET
+suite = ET.parse(sys.argv[1]).getroot()
+suite = suite.find('testsuite') if suite.tag == 'testsuites' else suite
+tests, failures, errors, skipped = (int(suite.get(k, 0)) for k in ('tests', 'failures', 'errors', 'skipped'))
+print(tests - failures - errors - skipped, failures, skipped, errors)
+PY
+    ); then
+        read -r passed failures skipped errors <<<"$counts"
+        counts="$passed passed, $failures failed, $skipped skipped, $errors errors"
+        total_passed=$((total_passed + passed)) total_skipped=$((total_skipped + skipped))
+        total_failed=$((total_failed + failures + errors))
+    else
+        counts='no test report: set-up failed or pytest died'
+    fi
+    result[$distro]="$status: $counts, $((SECONDS - start)) s"
+    echo "==> ROS 2 $distro: ${result[$distro]}"
+done
+echo "==> results by distro"
+for distro in "$@"; do
+    echo "ROS 2 $distro: ${result[$distro]}"
+done
+echo "total: $total_passed passed, $total_failed failed, $total_skipped skipped"
+exit $failed
