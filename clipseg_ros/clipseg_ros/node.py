@@ -850,15 +850,42 @@ def keep_freed_memory() -> bool:
 
 
 def main(args=None, engine_factory: Callable[..., ClipSegEngine] = ClipSegEngine) -> None:
-    """Run the clipseg node until shut down (`engine_factory`: for benchmarks of the node)."""
+    """Run the clipseg node until shut down (`engine_factory`: for benchmarks of the node).
+
+    Every start-up error (a parameters file that is missing or not valid YAML, a bad remap or
+    other argument, a node that cannot be constructed) ends the process with one FATAL line and
+    exit status 1, never a traceback: launch shows that line as the reason the node died.
+    """
     keep_freed_memory()
-    rclpy.init(args=args)
+    logger = rclpy.logging.get_logger('clipseg')
+
+    def refuse(error: BaseException) -> None:
+        # rcl's messages carry newlines and ', at file.c:line' trails meant for its developers.
+        text = str(error).split(', at /')[0].removeprefix('failed to initialize rcl: ')
+        if type(error).__name__ == 'UnknownROSArgsError':
+            text = f'unknown ROS arguments {text}'
+        logger.fatal('cannot start: ' + (' '.join(text.split()) or type(error).__name__))
+        raise SystemExit(1)
+
+    # rcl logs an ERROR line of its own before a bad argument makes init raise; the exception
+    # says the same with the detail, so rcl stays quiet while it parses the command line.
+    rcl_level = rclpy.logging.get_logger_level('rcl')
+    rclpy.logging.set_logger_level('rcl', rclpy.logging.LoggingSeverity.FATAL)
+    try:
+        rclpy.init(args=args)
+    except Exception as error:
+        refuse(error)
+    finally:
+        if rclpy.logging.get_logger_level('rcl') == rclpy.logging.LoggingSeverity.FATAL:
+            rclpy.logging.set_logger_level('rcl', rcl_level)  # unless --log-level set it
     try:
         node = ClipSegNode(engine_factory=engine_factory)
-    except Exception as error:  # e.g. a parameter file value of the wrong type
-        rclpy.logging.get_logger('clipseg').fatal(f'cannot start: {error}')
+    except KeyboardInterrupt:  # stopped while the model was loading
         rclpy.try_shutdown()
-        raise SystemExit(1)
+        return
+    except Exception as error:  # e.g. a parameter file value of the wrong type
+        rclpy.try_shutdown()
+        refuse(error)
     # Inference on camera frames has a thread of its own (the worker); the executor runs the
     # other callbacks. rclpy's MultiThreadedExecutor costs far more than it saves here: in a
     # pass-through node echoing 640x480 frames at 30 Hz it delivered 32 of 150 (p50 122 ms),
@@ -866,7 +893,12 @@ def main(args=None, engine_factory: Callable[..., ClipSegEngine] = ClipSegEngine
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        node.autostart_if_enabled()
+        try:
+            node.autostart_if_enabled()
+        except ExternalShutdownException:
+            raise
+        except Exception as error:  # unexpected: a model that fails to load is only logged
+            refuse(error)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

@@ -2,26 +2,36 @@
 
 Outputs appear as /front_camera/mask, /front_camera/confidence, /front_camera/overlay and
 /front_camera/segmentation next to the camera's own topics; prompts are set through
-/front_camera/clipseg/set_text_prompts.
+/front_camera/clipseg/set_text_prompts.  It accepts every argument of clipseg.launch.py, with
+this camera's namespace and topic as defaults, and forwards them all, so e.g.
+`namespace:=rear_camera image:=/rear_camera/color/image_raw model:=/models/clipseg` applies.
 """
 
 import os
 
-from ament_index_python.packages import get_package_share_directory
+from clipseg_ros import launch_args
 from launch import LaunchDescription
-from launch.actions import IncludeLaunchDescription
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
 from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import LaunchConfiguration
+
+CAMERA_DEFAULTS = {
+    'namespace': 'front_camera',
+    'image': '/front_camera/color/image_raw',
+}
 
 
 def generate_launch_description():
-    clipseg_launch = os.path.join(
-        get_package_share_directory('clipseg_ros'), 'launch', 'clipseg.launch.py')
+    clipseg_launch = os.path.join(str(launch_args.share_directory()), 'launch',
+                                  'clipseg.launch.py')
+    defaults = {'params_file': launch_args.default_params_file(), **CAMERA_DEFAULTS}
+    names = [name for name, _, _ in launch_args.ARGUMENTS]
     return LaunchDescription([
+        *[DeclareLaunchArgument(name, default_value=defaults.get(name, default),
+                                description=description)
+          for name, default, description in launch_args.ARGUMENTS],
         IncludeLaunchDescription(
             PythonLaunchDescriptionSource(clipseg_launch),
-            launch_arguments={
-                'namespace': 'front_camera',
-                'image': '/front_camera/color/image_raw',
-            }.items(),
+            launch_arguments={name: LaunchConfiguration(name) for name in names}.items(),
         ),
     ])

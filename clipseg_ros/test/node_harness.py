@@ -63,13 +63,16 @@ class CameraAndCollector:
     """Publishes frames on a camera topic and records the clipseg outputs by input stamp."""
 
     def __init__(self, context, namespace: str = '', image_topic: str = 'image',
-                 compressed: bool = False):
+                 compressed: bool = False,
+                 camera_reliability: ReliabilityPolicy = ReliabilityPolicy.RELIABLE):
         self.node = rclpy.create_node('camera_and_collector', context=context,
                                       namespace=namespace)
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         topic = image_topic + ('/compressed' if compressed else '')
+        # BEST_EFFORT is what camera drivers publish (and what loses large frames in transit)
         self.publisher = self.node.create_publisher(
-            CompressedImage if compressed else Image, topic, qos)
+            CompressedImage if compressed else Image, topic,
+            QoSProfile(depth=10, reliability=camera_reliability))
         self.received: Dict[str, Dict[tuple, object]] = defaultdict(dict)
         self.arrival: Dict[str, Dict[tuple, float]] = defaultdict(dict)
         self.diagnostics: List[DiagnosticArray] = []

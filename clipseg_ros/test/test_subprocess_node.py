@@ -1,9 +1,12 @@
 """The installed clipseg_node started the way launch starts it, driven from a test node.
 
-`ros2 launch clipseg_ros clipseg.launch.py namespace:=robot image:=/test_camera/image_raw`
-runs `lib/clipseg_ros/clipseg_node --ros-args -r __node:=clipseg -r __ns:=/robot
---params-file share/clipseg_ros/config/clipseg.yaml -r image:=/test_camera/image_raw`;
-this test runs exactly that command line (plus a model override, as the launch argument does).
+`ros2 launch clipseg_ros clipseg.launch.py namespace:=robot image:=/test_camera/image_raw
+model:=... device:=cpu` has launch_ros 0.28 run `lib/clipseg_ros/clipseg_node --ros-args
+-r __node:=clipseg -r __ns:=/robot --params-file <params_file> --params-file <overrides>
+-r image:=/test_camera/image_raw -r image/compressed:=/test_camera/image_raw/compressed`, with
+FASTDDS_DEFAULT_PROFILES_FILE added to the node's environment.  The launch file takes all of
+that from clipseg_ros.launch_args; these tests take it from there too and run that command, so
+the two cannot drift apart (launch itself is not installable here).
 """
 
 import os
@@ -13,13 +16,18 @@ import threading
 from pathlib import Path
 
 import pytest
-from ament_index_python.packages import get_package_prefix, get_package_share_directory
+import yaml
+from ament_index_python.packages import get_package_prefix
 from clipseg_ros_interfaces.srv import SetTextPrompts
 from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import ReliabilityPolicy
 
+from clipseg_ros import launch_args
 from clipseg_ros.conversions import image_to_array
 from node_harness import (CameraAndCollector, call_service, encode_frame,
                           publish_until_answered, rgb_frame)
+
+PROFILE_VARIABLES = (launch_args.PROFILE_ENV, launch_args.LEGACY_PROFILE_ENV)
 
 
 def installed_executable() -> Path:
@@ -27,23 +35,35 @@ def installed_executable() -> Path:
 
 
 def installed_params_file() -> Path:
-    return Path(get_package_share_directory('clipseg_ros')) / 'config' / 'clipseg.yaml'
+    return Path(launch_args.default_params_file())
 
 
-@pytest.fixture
-def node_process(tiny_model_dir, tmp_path):
-    log_path = tmp_path / 'clipseg_node.log'
-    command = [
-        str(installed_executable()), '--ros-args',
-        '-r', '__node:=clipseg', '-r', '__ns:=/robot',
-        '--params-file', str(installed_params_file()),
-        '-p', f'model:={tiny_model_dir}', '-p', 'device:=cpu', '-p', 'resolution:=64',
-        '-r', 'image:=/test_camera/image_raw',
-    ]
-    with open(log_path, 'w') as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                   env=dict(os.environ))
-    yield process, log_path
+def environment_without_profile() -> dict[str, str]:
+    """This process's environment minus any Fast DDS profile, so the launch logic decides."""
+    return {k: v for k, v in os.environ.items() if k not in PROFILE_VARIABLES}
+
+
+def fast_params_file(directory: Path) -> Path:
+    """The installed parameters file with a small model input, passed as `params_file`."""
+    parameters = yaml.safe_load(installed_params_file().read_text())
+    parameters['/**/clipseg']['ros__parameters']['resolution'] = 64
+    path = directory / 'clipseg_fast.yaml'
+    path.write_text(yaml.safe_dump(parameters))
+    return path
+
+
+def launched_command(plan: launch_args.NodePlan, directory: Path) -> list[str]:
+    """The argv launch_ros builds for `plan`, with its overrides file written as it would."""
+    overrides = launch_args.overrides_yaml(plan)
+    overrides_file = None
+    if overrides is not None:
+        overrides_file = directory / 'launch_params_overrides'
+        overrides_file.write_text(overrides)
+    return launch_args.node_command(str(installed_executable()), plan,
+                                    None if overrides_file is None else str(overrides_file))
+
+
+def stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
         try:
@@ -53,16 +73,72 @@ def node_process(tiny_model_dir, tmp_path):
             process.wait()
 
 
+def run_to_exit(command: list[str], env: dict[str, str]) -> tuple[int, str]:
+    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                            text=True, timeout=60)
+    return result.returncode, result.stdout
+
+
+def assert_one_fatal_line(returncode: int, output: str, *fragments: str) -> None:
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert returncode != 0, output
+    assert 'Traceback' not in output, output
+    assert len(lines) == 1, output
+    assert '[FATAL]' in lines[0] and 'cannot start: ' in lines[0], output
+    for fragment in fragments:
+        assert fragment in lines[0], output
+
+
+@pytest.fixture
+def launched_node(tiny_model_dir, tmp_path):
+    """Start the node as `clipseg.launch.py` would for the given arguments; stop it after."""
+    started = []
+
+    def start(**arguments: str):
+        arguments = {'params_file': str(fast_params_file(tmp_path)), 'model': str(tiny_model_dir),
+                     'device': 'cpu', **arguments}
+        environ = environment_without_profile()
+        plan = launch_args.plan(arguments, environ=environ)
+        log_path = tmp_path / f'clipseg_node_{len(started)}.log'
+        with open(log_path, 'w') as log:
+            process = subprocess.Popen(launched_command(plan, tmp_path), stdout=log,
+                                       stderr=subprocess.STDOUT, env={**environ, **plan.env})
+        started.append(process)
+        return process, log_path, plan
+
+    yield start
+    for process in started:
+        stop(process)
+
+
 def test_installed_files_are_where_launch_looks():
     assert installed_executable().is_file() and os.access(installed_executable(), os.X_OK)
     assert installed_params_file().is_file()
-    share = Path(get_package_share_directory('clipseg_ros'))
+    assert Path(launch_args.fastdds_profile_file()).is_file()
+    share = launch_args.share_directory()
     assert (share / 'launch' / 'clipseg.launch.py').is_file()
     assert (share / 'launch' / 'example_camera.launch.py').is_file()
 
 
-def test_installed_node_with_params_file_and_remap(ros_context, node_process):
-    process, log_path = node_process
+def test_launched_command_line_is_launch_ros_s(tiny_model_dir, tmp_path):
+    plan = launch_args.plan({'namespace': 'robot', 'image': '/test_camera/image_raw',
+                             'model': str(tiny_model_dir), 'device': 'cpu'},
+                            environ=environment_without_profile())
+    command = launched_command(plan, tmp_path)
+    overrides_file = str(tmp_path / 'launch_params_overrides')
+    assert command == [
+        str(installed_executable()), '--ros-args', '-r', '__node:=clipseg', '-r', '__ns:=/robot',
+        '--params-file', str(installed_params_file()), '--params-file', overrides_file,
+        '-r', 'image:=/test_camera/image_raw',
+        '-r', 'image/compressed:=/test_camera/image_raw/compressed']
+    # launch_ros keys a dict of parameters by the node's full name
+    assert yaml.safe_load(Path(overrides_file).read_text()) == {
+        '/robot/clipseg': {'ros__parameters': {'model': str(tiny_model_dir), 'device': 'cpu'}}}
+    assert plan.env == {launch_args.PROFILE_ENV: launch_args.fastdds_profile_file()}
+
+
+def test_installed_node_with_params_file_and_remap(ros_context, launched_node):
+    process, log_path, _ = launched_node(namespace='robot', image='/test_camera/image_raw')
     camera = CameraAndCollector(ros_context, namespace='/robot',
                                 image_topic='/test_camera/image_raw')
     client = camera.node.create_client(SetTextPrompts, '/robot/clipseg/set_text_prompts')
@@ -90,3 +166,88 @@ def test_installed_node_with_params_file_and_remap(ros_context, node_process):
         camera.node.destroy_node()
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=20) == 0, log_path.read_text()
+
+
+def test_large_best_effort_frames_reach_the_launched_node(ros_context, launched_node):
+    """640x480 rgb8 frames, best effort, from this process reach the node launch configures.
+
+    Both ends have the shipped profile: the node from the launch logic, this process (the
+    camera) from ros_fixtures.  Measured here, the sender's profile is what keeps such frames
+    whole; the node's own profile serves its large outputs.
+    """
+    process, log_path, plan = launched_node(namespace='big', image='/big_camera/image_raw')
+    assert plan.env == {launch_args.PROFILE_ENV: launch_args.fastdds_profile_file()}
+    camera = CameraAndCollector(ros_context, namespace='/big', image_topic='/big_camera/image_raw',
+                                camera_reliability=ReliabilityPolicy.BEST_EFFORT)
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(camera.node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        assert camera.wait_for_subscriber(timeout=60.0), log_path.read_text()
+        frame = encode_frame(rgb_frame(640, 480), 'rgb8')
+        outputs = publish_until_answered(camera, frame, frame_id='big_camera_optical')
+        assert outputs is not None, log_path.read_text()
+        assert image_to_array(outputs['mask']).shape == (480, 640)
+        # One frame at a time, each given time to be answered: nearly all must arrive.
+        answered = sum(publish_until_answered(camera, frame, timeout=3.0, retry_period=3.0)
+                       is not None for _ in range(10))
+        assert answered >= 8, f'{answered} of 10 frames answered\n' + log_path.read_text()
+        assert process.poll() is None, 'node exited'
+    finally:
+        executor.shutdown()
+        spinner.join(timeout=5)
+        camera.node.destroy_node()
+
+
+def test_launch_refuses_missing_params_file_and_node_too(tmp_path):
+    missing = str(tmp_path / 'typo.yaml')
+    with pytest.raises(launch_args.LaunchArgumentError) as refused:
+        launch_args.plan({'params_file': missing}, environ={})
+    assert str(refused.value) == f"params_file '{missing}' does not exist"
+    # launch_ros alone would only warn; were the node started with it, it refuses as well.
+    plan = launch_args.NodePlan(namespace='/', params_file=missing, overrides={},
+                                remaps=[('image', 'image')])
+    returncode, output = run_to_exit(launched_command(plan, tmp_path),
+                                     environment_without_profile())
+    assert_one_fatal_line(returncode, output, missing)
+
+
+def test_yaml_syntax_error_is_one_fatal_line(tmp_path):
+    broken = tmp_path / 'broken.yaml'
+    broken.write_text('/**/clipseg:\n  ros__parameters:\n    prompts: [cup, mug\n')
+    with pytest.raises(launch_args.LaunchArgumentError) as refused:
+        launch_args.plan({'params_file': str(broken)}, environ={})
+    assert f"params_file '{broken}' is not valid YAML" in str(refused.value)
+    assert '\n' not in str(refused.value)
+    plan = launch_args.NodePlan(namespace='/', params_file=str(broken), overrides={},
+                                remaps=[('image', 'image')])
+    returncode, output = run_to_exit(launched_command(plan, tmp_path),
+                                     environment_without_profile())
+    assert_one_fatal_line(returncode, output, str(broken))
+
+
+@pytest.mark.parametrize('argument, value', [('image', '/bad-topic'), ('namespace', 'bad-ns')])
+def test_invalid_topic_or_namespace_is_refused(tmp_path, argument, value):
+    with pytest.raises(launch_args.LaunchArgumentError) as refused:
+        launch_args.plan({argument: value}, environ={})
+    message = str(refused.value)
+    assert message.startswith(f"{argument} '{value}' is not a valid ROS ") and '\n' not in message
+    # The remap (or namespace) rule launch would otherwise have passed to the node.
+    plan = launch_args.NodePlan(namespace='/', params_file=str(installed_params_file()),
+                                overrides={}, remaps=[('image', 'image')])
+    command = launched_command(plan, tmp_path)
+    if argument == 'image':
+        command += ['-r', f'image:={value}']
+    else:
+        command[command.index('__ns:=/')] = f'__ns:=/{value}'
+    returncode, output = run_to_exit(command, environment_without_profile())
+    assert_one_fatal_line(returncode, output, value)
+
+
+def test_unknown_argument_is_one_fatal_line(tmp_path):
+    plan = launch_args.NodePlan(namespace='/', params_file=str(installed_params_file()),
+                                overrides={}, remaps=[])
+    returncode, output = run_to_exit(launched_command(plan, tmp_path) + ['--no-such-flag'],
+                                     environment_without_profile())
+    assert_one_fatal_line(returncode, output, '--no-such-flag')
