@@ -39,7 +39,10 @@ JUNIT_XML ?= $(LOG_BASE)/pytest-junit.xml
 BENCH_ARGS ?=
 ENV := source ./env.sh $(ROS_DISTRO)
 
-.PHONY: setup test demo bench bench-node bench-transport fuzz soak clean
+ENGINE_TESTS := $(addprefix clipseg_ros/test/,test_engine.py test_model_loading.py \
+	test_frame_maps.py test_visual_prompt.py)
+
+.PHONY: setup test test-transformers-floor demo bench bench-node bench-transport fuzz soak clean
 
 setup: $(BUILD_STAMP)
 
@@ -63,7 +66,23 @@ test: setup
 else
 test:
 	@scripts/test_distros.sh $(ROS_DISTROS)
+	@$(MAKE) --no-print-directory test-transformers-floor
 endif
+
+# The engine tests (no ROS) against the oldest transformers the package claims, installed beside
+# the Kilted venv's pinned release and put first on the path.
+FLOOR_DIR := $(VENV)/transformers-floor
+FLOOR_STAMP := $(FLOOR_DIR)/.installed
+$(FLOOR_STAMP): scripts/requirements-transformers-floor.txt | $(DEPS_STAMP)
+	@rm -rf $(FLOOR_DIR)
+	@scripts/step.sh 'install the transformers floor' $(PY) -m pip install --quiet --no-deps \
+		--target $(FLOOR_DIR) -r scripts/requirements-transformers-floor.txt
+	@touch $@
+
+test-transformers-floor: setup $(FLOOR_STAMP)
+	@$(ENV) && echo "==> engine tests with transformers $$(PYTHONPATH=$(FLOOR_DIR) python -c \
+		'import transformers; print(transformers.__version__)')" && \
+		PYTHONPATH=$(FLOOR_DIR):$$PYTHONPATH python -m pytest $(ENGINE_TESTS) $(PYTEST_ARGS)
 
 demo: setup
 	@$(ENV) && python scripts/demo.py
