@@ -19,7 +19,7 @@ try:
 except ImportError:  # running from a source checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'clipseg_ros'))
     from clipseg_ros.engine import ClipSegEngine
-from clipseg_ros.tiny_model import build_random_model, PREPROCESSOR_CONFIG
+from clipseg_ros.tools.tiny_model import build_random_model, PREPROCESSOR_CONFIG
 import numpy as np
 from torch.profiler import profile, ProfilerActivity
 

@@ -13,7 +13,7 @@ import tempfile
 import numpy as np
 
 from clipseg_ros.engine import ClipSegEngine
-from clipseg_ros.tiny_model import write_tiny_model
+from clipseg_ros.tools.tiny_model import write_tiny_model
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ host):
     messages of the same sizes and QoS, built the same way (the floor: Fast DDS both ways and
     rclpy's executor, serialisation and copies);
   * echo_glibc_malloc, when asked for: the echo without the allocator settings clipseg_node
-    makes (node.keep_freed_memory), to measure what they are worth.
+    makes (main.keep_freed_memory), to measure what they are worth.
 Latency: camera header stamp -> arrival of all three outputs in this process. Prints p50/p99
 per side, each side's p50 over the echo's, and the CPU time the server process used a frame
 (user + system: steadier than latency on a shared host); the last line is JSON. No GPU is
@@ -36,11 +36,11 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from sensor_msgs.msg import Image
 
-from clipseg_ros.drive import (CameraStream, installed_node_command, percentile_ms,
+from clipseg_ros.tools.drive import (CameraStream, installed_node_command, percentile_ms,
                                rgb_image_msg, stop_node_process, synthetic_frame,
                                use_large_image_profile)
 from clipseg_ros.engine import ClipSegEngine
-from clipseg_ros.tiny_model import write_tiny_model
+from clipseg_ros.tools.tiny_model import write_tiny_model
 
 OUTPUT_NAMES = ('mask', 'confidence', 'segmentation')
 SIDES = ('clipseg', 'echo', 'echo_glibc_malloc')
@@ -66,14 +66,15 @@ class PrecomputedEngine(ClipSegEngine):
 
 
 def serve_clipseg(ros_args) -> None:
-    from clipseg_ros.node import main as clipseg_node_main
+    from clipseg_ros.main import main as clipseg_node_main
     clipseg_node_main(ros_args, engine_factory=PrecomputedEngine)
 
 
 def serve_echo(ros_args, tune_malloc: bool = True) -> None:
     from clipseg_ros_interfaces.msg import Segmentation
     from clipseg_ros.conversions import array_to_image
-    from clipseg_ros.node import camera_qos, keep_freed_memory, OUTPUT_QOS
+    from clipseg_ros.main import keep_freed_memory
+    from clipseg_ros.publishers import camera_qos, OUTPUT_QOS
     if tune_malloc:
         keep_freed_memory()  # the same allocator settings as the clipseg node
     rclpy.init(args=ros_args)

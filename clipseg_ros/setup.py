@@ -23,7 +23,7 @@ setup(
     tests_require=['pytest'],
     entry_points={
         'console_scripts': [
-            'clipseg_node = clipseg_ros.node:main',
+            'clipseg_node = clipseg_ros.main:main',
         ],
     },
 )

@@ -20,10 +20,10 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 
 from clipseg_ros.conversions import image_to_array
-from clipseg_ros.drive import (CameraStream, percentile_ms, rgb_image_msg, start_node_process,
+from clipseg_ros.tools.drive import (CameraStream, percentile_ms, rgb_image_msg, start_node_process,
                                stop_node_process, synthetic_frame, use_large_image_profile)
 from clipseg_ros.engine import DEFAULT_MODEL, ClipSegEngine, ModelLoadError
-from clipseg_ros.tiny_model import write_tiny_model
+from clipseg_ros.tools.tiny_model import write_tiny_model
 
 
 def hub_reachable(model: str) -> bool:

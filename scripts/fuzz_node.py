@@ -21,10 +21,10 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
 from sensor_msgs.msg import CompressedImage
 
-from clipseg_ros import fuzz
-from clipseg_ros.drive import (CameraStream, rgb_image_msg, start_node_process, stop_node_process,
+from clipseg_ros.tools import fuzz
+from clipseg_ros.tools.drive import (CameraStream, rgb_image_msg, start_node_process, stop_node_process,
                                synthetic_frame)
-from clipseg_ros.tiny_model import write_tiny_model
+from clipseg_ros.tools.tiny_model import write_tiny_model
 
 
 def call(client, request, timeout: float = 30.0):

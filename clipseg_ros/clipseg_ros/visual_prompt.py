@@ -35,6 +35,7 @@ import math
 import numbers
 from typing import Sequence
 
+from clipseg_ros.rgb_images import check_rgb_image
 import cv2
 import numpy as np
 
@@ -42,17 +43,6 @@ BLUR_KERNEL = 15
 BLUR_SIGMA = 3.0
 BACKGROUND_FACTOR = 0.1
 BOX_MARGIN = 0.1
-
-
-def _check_image(image: np.ndarray, name: str = 'support image') -> None:
-    if not isinstance(image, np.ndarray):
-        raise ValueError(f'{name} must be a numpy array, got {type(image).__name__}')
-    if image.dtype != np.uint8:
-        raise ValueError(f'{name} must have dtype uint8, got {image.dtype}')
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f'{name} must have shape (H, W, 3), got {image.shape}')
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f'{name} is empty: shape {image.shape}')
 
 
 def _check_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -235,7 +225,7 @@ def engineer_visual_prompt(
         (3, S, S) float32, channels first: ``pixel_values[0]`` for the CLIP image encoder.
 
     """
-    _check_image(support_rgb)
+    check_rgb_image(support_rgb, 'support image')
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f'size must be a positive integer, got {size!r}')
     size = int(size)

@@ -9,7 +9,7 @@ import pytest
 @pytest.fixture(scope='session')
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder holding a tiny random CLIPSeg model in save_pretrained format (built once)."""
-    from clipseg_ros.tiny_model import write_tiny_model
+    from clipseg_ros.tools.tiny_model import write_tiny_model
     return write_tiny_model(tmp_path_factory.mktemp('tiny_clipseg'), seed=0)
 
 

@@ -17,7 +17,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
-from clipseg_ros.drive import wait_for_subscription
+from clipseg_ros.tools.drive import wait_for_subscription
 from clipseg_ros.node import ClipSegNode
 
 OUTPUT_TOPICS = {'mask': Image, 'confidence': Image, 'overlay': Image,

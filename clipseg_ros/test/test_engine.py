@@ -11,16 +11,11 @@ import importlib.util
 import json
 import logging
 from pathlib import Path
-import pickle
-import shutil
 import string
 import threading
 
-from clipseg_ros import engine as engine_module
-from clipseg_ros.engine import (
-    ClipSegEngine, cpu_thread_count, DEFAULT_MODEL, ModelLoadError, PreprocessConfig, Prompt,
-    SegmentationResult, set_cpu_threads)
-from clipseg_ros.tiny_model import write_tiny_model
+from clipseg_ros.engine import ClipSegEngine, PreprocessConfig, Prompt, SegmentationResult
+from clipseg_ros.tools.tiny_model import write_tiny_model
 import numpy as np
 from prompt_reference import reference_visual_prompt
 import pytest
@@ -242,18 +237,6 @@ def test_640x480_frame_matches_processor_and_model_end_to_end(engine, reference,
     assert result.probabilities.shape == (4, 480, 640)
     np.testing.assert_allclose(result.probabilities, expected, rtol=0, atol=END_TO_END_TOLERANCE)
     assert expected.std() > 0.05
-
-
-def test_preprocessing_constants_come_from_the_processor_config(engine, tiny_model_dir,
-                                                                frame) -> None:
-    config = engine.preprocess_config
-    assert config.size == 352
-    assert config.mean == pytest.approx((0.485, 0.456, 0.406))
-    assert config.std == pytest.approx((0.229, 0.224, 0.225))
-    assert config.rescale_factor == pytest.approx(1 / 255)
-    torch.testing.assert_close(
-        engine.preprocess(frame), reference_pixel_values(tiny_model_dir, [frame]),
-        rtol=0, atol=1e-5)
 
 
 def test_only_the_needed_encoder_layers_run(engine, frame) -> None:
@@ -509,155 +492,6 @@ def test_bad_resolution_is_refused_and_kept(tiny_model_dir, engine, value) -> No
 # ---------------------------------------------------------------------- loading
 
 
-def test_loads_from_a_local_folder(engine, tiny_model_dir) -> None:
-    assert engine.model_name == str(tiny_model_dir)
-    assert engine.device == torch.device('cpu')
-    assert engine.dtype == torch.float32
-    assert engine.resolution == 352
-    assert engine.compile_mode == 'none'
-    assert DEFAULT_MODEL == 'CIDAS/clipseg-rd64-refined'
-
-
-def test_pickle_only_folder_is_refused_without_unpickling(tiny_model_dir, tmp_path,
-                                                          monkeypatch) -> None:
-    folder = tmp_path / 'pickled'
-    shutil.copytree(tiny_model_dir, folder)
-    state = load_file(folder / 'model.safetensors')
-    (folder / 'model.safetensors').unlink()
-    torch.save(state, folder / 'pytorch_model.bin')
-    calls = []
-
-    def refuse(*args, **kwargs):
-        calls.append(args)
-        raise AssertionError('unpickling was attempted')
-
-    monkeypatch.setattr(torch, 'load', refuse)
-    monkeypatch.setattr(pickle, 'load', refuse)
-    monkeypatch.setattr(pickle, 'loads', refuse)
-    with pytest.raises(ModelLoadError) as info:
-        ClipSegEngine(str(folder), device='cpu')
-    assert calls == []
-    message = str(info.value)
-    assert 'pytorch_model.bin' in message and 'safetensors' in message
-    assert str(folder) in message
-
-
-def test_missing_folder_is_explained(tmp_path) -> None:
-    missing = tmp_path / 'no_such_model'
-    with pytest.raises(ModelLoadError) as info:
-        ClipSegEngine(str(missing), device='cpu')
-    message = str(info.value)
-    assert str(missing) in message and 'does not exist' in message
-    assert 'huggingface-cli download CIDAS/clipseg-rd64-refined --local-dir' in message
-
-
-def test_unavailable_hub_id_is_explained(monkeypatch) -> None:
-    import huggingface_hub.constants
-    # Offline mode makes the hub client fail at once instead of retrying a network.
-    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
-    with pytest.raises(ModelLoadError) as info:
-        ClipSegEngine('clipseg-ros-tests/no-such-model', device='cpu')
-    message = str(info.value)
-    assert "'clipseg-ros-tests/no-such-model'" in message
-    assert 'huggingface-cli download clipseg-ros-tests/no-such-model --local-dir' in message
-    assert 'pass the folder path' in message
-
-
-def test_corrupt_safetensors_is_explained(tiny_model_dir, tmp_path) -> None:
-    folder = tmp_path / 'corrupt'
-    shutil.copytree(tiny_model_dir, folder)
-    weights = folder / 'model.safetensors'
-    weights.write_bytes(weights.read_bytes()[:1000])
-    with pytest.raises(ModelLoadError) as info:
-        ClipSegEngine(str(folder), device='cpu')
-    message = str(info.value)
-    assert str(weights) in message and 'corrupt' in message
-    assert 'SafetensorError' in message
-
-
-def test_folder_without_config_is_explained(tmp_path) -> None:
-    (tmp_path / 'model.safetensors').write_bytes(b'')
-    with pytest.raises(ModelLoadError, match='config.json'):
-        ClipSegEngine(str(tmp_path), device='cpu')
-
-
-def test_folder_without_preprocessor_config_is_explained(tiny_model_dir, tmp_path) -> None:
-    folder = tmp_path / 'no_preprocessor'
-    shutil.copytree(tiny_model_dir, folder)
-    (folder / 'preprocessor_config.json').unlink()
-    with pytest.raises(ModelLoadError, match='preprocessor_config.json'):
-        ClipSegEngine(str(folder), device='cpu')
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has CUDA')
-def test_cuda_without_cuda_is_explained(tiny_model_dir) -> None:
-    for device in ('cuda', 'cuda:0'):
-        with pytest.raises(ModelLoadError, match='CUDA is not available'):
-            ClipSegEngine(str(tiny_model_dir), device=device)
-
-
-@pytest.mark.parametrize('dtype', ['float16', 'bfloat16'])
-def test_half_precision_on_cpu_is_refused(tiny_model_dir, dtype) -> None:
-    with pytest.raises(ValueError, match='float32'):
-        ClipSegEngine(str(tiny_model_dir), device='cpu', dtype=dtype)
-
-
-@pytest.mark.parametrize('kwargs, message', [
-    ({'device': 'gpu'}, 'auto, cpu, cuda, cuda:N'),
-    ({'device': 'cuda:x'}, 'auto, cpu, cuda, cuda:N'),
-    ({'dtype': 'fp16'}, 'auto, float32, float16, bfloat16'),
-    ({'compile_mode': 'compile'}, 'auto, none, cuda_graphs'),
-    ({'model': ''}, 'non-empty'),
-])
-def test_unknown_option_strings_list_the_allowed_values(tiny_model_dir, kwargs,
-                                                        message) -> None:
-    arguments = {'model': str(tiny_model_dir), 'device': 'cpu'}
-    arguments.update(kwargs)
-    with pytest.raises(ValueError, match=message):
-        ClipSegEngine(**arguments)
-
-
-def test_auto_options_pick_cpu_float32_here(tiny_model_dir, caplog) -> None:
-    if torch.cuda.is_available():
-        pytest.skip('this machine has CUDA')
-    with caplog.at_level(logging.WARNING, logger='clipseg_ros.engine'):
-        engine = ClipSegEngine(str(tiny_model_dir))
-    assert engine.device.type == 'cpu' and engine.dtype == torch.float32
-    assert 'CUDA is not available' in caplog.text
-    assert engine.compile_mode == 'none' and 'needs CUDA' not in caplog.text  # auto: no noise
-
-
-@pytest.mark.parametrize('torch_default, usable, expected', [
-    (2, 2, 2),    # this machine: too few cores to spare one
-    (1, 1, 1),    # never zero
-    (4, 3, 3),
-    (4, 4, 3),    # from 4 cores on, one is left to ROS
-    (8, 16, 8),   # SMT: torch's one-per-physical-core wins
-    (8, 4, 3),    # a cpuset smaller than the machine
-])
-def test_auto_cpu_threads_spare_a_core_from_four(monkeypatch, torch_default, usable,
-                                                  expected) -> None:
-    monkeypatch.setattr(engine_module, '_TORCH_DEFAULT_THREADS', torch_default)
-    monkeypatch.setattr(engine_module, 'usable_cpu_count', lambda: usable)
-    assert cpu_thread_count(0) == expected
-    assert cpu_thread_count(5) == 5  # an explicit count is taken as is
-
-
-@pytest.mark.parametrize('bad', [-1, 1.5, True, '2'])
-def test_bad_cpu_threads_are_refused(bad) -> None:
-    with pytest.raises(ValueError, match='cpu_threads'):
-        cpu_thread_count(bad)
-
-
-def test_set_cpu_threads_applies_to_torch() -> None:
-    before = torch.get_num_threads()
-    try:
-        assert set_cpu_threads(1) == 1 and torch.get_num_threads() == 1
-        assert set_cpu_threads(3) == 3 and torch.get_num_threads() == 3
-    finally:
-        torch.set_num_threads(before)
-
-
 def test_gpu_fast_paths_fall_back_to_eager_on_cpu(tiny_model_dir, frame, caplog) -> None:
     plain = ClipSegEngine(str(tiny_model_dir), device='cpu')
     with caplog.at_level(logging.WARNING, logger='clipseg_ros.engine'):
@@ -718,8 +552,8 @@ def test_concurrent_use_from_threads_is_consistent(engine, frame) -> None:
 
 def test_text_cache_is_bounded_least_recently_used_first(tiny_model_dir: Path,
                                                          monkeypatch) -> None:
-    from clipseg_ros import engine as engine_module
-    monkeypatch.setattr(engine_module, 'TEXT_CACHE_SIZE', 3)
+    from clipseg_ros import prompts as prompts_module
+    monkeypatch.setattr(prompts_module, 'TEXT_CACHE_SIZE', 3)
     small = ClipSegEngine(model=str(tiny_model_dir), device='cpu')
     small.text_prompts(['one', 'two', 'three'])
     small.text_prompts(['one'])          # 'one' is now the most recently used
@@ -781,22 +615,13 @@ def test_tiny_model_loads_with_clipseg_processor(tiny_model_dir) -> None:
 # ---------------------------------------------------------------------- statistics
 
 
-@pytest.mark.parametrize('prompt_count', [1, 4])
-def test_device_label_histograms_give_the_numpy_statistics(prompt_count) -> None:
-    # The CUDA path builds the statistics from torch histograms; the same torch code runs here.
-    from clipseg_ros.engine import _label_histograms, _stats_from_label_histograms
-    from clipseg_ros.outputs import region_stats
-    rng = np.random.default_rng(prompt_count)
-    labels = np.zeros((47, 61), np.uint8)
-    labels[5:20, 7:30] = 1
-    labels[rng.random(labels.shape) < 0.1] = prompt_count  # scattered: widens the last box
-    confidence = rng.random(labels.shape, dtype=np.float32)
-    tables = _label_histograms(torch.from_numpy(labels), torch.from_numpy(confidence),
-                               prompt_count)
-    got = _stats_from_label_histograms({name: table.numpy() for name, table in tables.items()})
-    expected = region_stats(labels, confidence, prompt_count)
-    np.testing.assert_array_equal(got.pixel_count, expected.pixel_count)
-    np.testing.assert_array_equal(got.boxes, expected.boxes)
-    np.testing.assert_allclose(got.centroids, expected.centroids)
-    np.testing.assert_allclose(got.mean_confidence, expected.mean_confidence, rtol=1e-6)
-    assert got.pixel_count.sum() == (labels > 0).sum()
+def test_preprocessing_constants_come_from_the_processor_config(engine, tiny_model_dir,
+                                                                frame) -> None:
+    config = engine.preprocess_config
+    assert config.size == 352
+    assert config.mean == pytest.approx((0.485, 0.456, 0.406))
+    assert config.std == pytest.approx((0.229, 0.224, 0.225))
+    assert config.rescale_factor == pytest.approx(1 / 255)
+    torch.testing.assert_close(
+        engine.preprocess(frame), reference_pixel_values(tiny_model_dir, [frame]),
+        rtol=0, atol=1e-5)

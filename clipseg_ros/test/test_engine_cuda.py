@@ -69,7 +69,7 @@ def test_fast_paths_match_eager(tiny_model_dir, mode):
 
 
 def test_statistics_computed_on_the_gpu_match_numpy(tiny_model_dir):
-    from clipseg_ros.outputs import region_stats
+    from clipseg_ros.region_stats import region_stats
     engine = ClipSegEngine(model=str(tiny_model_dir), device='cuda', dtype='float32')
     prompts = engine.text_prompts(PROMPTS)
     for frame in frames():
@@ -92,7 +92,7 @@ def test_cuda_graphs_are_kept_per_prompt_count(tiny_model_dir):
         expected = eager.segment(frame, eager.text_prompts(texts), return_probabilities=True)
         got = fast.segment(frame, fast.text_prompts(texts), return_probabilities=True)
         np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-3)
-    assert len(fast._graphs) == 2 and fast.compile_mode == 'cuda_graphs'
+    assert len(fast._network.graphs) == 2 and fast.compile_mode == 'cuda_graphs'
 
 
 def test_float16_probabilities_do_not_saturate_below_a_float32_one(tiny_model_dir):

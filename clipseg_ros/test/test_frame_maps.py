@@ -9,7 +9,7 @@ import textwrap
 import threading
 import time
 
-from clipseg_ros import engine as engine_module
+from clipseg_ros import frame_maps
 from clipseg_ros.engine import ClipSegEngine
 import numpy as np
 import pytest
@@ -41,10 +41,10 @@ def whole_frame_reference(probabilities: torch.Tensor, height: int, width: int,
     (1, 64, 64, 1 << 22),       # identity size
 ])
 def test_slab_resize_equals_resizing_the_whole_frame(monkeypatch, count, height, width, slab):
-    monkeypatch.setattr(engine_module, 'SLAB_ELEMENTS', slab)
+    monkeypatch.setattr(frame_maps, 'SLAB_ELEMENTS', slab)
     generator = torch.Generator().manual_seed(count)
     probabilities = torch.rand(count, 64, 64, generator=generator)
-    maps = engine_module._labels_at_frame_size(probabilities, height, width, 0.5, True)
+    maps = frame_maps.labels_at_frame_size(probabilities, height, width, 0.5, True)
     # The slabs compute the same bilinear weights as torch, but from positions rounded
     # differently in float32: values agree to a few 1e-6.
     labels, confidence, max_confidence = whole_frame_reference(probabilities, height, width, 0.5)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from clipseg_ros import fuzz
+from clipseg_ros.tools import fuzz
 from clipseg_ros.conversions import image_to_array
 from node_harness import RunningNode, encode_frame, rgb_frame
 

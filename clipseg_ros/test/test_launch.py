@@ -50,7 +50,7 @@ else:
     from sensor_msgs.msg import Image
 
     from clipseg_ros import launch_args
-    from clipseg_ros.tiny_model import write_tiny_model
+    from clipseg_ros.tools.tiny_model import write_tiny_model
 
     # This process is the camera, and a best-effort 640x480 frame leaves a process whole only
     # with the shipped profile.  Set before launch or any participant starts here (Fast DDS

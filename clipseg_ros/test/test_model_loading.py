@@ -1,5 +1,6 @@
 """
-Model folders as transformers itself writes them, and the transformers version check.
+Loading models: folders as transformers itself writes them, unsafe or broken folders refused
+with the reason, hub ids, and the transformers version check.
 
 The folders here are written by the installed transformers' own ``save_pretrained`` calls
 (model, processor, image processor, tokenizer), not by the project's tiny-model writer, so a
@@ -9,12 +10,17 @@ change in what transformers writes shows up here first.
 import json
 from pathlib import Path
 
-from clipseg_ros.engine import (
-    check_transformers_version, ClipSegEngine, MIN_TRANSFORMERS_VERSION, ModelLoadError,
+import pickle
+import shutil
+
+from clipseg_ros.engine import ClipSegEngine
+from clipseg_ros.model_loading import (
+    check_transformers_version, DEFAULT_MODEL, MIN_TRANSFORMERS_VERSION, ModelLoadError,
     PreprocessConfig)
-from clipseg_ros.tiny_model import build_random_model, PREPROCESSOR_CONFIG
+from clipseg_ros.tools.tiny_model import build_random_model, PREPROCESSOR_CONFIG
 import numpy as np
 import pytest
+from safetensors.torch import load_file
 import torch
 import transformers
 from transformers import CLIPSegProcessor
@@ -131,3 +137,84 @@ def test_declared_floor_is_the_same_everywhere() -> None:
     readme = (root / 'README.md').read_text()
     assert f'transformers>={MIN_TRANSFORMERS_VERSION}' in readme
     assert 'transformers>=4' not in readme
+
+
+def test_loads_from_a_local_folder(tiny_model_dir) -> None:
+    engine = ClipSegEngine(str(tiny_model_dir), device='cpu', dtype='float32')
+    assert engine.model_name == str(tiny_model_dir)
+    assert engine.device == torch.device('cpu')
+    assert engine.dtype == torch.float32
+    assert engine.resolution == 352
+    assert engine.compile_mode == 'none'
+    assert DEFAULT_MODEL == 'CIDAS/clipseg-rd64-refined'
+
+
+def test_pickle_only_folder_is_refused_without_unpickling(tiny_model_dir, tmp_path,
+                                                          monkeypatch) -> None:
+    folder = tmp_path / 'pickled'
+    shutil.copytree(tiny_model_dir, folder)
+    state = load_file(folder / 'model.safetensors')
+    (folder / 'model.safetensors').unlink()
+    torch.save(state, folder / 'pytorch_model.bin')
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError('unpickling was attempted')
+
+    monkeypatch.setattr(torch, 'load', refuse)
+    monkeypatch.setattr(pickle, 'load', refuse)
+    monkeypatch.setattr(pickle, 'loads', refuse)
+    with pytest.raises(ModelLoadError) as info:
+        ClipSegEngine(str(folder), device='cpu')
+    assert calls == []
+    message = str(info.value)
+    assert 'pytorch_model.bin' in message and 'safetensors' in message
+    assert str(folder) in message
+
+
+def test_missing_folder_is_explained(tmp_path) -> None:
+    missing = tmp_path / 'no_such_model'
+    with pytest.raises(ModelLoadError) as info:
+        ClipSegEngine(str(missing), device='cpu')
+    message = str(info.value)
+    assert str(missing) in message and 'does not exist' in message
+    assert 'huggingface-cli download CIDAS/clipseg-rd64-refined --local-dir' in message
+
+
+def test_unavailable_hub_id_is_explained(monkeypatch) -> None:
+    import huggingface_hub.constants
+    # Offline mode makes the hub client fail at once instead of retrying a network.
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+    with pytest.raises(ModelLoadError) as info:
+        ClipSegEngine('clipseg-ros-tests/no-such-model', device='cpu')
+    message = str(info.value)
+    assert "'clipseg-ros-tests/no-such-model'" in message
+    assert 'huggingface-cli download clipseg-ros-tests/no-such-model --local-dir' in message
+    assert 'pass the folder path' in message
+
+
+def test_corrupt_safetensors_is_explained(tiny_model_dir, tmp_path) -> None:
+    folder = tmp_path / 'corrupt'
+    shutil.copytree(tiny_model_dir, folder)
+    weights = folder / 'model.safetensors'
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError) as info:
+        ClipSegEngine(str(folder), device='cpu')
+    message = str(info.value)
+    assert str(weights) in message and 'corrupt' in message
+    assert 'SafetensorError' in message
+
+
+def test_folder_without_config_is_explained(tmp_path) -> None:
+    (tmp_path / 'model.safetensors').write_bytes(b'')
+    with pytest.raises(ModelLoadError, match='config.json'):
+        ClipSegEngine(str(tmp_path), device='cpu')
+
+
+def test_folder_without_preprocessor_config_is_explained(tiny_model_dir, tmp_path) -> None:
+    folder = tmp_path / 'no_preprocessor'
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / 'preprocessor_config.json').unlink()
+    with pytest.raises(ModelLoadError, match='preprocessor_config.json'):
+        ClipSegEngine(str(folder), device='cpu')

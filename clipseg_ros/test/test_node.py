@@ -11,9 +11,10 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.lifecycle import TransitionCallbackReturn
 from sensor_msgs.msg import CompressedImage, Image
 
-from clipseg_ros import engine as engine_module
+from clipseg_ros import options
 from clipseg_ros.conversions import image_to_array
-from clipseg_ros.node import ClipSegNode, keep_freed_memory
+from clipseg_ros.main import keep_freed_memory
+from clipseg_ros.node import ClipSegNode
 from node_harness import RunningNode, encode_frame, rgb_frame, tiny_model_overrides
 
 
@@ -278,7 +279,7 @@ def test_diagnostics_report_rates_counts_and_stale_camera(running):
     assert float(values['input_rate_hz']) > 0.0
     assert values['device'] == 'cpu'
     # auto: torch's default, less a core for ROS from 4 cores on (2 cores here -> 2)
-    expected_threads = engine_module.cpu_thread_count(0)
+    expected_threads = options.cpu_thread_count(0)
     assert values['cpu_threads'] == str(expected_threads) and \
         torch.get_num_threads() == expected_threads
     assert values['prompt_count'] == '2'
@@ -395,15 +396,16 @@ def test_overlay_can_be_switched_off_live(running):
 
 
 def test_worker_survives_a_failure_outside_inference_and_diagnostics_escalate(running):
-    real_publish = running.node._publish_result
-    running.node._publish_result = lambda *args: (_ for _ in ()).throw(ValueError('broken'))
+    real_publish = running.node._outputs.publish
+    running.node._outputs.publish = \
+        lambda *args, **kwargs: (_ for _ in ()).throw(ValueError('broken'))
     frame = encode_frame(rgb_frame(24, 16), 'rgb8')
     for count in range(1, 4):
         running.camera.publish(frame)
         assert running.camera.wait_for(lambda: running.node.counters.failed == count, 10)
     status = running.node.diagnostic_status()
     assert status.level == DiagnosticStatus.ERROR and 'broken' in status.message
-    running.node._publish_result = real_publish
+    running.node._outputs.publish = real_publish
     assert running.send_and_wait(frame)['mask'].width == 24, 'the worker is still alive'
     assert running.node.diagnostic_status().level != DiagnosticStatus.ERROR
 
@@ -421,7 +423,7 @@ def test_frames_while_inactive_are_not_processed_later(running):
     assert stale not in running.camera.received['mask']
     assert (node.counters.processed, node.counters.dropped) == (before[0] + 1, before[1])
     # the inactive frame is still the latest one for ~/segment until the fresh one came
-    assert node._latest_frame is not None
+    assert node._worker.latest is not None
 
 
 def test_deactivate_interrupts_the_rate_limit_wait(running):
@@ -430,7 +432,7 @@ def test_deactivate_interrupts_the_rate_limit_wait(running):
     running.send_and_wait(frame)
     running.camera.publish(frame)  # waits in the rate limit
     assert running.camera.wait_for(lambda: running.node.counters.received == 2, 10)
-    worker = running.node._worker
+    worker_thread = running.node._worker._thread
     assert running.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
-    assert not worker.is_alive()
+    assert not worker_thread.is_alive()
     assert running.node.counters.processed == 1

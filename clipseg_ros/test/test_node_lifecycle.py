@@ -10,7 +10,7 @@ import time
 
 from clipseg_ros.engine import ClipSegEngine
 from clipseg_ros.node import ClipSegNode
-from clipseg_ros.tiny_model import build_tokenizer, PREPROCESSOR_CONFIG, tiny_config
+from clipseg_ros.tools.tiny_model import build_tokenizer, PREPROCESSOR_CONFIG, tiny_config
 from diagnostic_msgs.msg import DiagnosticStatus
 from node_harness import encode_frame, rgb_frame, RunningNode, tiny_model_overrides
 import pytest
@@ -161,13 +161,14 @@ def test_cleanup_forgets_failures_and_stale_frames(ros_context, tiny_model_dir):
     try:
         frame = encode_frame(rgb_frame(24, 16), 'rgb8')
         harness.send_and_wait(frame)
-        real_publish = node._publish_result
-        node._publish_result = lambda *args: (_ for _ in ()).throw(ValueError('broken'))
+        real_publish = node._outputs.publish
+        node._outputs.publish = \
+            lambda *args, **kwargs: (_ for _ in ()).throw(ValueError('broken'))
         for count in range(1, 4):
             harness.camera.publish(frame)
             assert harness.camera.wait_for(lambda: node.counters.failed == count, 10)
         assert node.diagnostic_status().level == DiagnosticStatus.ERROR
-        node._publish_result = real_publish
+        node._outputs.publish = real_publish
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS

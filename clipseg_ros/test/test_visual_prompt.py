@@ -284,7 +284,7 @@ def test_bad_masks_are_refused(bad_mask, message) -> None:
 @pytest.mark.parametrize('bad_image, message', [
     (np.zeros((20, 20, 3), dtype=np.float32), 'uint8'),
     (np.zeros((20, 20), dtype=np.uint8), r'\(H, W, 3\)'),
-    (np.zeros((20, 20, 4), dtype=np.uint8), r'\(H, W, 3\)'),
+    (np.zeros((20, 20, 4), dtype=np.uint8), '3 channels'),
     (np.zeros((0, 20, 3), dtype=np.uint8), 'empty'),
 ])
 def test_bad_support_images_are_refused(bad_image, message) -> None:

@@ -7,7 +7,7 @@ The folder it writes has the same layout as a ``save_pretrained`` copy of
 Its architecture is the real one (patch size 16, 224-pixel position grid that gets
 interpolated at 352, complex transposed convolution); only the widths and depths are small.
 
-Command line: ``python -m clipseg_ros.tiny_model OUT_DIR [--seed N]``.
+Command line: ``python -m clipseg_ros.tools.tiny_model OUT_DIR [--seed N]``.
 """
 
 import argparse

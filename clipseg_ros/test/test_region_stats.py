@@ -1,9 +1,9 @@
-"""Region statistics and overlay against straightforward per-label computations."""
+"""Region statistics against straightforward per-label computations, on the host and in torch."""
 
+from clipseg_ros.region_stats import label_histograms, region_stats, stats_from_label_histograms
 import numpy as np
 import pytest
-
-from clipseg_ros.outputs import PALETTE, region_stats, render_overlay
+import torch
 
 
 @pytest.mark.parametrize('seed', [0, 1, 2])
@@ -31,13 +31,20 @@ def test_region_stats_match_a_per_label_computation(seed):
         assert stats.mean_confidence[label - 1] == pytest.approx(confidence[hit].mean(), 1e-5)
 
 
-def test_overlay_tints_labelled_pixels_only():
-    image = np.full((20, 30, 3), 100, np.uint8)
-    labels = np.zeros((20, 30), np.uint8)
-    labels[5:10, 5:10] = 2
-    stats = region_stats(labels, np.ones((20, 30), np.float32), prompt_count=2)
-    overlay = render_overlay(image, labels, stats, ['', ''])  # no text drawn
-    np.testing.assert_array_equal(overlay[labels == 0], image[labels == 0])
-    expected = np.round(0.5 * 100 + 0.5 * PALETTE[2].astype(float))
-    assert np.abs(overlay[7, 7].astype(float) - expected).max() <= 1
-    assert PALETTE[0].tolist() == [0, 0, 0] and len({tuple(c) for c in PALETTE[1:17]}) == 16
+@pytest.mark.parametrize('prompt_count', [1, 4])
+def test_device_label_histograms_give_the_numpy_statistics(prompt_count) -> None:
+    # The CUDA path builds the statistics from torch histograms; the same torch code runs here.
+    rng = np.random.default_rng(prompt_count)
+    labels = np.zeros((47, 61), np.uint8)
+    labels[5:20, 7:30] = 1
+    labels[rng.random(labels.shape) < 0.1] = prompt_count  # scattered: widens the last box
+    confidence = rng.random(labels.shape, dtype=np.float32)
+    tables = label_histograms(torch.from_numpy(labels), torch.from_numpy(confidence),
+                              prompt_count)
+    got = stats_from_label_histograms({name: table.numpy() for name, table in tables.items()})
+    expected = region_stats(labels, confidence, prompt_count)
+    np.testing.assert_array_equal(got.pixel_count, expected.pixel_count)
+    np.testing.assert_array_equal(got.boxes, expected.boxes)
+    np.testing.assert_allclose(got.centroids, expected.centroids)
+    np.testing.assert_allclose(got.mean_confidence, expected.mean_confidence, rtol=1e-6)
+    assert got.pixel_count.sum() == (labels > 0).sum()

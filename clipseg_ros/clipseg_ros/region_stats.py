@@ -1,10 +1,13 @@
-"""Per-prompt region statistics and the operator overlay, from a label image; pure numpy + cv2."""
+"""
+Per-prompt statistics of a label image (pixel count, box, centroid, mean confidence): one
+implementation from label histograms, which numpy computes on the host and torch on the GPU.
+"""
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping
 
-import cv2
 import numpy as np
+import torch
 
 
 @dataclass
@@ -43,7 +46,7 @@ def stats_from_histograms(row_counts: np.ndarray, column_counts: np.ndarray,
 
     row_counts: (N, H), pixels of label k + 1 in each image row; column_counts: (N, W), the
     same per column; confidence_sums: (N,), the sum of confidence over each label's pixels.
-    The engine computes these on its device (see ClipSegEngine.segment); region_stats here.
+    label_histograms computes them on a torch device; region_stats with numpy.
     """
     prompt_count, height = row_counts.shape
     width = column_counts.shape[1]
@@ -64,33 +67,31 @@ def stats_from_histograms(row_counts: np.ndarray, column_counts: np.ndarray,
     return RegionStats(counts.astype(np.int64), boxes, centroids, mean_confidence)
 
 
-def palette(size: int = 256) -> np.ndarray:
-    """Return (size, 3) uint8 distinct colours; entry 0 (background) is black."""
-    hues = (np.arange(size) * 47) % 180  # a large prime step spreads neighbours apart in hue
-    hsv = np.stack([hues, np.full(size, 220), np.full(size, 255)], axis=1).astype(np.uint8)
-    colours = cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0]
-    colours[0] = 0
-    return colours
+def label_histograms(labels: torch.Tensor, confidence: torch.Tensor,
+                     prompt_count: int) -> dict[str, torch.Tensor]:
+    """
+    Return the label histograms that :func:`stats_from_histograms` needs, on the labels' device.
+
+    ``row_counts`` (H, N + 1) and ``column_counts`` (W, N + 1) count each label per image row
+    and column; ``confidence_sums`` (N + 1,) adds up confidence per label. scatter_add_ into
+    tables of known size, unlike bincount, needs no device synchronisation.
+    """
+    height, width = labels.shape
+    bins = prompt_count + 1
+    index = labels.long()
+    ones = torch.ones((), dtype=torch.int64, device=labels.device).expand(height, width)
+    row_counts = torch.zeros(height, bins, dtype=torch.int64, device=labels.device)
+    row_counts.scatter_add_(1, index, ones)
+    column_counts = torch.zeros(width, bins, dtype=torch.int64, device=labels.device)
+    column_counts.scatter_add_(1, index.t(), ones.t())
+    # float64: millions of float32 additions per label would lose digits.
+    confidence_sums = torch.zeros(bins, dtype=torch.float64, device=labels.device)
+    confidence_sums.index_add_(0, index.view(-1), confidence.view(-1).to(torch.float64))
+    return {'row_counts': row_counts, 'column_counts': column_counts,
+            'confidence_sums': confidence_sums}
 
 
-PALETTE = palette()
-
-
-def render_overlay(image_rgb: np.ndarray, labels: np.ndarray, stats: RegionStats,
-                   names: Sequence[str], alpha: float = 0.5) -> np.ndarray:
-    """Blend each prompt's colour over its pixels and write its label at the centroid."""
-    colours = PALETTE[labels]
-    blended = cv2.addWeighted(image_rgb, 1.0 - alpha, colours, alpha, 0.0)
-    overlay = image_rgb.copy()
-    np.copyto(overlay, blended, where=(labels > 0)[:, :, None])
-    scale = max(0.4, min(image_rgb.shape[:2]) / 600.0)
-    for index, name in enumerate(names):
-        if stats.pixel_count[index] == 0:
-            continue
-        x, y = (int(v) for v in stats.centroids[index])
-        colour = tuple(int(c) for c in PALETTE[index + 1])
-        cv2.putText(overlay, name, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0),
-                    thickness=3, lineType=cv2.LINE_AA)
-        cv2.putText(overlay, name, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, colour,
-                    thickness=1, lineType=cv2.LINE_AA)
-    return overlay
+def stats_from_label_histograms(tables: Mapping[str, np.ndarray]) -> RegionStats:
+    """The statistics from :func:`label_histograms`' tables on the host (background dropped)."""
+    return stats_from_histograms(tables['row_counts'][:, 1:].T, tables['column_counts'][:, 1:].T,
+                                 tables['confidence_sums'][1:])

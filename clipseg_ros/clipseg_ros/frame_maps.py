@@ -1,0 +1,82 @@
+"""
+From the model's probability maps to the camera frame: bilinear resize, best prompt, threshold,
+a slab of rows at a time so memory does not grow with prompts x pixels. torch, no ROS.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+# Elements of one (prompts x rows x width) slab when probability maps are brought to the
+# frame's size: the slabs' temporaries stay at tens of MB for any prompt count and frame size.
+SLAB_ELEMENTS = 1 << 22
+
+
+@dataclass
+class FrameMaps:
+    """The frame-size outputs of one segmentation, on the device the maps were on."""
+
+    labels: torch.Tensor          # (H, W) uint8
+    confidence: torch.Tensor      # (H, W) float32
+    max_confidence: torch.Tensor  # (N,) float32
+    probabilities: torch.Tensor | None  # (N, H, W) float32, only when asked for
+
+
+def _bilinear_taps(out_size: int, in_size: int,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """
+    Source indices and weights of bilinear resizing along one axis (align_corners=False).
+
+    The same sampling as torch's ``interpolate(mode='bilinear', align_corners=False)``:
+    output pixel i reads source position (i + 0.5) * in / out - 0.5, clamped at 0.
+    Returns (first index, second index, weight of the second); the first weighs 1 - that.
+    """
+    position = (torch.arange(out_size, device=device, dtype=torch.float32) + 0.5) * \
+        (in_size / out_size) - 0.5
+    position = position.clamp(min=0.0)
+    first = position.floor().to(torch.int64).clamp(max=in_size - 1)
+    second = (first + 1).clamp(max=in_size - 1)
+    return first, second, position - first.to(torch.float32)
+
+
+def labels_at_frame_size(probabilities: torch.Tensor, height: int, width: int,
+                         threshold: float, keep_probabilities: bool) -> FrameMaps:
+    """
+    Resize (N, r, r) probability maps to the frame bilinearly and label each pixel.
+
+    The maps are resized a slab of rows at a time, and each slab is reduced to the best prompt
+    and its probability before the next, so memory does not grow with N x H x W (16 prompts on
+    a 4096 x 4096 frame would need 1 GB a frame at once). A pixel gets label k (1-based) when
+    prompt k is the most probable there and its probability reaches ``threshold``; a threshold
+    of 1 labels nothing, even where a probability rounds to 1.
+    """
+    count, rows_in, columns_in = probabilities.shape
+    device = probabilities.device
+    row_first, row_second, row_weight = _bilinear_taps(height, rows_in, device)
+    column_first, column_second, column_weight = _bilinear_taps(width, columns_in, device)
+    labels = torch.empty(height, width, dtype=torch.uint8, device=device)
+    confidence = torch.empty(height, width, dtype=torch.float32, device=device)
+    max_confidence = torch.zeros(count, dtype=torch.float32, device=device)
+    kept = (torch.empty(count, height, width, dtype=torch.float32, device=device)
+            if keep_probabilities else None)
+    slab_rows = max(1, SLAB_ELEMENTS // (count * width))
+    label_nothing = threshold >= 1.0
+    for top in range(0, height, slab_rows):
+        rows = slice(top, min(top + slab_rows, height))
+        weight = row_weight[rows].view(1, -1, 1)
+        # Rows first, then columns: (N, slab, r) -> (N, slab, W).
+        blended = probabilities[:, row_first[rows]] * (1.0 - weight) + \
+            probabilities[:, row_second[rows]] * weight
+        slab = blended[:, :, column_first] * (1.0 - column_weight) + \
+            blended[:, :, column_second] * column_weight
+        best_value, best_index = slab.max(dim=0)
+        confidence[rows] = best_value
+        if label_nothing:
+            labels[rows] = 0
+        else:
+            labels[rows] = torch.where(best_value >= threshold, best_index + 1,
+                                       torch.zeros_like(best_index)).to(torch.uint8)
+        torch.maximum(max_confidence, slab.amax(dim=(1, 2)), out=max_confidence)
+        if kept is not None:
+            kept[:, rows] = slab
+    return FrameMaps(labels, confidence, max_confidence, kept)

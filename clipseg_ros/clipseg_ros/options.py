@@ -1,0 +1,160 @@
+"""
+The vocabulary of engine options, checked in one place for the engine and the node's parameters:
+device, dtype, compile mode, input resolution and CPU threads. No ROS.
+"""
+
+import logging
+import os
+import re
+
+from clipseg_ros.model_loading import ModelLoadError
+import numpy as np
+import torch
+
+DEVICE_CHOICES = ('auto', 'cpu', 'cuda', 'cuda:N')
+DTYPE_CHOICES = ('auto', 'float32', 'float16', 'bfloat16')
+# auto = cuda_graphs on CUDA, none on the CPU (README, "GPU": why torch.compile is not offered).
+COMPILE_MODES = ('auto', 'none', 'cuda_graphs')
+RESOLUTION_STEP = 16
+MIN_RESOLUTION = 64
+MAX_RESOLUTION = 1024
+
+_DTYPES = {
+    'float32': torch.float32,
+    'float16': torch.float16,
+    'bfloat16': torch.bfloat16,
+}
+
+_LOGGER = logging.getLogger(__name__)
+# torch's own choice (one thread per physical core), taken before anything changes it.
+_TORCH_DEFAULT_THREADS = torch.get_num_threads()
+# cpu_threads auto leaves a core to ROS from this many usable CPUs on.
+SPARE_A_CORE_FROM = 4
+
+
+def check_device_name(device: str) -> str:
+    """Return the normalised device string (auto, cpu, cuda, cuda:N); ValueError otherwise."""
+    if not isinstance(device, str):
+        raise ValueError(f'device must be a string, one of {", ".join(DEVICE_CHOICES)}')
+    name = device.strip().lower()
+    if name in ('auto', 'cpu', 'cuda') or re.fullmatch(r'cuda:\d+', name):
+        return name
+    raise ValueError(
+        f'unknown device {device!r}: expected one of {", ".join(DEVICE_CHOICES)}')
+
+
+def check_dtype_name(dtype: str) -> str:
+    """Return the normalised dtype string (auto, float32, ...); ValueError otherwise."""
+    if not isinstance(dtype, str) or dtype.strip().lower() not in ('auto',) + tuple(_DTYPES):
+        raise ValueError(f'unknown dtype {dtype!r}: expected one of {", ".join(DTYPE_CHOICES)}')
+    return dtype.strip().lower()
+
+
+def resolve_device(device: str) -> torch.device:
+    """
+    Turn a device string (auto, cpu, cuda, cuda:N) into a torch device.
+
+    Raises ValueError for an unknown string and ModelLoadError when CUDA is requested but not
+    available.
+    """
+    name = check_device_name(device)
+    if name == 'auto':
+        if torch.cuda.is_available():
+            return torch.device('cuda')
+        _LOGGER.warning('device auto: CUDA is not available, running CLIPSeg on the CPU (slow)')
+        return torch.device('cpu')
+    if name == 'cpu':
+        return torch.device('cpu')
+    if name == 'cuda' or re.fullmatch(r'cuda:\d+', name):
+        if not torch.cuda.is_available():
+            build = (f'built for CUDA {torch.version.cuda}' if torch.version.cuda
+                     else 'a CPU-only build')
+            raise ModelLoadError(
+                f"device '{device}' was requested but CUDA is not available on this machine "
+                f'(torch {torch.__version__}, {build}); '
+                "use device 'cpu' or 'auto', or install a CUDA build of torch")
+        index = int(name.split(':')[1]) if ':' in name else 0
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise ModelLoadError(
+                f"device '{device}' does not exist: this machine has {count} CUDA device(s)")
+        return torch.device('cuda', index)
+    raise AssertionError(f'check_device_name let {device!r} through')  # unreachable
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """Turn a dtype string into a torch dtype for ``device``; half precision needs CUDA."""
+    name = check_dtype_name(dtype)
+    if name == 'auto':
+        return torch.float16 if device.type == 'cuda' else torch.float32
+    if device.type != 'cuda' and name != 'float32':
+        raise ValueError(
+            f"dtype '{dtype}' is not supported on the CPU (half precision is slow or missing "
+            "there): use dtype 'float32' or 'auto'")
+    return _DTYPES[name]
+
+
+def usable_cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. under taskset or a cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def cpu_thread_count(requested: int) -> int:
+    """
+    Threads for torch's CPU operators: ``requested`` when > 0. For 0 (auto): torch's default
+    (one per physical core) within the usable CPUs, less one core when there are at least
+    :data:`SPARE_A_CORE_FROM`.
+
+    The spare core is for the executor, DDS and the camera driver: torch's thread team waits at
+    every operator for its slowest member, so one preempted thread stalls the whole frame. Below
+    4 cores a spare core costs more throughput than it saves in latency (README, "Design").
+    """
+    if isinstance(requested, bool) or not isinstance(requested, (int, np.integer)) or \
+            requested < 0:
+        raise ValueError(f'cpu_threads must be an integer >= 0 (0 = auto), got {requested!r}')
+    if requested > 0:
+        return int(requested)
+    usable = usable_cpu_count()
+    spare = 1 if usable >= SPARE_A_CORE_FROM else 0
+    return max(1, min(_TORCH_DEFAULT_THREADS, usable - spare))
+
+
+def set_cpu_threads(requested: int) -> int:
+    """Apply :func:`cpu_thread_count` to this process's torch and return the count."""
+    count = cpu_thread_count(requested)
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+    return count
+
+
+def check_resolution(resolution: int) -> int:
+    """Return ``resolution`` if it is a multiple of 16 in [64, 1024], else raise ValueError."""
+    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)):
+        raise ValueError(f'resolution must be an integer, got {resolution!r}')
+    value = int(resolution)
+    if not MIN_RESOLUTION <= value <= MAX_RESOLUTION or value % RESOLUTION_STEP:
+        raise ValueError(
+            f'resolution must be a multiple of {RESOLUTION_STEP} between {MIN_RESOLUTION} and '
+            f'{MAX_RESOLUTION} (the model was trained at 352), got {value}')
+    return value
+
+
+def check_compile_mode(mode: str) -> str:
+    """Return the normalised compile mode; ValueError for an unknown one."""
+    if not isinstance(mode, str) or mode.strip().lower() not in COMPILE_MODES:
+        raise ValueError(
+            f'unknown compile_mode {mode!r}: expected one of {", ".join(COMPILE_MODES)}')
+    return mode.strip().lower()
+
+
+def effective_compile_mode(mode: str, device: torch.device) -> str:
+    """The fast path ``mode`` gives on ``device``: auto = cuda_graphs on CUDA, none elsewhere."""
+    if mode == 'auto':
+        return 'cuda_graphs' if device.type == 'cuda' else 'none'
+    if mode != 'none' and device.type != 'cuda':
+        _LOGGER.warning("compile_mode '%s' needs CUDA; running eagerly on %s", mode, device)
+        return 'none'
+    return mode

@@ -1,0 +1,171 @@
+"""
+The clipseg node's parameters: one table of declarations with descriptors, one validation used
+by the on-set callback and by configure, and the typed configuration read at configure.
+
+The rules come from the engine's own checks (options, MAX_PROMPTS), so node and engine cannot
+disagree on what is valid.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from clipseg_ros.model_loading import DEFAULT_MODEL
+from clipseg_ros.options import (
+    check_compile_mode, check_device_name, check_dtype_name, check_resolution,
+    cpu_thread_count, MAX_RESOLUTION, MIN_RESOLUTION, RESOLUTION_STEP)
+from clipseg_ros.prompts import MAX_PROMPTS
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+MAX_PROMPT_CHARACTERS = 300
+# When a parameter takes effect.
+LIVE = 'live'            # at once, validated
+CONFIGURE = 'configure'  # read at configure; changeable only while unconfigured
+START = 'start'          # fixed for the life of the process
+CHOICES = {'input_transport': ('raw', 'compressed'),
+           'qos_reliability': ('best_effort', 'reliable')}
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One parameter: its default, what it means, when it takes effect and its range."""
+
+    name: str
+    default: Any
+    description: str
+    when: str = LIVE
+    float_range: tuple[float, float] | None = None
+    integer_range: tuple[int, int, int] | None = None
+
+    def descriptor(self) -> ParameterDescriptor:
+        suffix = {CONFIGURE: '; read at configure (change it while unconfigured)',
+                  START: '; fixed at start-up'}.get(self.when, '')
+        descriptor = ParameterDescriptor(
+            description=self.description + suffix, read_only=self.when == START,
+            additional_constraints=' or '.join(CHOICES.get(self.name, ())))
+        if self.float_range is not None:
+            descriptor.floating_point_range = [FloatingPointRange(
+                from_value=float(self.float_range[0]), to_value=float(self.float_range[1]),
+                step=0.0)]
+        if self.integer_range is not None:
+            low, high, step = self.integer_range
+            descriptor.integer_range = [IntegerRange(from_value=low, to_value=high, step=step)]
+        return descriptor
+
+
+SPECS = (
+    ParameterSpec('model', DEFAULT_MODEL, 'Hugging Face hub id or local folder '
+                  '(save_pretrained format, safetensors)', CONFIGURE),
+    ParameterSpec('device', 'auto', 'auto (cuda when available), cpu, cuda or cuda:N',
+                  CONFIGURE),
+    ParameterSpec('dtype', 'auto', 'auto (float16 on CUDA, float32 on CPU), float32, float16 '
+                  'or bfloat16', CONFIGURE),
+    ParameterSpec('compile_mode', 'auto', 'GPU fast path: auto (cuda_graphs on CUDA, none on '
+                  'CPU), none or cuda_graphs', CONFIGURE),
+    ParameterSpec('cpu_threads', 0, 'Threads for CPU inference; 0 = auto (one per core, less '
+                  'one for ROS from 4 cores)', CONFIGURE, integer_range=(0, 1024, 1)),
+    ParameterSpec('threshold', 0.3, 'Probability a prompt must reach for a pixel to get its '
+                  'label (1 labels nothing)', float_range=(0.0, 1.0)),
+    ParameterSpec('resolution', 352, 'Model input side in pixels (the frame is resized to '
+                  'resolution x resolution)',
+                  integer_range=(MIN_RESOLUTION, MAX_RESOLUTION, RESOLUTION_STEP)),
+    ParameterSpec('prompts', ['object'], 'Initial text prompts; change them at run time with '
+                  '~/set_text_prompts', CONFIGURE),
+    ParameterSpec('input_transport', 'raw', "raw: subscribe 'image' (sensor_msgs/Image); "
+                  "compressed: 'image/compressed'", CONFIGURE),
+    ParameterSpec('qos_reliability', 'best_effort', 'Reliability of the image subscription: '
+                  'best_effort (sensor data) or reliable', CONFIGURE),
+    ParameterSpec('max_rate_hz', 0.0, 'Upper bound on processed frames per second; 0 = as '
+                  'fast as the model allows', float_range=(0.0, 1000.0)),
+    ParameterSpec('publish_overlay', True, 'Publish the rgb8 overlay image for operators'),
+    ParameterSpec('max_prompts', 16, 'Most prompts accepted at once',
+                  integer_range=(1, MAX_PROMPTS, 1)),
+    ParameterSpec('max_image_pixels', 4096 * 4096, 'Frames and support images with more '
+                  'pixels are refused before allocation', integer_range=(1, 10000 * 10000, 1)),
+    ParameterSpec('image_prompt_text_weight', 0.0, 'Weight of the label text mixed into an '
+                  'image prompt embedding (0 = image only)', float_range=(0.0, 1.0)),
+    ParameterSpec('stale_image_timeout', 2.0, 'Seconds without a camera frame before '
+                  'diagnostics warn', float_range=(0.1, 3600.0)),
+    ParameterSpec('diagnostics_period', 1.0, 'Seconds between /diagnostics messages', START,
+                  float_range=(0.05, 60.0)),
+    ParameterSpec('autostart', True, 'Configure and activate at start-up, so a plain launch '
+                  'works', START),
+)
+CONFIGURE_TIME_PARAMETERS = frozenset(spec.name for spec in SPECS if spec.when == CONFIGURE)
+
+
+@dataclass(frozen=True)
+class NodeConfiguration:
+    """The configure-time parameters, read once at configure."""
+
+    model: str
+    device: str
+    dtype: str
+    compile_mode: str
+    cpu_threads: int
+    prompts: tuple[str, ...]
+    input_transport: str
+    qos_reliability: str
+
+    @classmethod
+    def read(cls, value_of: Callable[[str], Any]) -> 'NodeConfiguration':
+        values = {name: value_of(name) for name in CONFIGURE_TIME_PARAMETERS}
+        values['prompts'] = tuple(values['prompts'])
+        return cls(**values)
+
+
+def declare_parameters(node) -> None:
+    """Declare every parameter of SPECS on ``node`` with its descriptor."""
+    for spec in SPECS:
+        node.declare_parameter(spec.name, spec.default, spec.descriptor())
+
+
+def validate_text_prompts(prompts: Sequence[str], max_prompts: int) -> str | None:
+    """Return why a list of text prompts is unacceptable, or None when it is fine."""
+    if len(prompts) == 0:
+        return 'no prompts given: send at least one'
+    if len(prompts) > max_prompts:
+        return f'{len(prompts)} prompts exceed max_prompts ({max_prompts})'
+    for index, text in enumerate(prompts):
+        if not text.strip():
+            return f'prompt {index} is empty'
+        if len(text) > MAX_PROMPT_CHARACTERS:
+            return f'prompt {index} is longer than {MAX_PROMPT_CHARACTERS} characters'
+    return None
+
+
+def parameter_problem(name: str, value: Any, *, max_prompts: int, prompts_in_force: int,
+                      check_model_resolution: Callable[[int], int] | None) -> str | None:
+    """
+    Why ``value`` is unacceptable for parameter ``name`` now, or None.
+
+    ``check_model_resolution`` is the loaded model's own check (patch size), None without one.
+    """
+    try:
+        if name == 'model':
+            if not value.strip():
+                return 'model must be a hub id or a model folder, not empty'
+        elif name == 'device':
+            check_device_name(value)
+        elif name == 'dtype':
+            check_dtype_name(value)
+        elif name == 'compile_mode':
+            check_compile_mode(value)
+        elif name == 'cpu_threads':
+            cpu_thread_count(value)
+        elif name == 'prompts':
+            return validate_text_prompts(list(value), max_prompts)
+        elif name in CHOICES:
+            if value not in CHOICES[name]:
+                return f"'{value}' is not one of {', '.join(CHOICES[name])}"
+        elif name == 'threshold':
+            if not 0.0 <= value <= 1.0:  # False for NaN too
+                return 'threshold must be within [0, 1]'
+        elif name == 'resolution':
+            (check_model_resolution or check_resolution)(value)
+        elif name == 'max_prompts':
+            if value < prompts_in_force:
+                return f'{prompts_in_force} prompts are in force; max_prompts cannot be lower'
+    except ValueError as error:
+        return str(error)
+    return None

@@ -1,0 +1,195 @@
+"""
+The node's services: ~/set_text_prompts, ~/set_image_prompt and ~/segment.
+
+Every request is answered with ``success`` and a ``message``; a refused request changes
+nothing. The prompts in force live in a :class:`PromptBook`, replaced as a whole.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+import functools
+import threading
+from typing import Any
+
+from clipseg_ros import conversions
+from clipseg_ros.conversions import ImageConversionError
+from clipseg_ros.engine import ClipSegEngine, Prompt
+from clipseg_ros.parameters import MAX_PROMPT_CHARACTERS, validate_text_prompts
+from clipseg_ros.publishers import PromptSet, segmentation_msg
+import numpy as np
+
+
+class PromptBook:
+    """The prompt set in force; replacements are checked against max_prompts atomically."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.current = PromptSet()
+
+    def replace(self, prompts: Sequence[Prompt], append: bool, max_prompts: int) -> int:
+        """Put prompts in force (after the current ones with append); return the version.
+
+        Raises ValueError, changing nothing, when the result would exceed ``max_prompts``.
+        """
+        with self._lock:  # check and replace at once: concurrent appends stay in bounds
+            current = self.current.prompts if append else ()
+            total = len(current) + len(prompts)
+            if total > max_prompts:
+                raise ValueError(f'{total} prompts would exceed max_prompts ({max_prompts})')
+            self.current = PromptSet(tuple(current) + tuple(prompts), self.current.version + 1)
+            return self.current.version
+
+
+@dataclass
+class ServiceContext:
+    """What the services read from the node, at the moment of each request."""
+
+    engine: Callable[[], ClipSegEngine | None]
+    engine_error: Callable[[], str]
+    parameter: Callable[[str], Any]
+    latest_frame: Callable[[], Any]
+    frame_to_rgb: Callable[[Any], np.ndarray]
+    free_device_cache: Callable[[ClipSegEngine], None]
+    log_error: Callable[[str], None]
+
+
+def always_answers(handler):
+    """Wrap a service handler so that any exception becomes a refusal with its reason."""
+    @functools.wraps(handler)
+    def answer(self, request, response):
+        try:
+            return handler(self, request, response)
+        except Exception as error:  # an exception escaping a service would stop the executor
+            self.context.log_error(f'{handler.__name__} failed: {type(error).__name__}: {error}')
+            response.success = False
+            response.message = f'internal error: {type(error).__name__}: {error}'
+            return response
+    return answer
+
+
+class PromptServices:
+    """The service callbacks; they exist in every lifecycle state and say why they refuse."""
+
+    def __init__(self, context: ServiceContext, book: PromptBook) -> None:
+        self.context = context
+        self.book = book
+
+    def _loaded_engine(self) -> ClipSegEngine:
+        engine = self.context.engine()  # read once: cleanup may clear it meanwhile
+        if engine is None:
+            raise ValueError(f'the model is not loaded ({self.context.engine_error()})')
+        return engine
+
+    def _encode_texts(self, texts: list[str]) -> list[Prompt]:
+        problem = validate_text_prompts(texts, self.context.parameter('max_prompts'))
+        if problem is not None:
+            raise ValueError(problem)
+        engine = self._loaded_engine()
+        try:
+            return engine.text_prompts(texts)
+        except (ValueError, RuntimeError) as error:
+            raise ValueError(f'cannot encode prompts: {error}') from error
+
+    @always_answers
+    def set_text_prompts(self, request, response):
+        response.prompt_version = self.book.current.version
+        texts = list(request.prompts)
+        try:
+            encoded = self._encode_texts(texts)
+            response.prompt_version = self.book.replace(
+                encoded, append=False, max_prompts=self.context.parameter('max_prompts'))
+        except ValueError as error:  # includes max_prompts lowered meanwhile
+            response.success, response.message = False, str(error)
+            return response
+        response.success = True
+        response.message = f'{len(encoded)} text prompt(s) in force: {texts}'
+        return response
+
+    @always_answers
+    def set_image_prompt(self, request, response):
+        response.prompt_version = self.book.current.version
+        try:
+            prompt = self._image_prompt_from_request(request)
+        except (ValueError, RuntimeError) as error:
+            response.success, response.message = False, str(error)
+            return response
+        try:
+            response.prompt_version = self.book.replace(
+                [prompt], append=request.append,
+                max_prompts=self.context.parameter('max_prompts'))
+        except ValueError as error:
+            response.success, response.message = False, f'refused: {error}'
+            return response
+        response.success = True
+        response.message = (f"image prompt '{prompt.label}' "
+                            f"{'appended' if request.append else 'in force'}")
+        return response
+
+    def _image_prompt_from_request(self, request) -> Prompt:
+        engine = self._loaded_engine()
+        if len(request.label) > MAX_PROMPT_CHARACTERS:
+            raise ValueError(f'label is longer than {MAX_PROMPT_CHARACTERS} characters')
+        max_pixels = self.context.parameter('max_image_pixels')
+        try:
+            support = conversions.image_to_rgb(request.image, max_pixels)
+        except ImageConversionError as error:
+            raise ValueError(f'support image: {error}') from error
+        mask = None
+        if request.mask.width != 0 or request.mask.height != 0 or len(request.mask.data) != 0:
+            try:
+                mask = conversions.mask_from_image(request.mask, max_pixels)
+            except ImageConversionError as error:
+                raise ValueError(f'mask: {error}') from error
+            if mask.shape != support.shape[:2]:
+                raise ValueError(f'mask is {mask.shape[1]}x{mask.shape[0]} but the support '
+                                 f'image is {support.shape[1]}x{support.shape[0]}')
+            if not mask.any():
+                raise ValueError('mask selects no pixel: mark the object with nonzero values')
+        label = request.label.strip() or f'image_prompt_{self.book.current.version + 1}'
+        text_weight = self.context.parameter('image_prompt_text_weight')
+        text = label if text_weight > 0.0 and request.label.strip() else None
+        return engine.image_prompt(support, mask, label=label, text=text,
+                                   text_weight=text_weight if text else 0.0)
+
+    @always_answers
+    def segment(self, request, response):
+        response.success = False
+        try:
+            engine = self._loaded_engine()
+            prompt_set = self.book.current
+            if len(request.prompts) > 0:  # one-off prompts for this call; the set stays
+                # version 0: no prompt set in force produced the result
+                prompt_set = PromptSet(tuple(self._encode_texts(list(request.prompts))), 0)
+            if not prompt_set.prompts:
+                raise ValueError('no prompts in force')
+            header, image_rgb = self._image_to_segment(request.image)
+        except ValueError as error:
+            response.message = str(error)
+            return response
+        threshold = self.context.parameter('threshold')
+        try:
+            result = engine.segment(image_rgb, prompt_set.prompts, threshold=threshold)
+        except Exception as error:  # answer with the reason instead of failing the call
+            self.context.free_device_cache(engine)
+            response.message = f'inference failed: {type(error).__name__}: {error}'
+            return response
+        response.segmentation = segmentation_msg(header, result, prompt_set, threshold)
+        response.mask = conversions.array_to_image(result.labels, 'mono8', header)
+        response.confidence = conversions.array_to_image(result.confidence, '32FC1', header)
+        response.success = True
+        response.message = f'segmented {image_rgb.shape[1]}x{image_rgb.shape[0]} with ' \
+                           f'{len(prompt_set.prompts)} prompt(s)'
+        return response
+
+    def _image_to_segment(self, image) -> tuple[Any, np.ndarray]:
+        """The request's image, or the latest camera frame when it is empty."""
+        try:
+            if image.width == 0 and image.height == 0 and len(image.data) == 0:
+                latest = self.context.latest_frame()
+                if latest is None:
+                    raise ValueError('no image given and no camera frame received yet')
+                return latest.header, self.context.frame_to_rgb(latest)
+            return image.header, conversions.image_to_rgb(
+                image, self.context.parameter('max_image_pixels'))
+        except ImageConversionError as error:
+            raise ValueError(f'image: {error}') from error
