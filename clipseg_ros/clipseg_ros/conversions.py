@@ -8,7 +8,6 @@ cv_bridge is used, when importable, only to accept encodings beyond the five han
 
 import array
 import struct
-from typing import Optional
 
 import cv2
 import numpy as np
@@ -112,18 +111,12 @@ def mask_from_image(msg: Image, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> n
     """Convert a mono8 mask message to an (H, W) bool array (nonzero = object)."""
     if msg.encoding.lower() != 'mono8':
         raise ImageConversionError(f"mask encoding must be mono8, got '{msg.encoding}'")
-    width, height, step = int(msg.width), int(msg.height), int(msg.step)
-    _check_size(width, height, max_pixels)
-    if step < width:
-        raise ImageConversionError(f'mask step {step} is shorter than its width {width}')
-    if len(msg.data) != step * height:
-        raise ImageConversionError(
-            f'mask data has {len(msg.data)} bytes, expected step * height = {step * height}')
-    rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(height, step)
-    return rows[:, :width] != 0
+    validate_image(msg, max_pixels)
+    rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(int(msg.height), int(msg.step))
+    return rows[:, :int(msg.width)] != 0
 
 
-def compressed_dimensions(data: bytes) -> Optional[tuple]:
+def compressed_dimensions(data: bytes) -> tuple | None:
     """Read (width, height) from a PNG or JPEG header without decoding; None if not found."""
     if data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) >= 24 and data[12:16] == b'IHDR':
         width, height = struct.unpack('>II', data[16:24])

@@ -5,7 +5,7 @@ used dropped), and frames uploaded through pinned host memory. torch, no ROS.
 
 from collections import OrderedDict
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

@@ -72,6 +72,12 @@ def share_directory() -> Path:
     return Path(get_package_share_directory(PACKAGE))
 
 
+def installed_executable() -> str:
+    """The installed clipseg_node, as launch_ros finds it (lib/<package>/<executable>)."""
+    from ament_index_python.packages import get_package_prefix
+    return str(Path(get_package_prefix(PACKAGE)) / 'lib' / PACKAGE / EXECUTABLE)
+
+
 def default_params_file() -> str:
     return str(share_directory() / 'config' / 'clipseg.yaml')
 

@@ -66,7 +66,7 @@ class PreprocessConfig:
         return cls(size=size, mean=mean, std=std, rescale_factor=rescale)
 
     @classmethod
-    def from_file(cls, path: 'str | Path') -> 'PreprocessConfig':
+    def from_file(cls, path: str | Path) -> 'PreprocessConfig':
         """Read the constants from a ``preprocessor_config.json`` file."""
         with open(path, encoding='utf-8') as stream:
             return cls.from_dict(json.load(stream))
@@ -159,7 +159,7 @@ def load_pretrained(model: str, dtype: torch.dtype) -> tuple[Any, Any, Preproces
     return network, tokenizer, preprocess
 
 
-def _processor_file(source: str, name: str, local_only: bool) -> 'str | None':
+def _processor_file(source: str, name: str, local_only: bool) -> str | None:
     """Path of ``name`` in a model folder or the hub cache, None when the model has none."""
     from transformers.utils import cached_file
     return cached_file(source, name, local_files_only=local_only,
@@ -204,7 +204,7 @@ def _read_preprocess_config(source: str, local_only: bool, what: str,
         f'{_how_to_get(model)}')
 
 
-def check_transformers_version(installed: 'str | None' = None) -> str:
+def check_transformers_version(installed: str | None = None) -> str:
     """
     Return the installed transformers version; raise ModelLoadError when it is too old.
 

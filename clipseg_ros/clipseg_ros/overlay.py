@@ -1,6 +1,6 @@
 """The operator overlay: each prompt's colour over its pixels and its label at the centroid."""
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from clipseg_ros.region_stats import RegionStats
 import cv2

@@ -4,7 +4,7 @@ implementation from label histograms, which numpy computes on the host and torch
 """
 
 from dataclasses import dataclass
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch

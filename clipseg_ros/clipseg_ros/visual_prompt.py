@@ -33,7 +33,7 @@ Where this deliberately differs from the reference code:
 
 import math
 import numbers
-from typing import Sequence
+from collections.abc import Sequence
 
 from clipseg_ros.rgb_images import check_rgb_image
 import cv2

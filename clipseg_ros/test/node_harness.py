@@ -3,29 +3,17 @@
 import array
 import threading
 import time
-from collections import defaultdict
-from typing import Dict, List, Optional
 
-import numpy as np
-import rclpy
-from clipseg_ros_interfaces.msg import Segmentation
+from clipseg_ros.node import ClipSegNode
+from clipseg_ros.tools.drive import CameraStream
 from clipseg_ros_interfaces.srv import Segment, SetImagePrompt, SetTextPrompts
-from diagnostic_msgs.msg import DiagnosticArray
+import numpy as np
 from rcl_interfaces.srv import SetParameters
+import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
-
-from clipseg_ros.tools.drive import wait_for_subscription
-from clipseg_ros.node import ClipSegNode
-
-OUTPUT_TOPICS = {'mask': Image, 'confidence': Image, 'overlay': Image,
-                 'segmentation': Segmentation}
-
-
-def stamp_key(header) -> tuple:
-    return (header.stamp.sec, header.stamp.nanosec)
+from rclpy.qos import ReliabilityPolicy
+from sensor_msgs.msg import Image
 
 
 def rgb_frame(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -59,78 +47,15 @@ def encode_frame(rgb: np.ndarray, encoding: str) -> Image:
     return msg
 
 
-class CameraAndCollector:
-    """Publishes frames on a camera topic and records the clipseg outputs by input stamp."""
+class CameraAndCollector(CameraStream):
+    """A camera node of its own that publishes frames and keeps the clipseg outputs."""
 
     def __init__(self, context, namespace: str = '', image_topic: str = 'image',
                  compressed: bool = False,
                  camera_reliability: ReliabilityPolicy = ReliabilityPolicy.RELIABLE):
-        self.node = rclpy.create_node('camera_and_collector', context=context,
-                                      namespace=namespace)
-        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        topic = image_topic + ('/compressed' if compressed else '')
-        # BEST_EFFORT is what camera drivers publish (and what loses large frames in transit)
-        self.publisher = self.node.create_publisher(
-            CompressedImage if compressed else Image, topic,
-            QoSProfile(depth=10, reliability=camera_reliability))
-        self.received: Dict[str, Dict[tuple, object]] = defaultdict(dict)
-        self.arrival: Dict[str, Dict[tuple, float]] = defaultdict(dict)
-        self.diagnostics: List[DiagnosticArray] = []
-        self.sent: Dict[tuple, float] = {}
-        self._condition = threading.Condition()
-        for name, msg_type in OUTPUT_TOPICS.items():
-            self.node.create_subscription(msg_type, name, self._collector(name), qos)
-        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, qos)
-        self._sequence = 0
-
-    def _collector(self, name: str):
-        def collect(msg):
-            with self._condition:
-                key = stamp_key(msg.header)
-                self.received[name][key] = msg
-                self.arrival[name][key] = time.monotonic()
-                self._condition.notify_all()
-        return collect
-
-    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
-        with self._condition:
-            self.diagnostics.append(msg)
-            self._condition.notify_all()
-
-    def wait_for(self, predicate, timeout: float = 20.0) -> bool:
-        """Wait until predicate() holds (checked whenever something arrives)."""
-        deadline = time.monotonic() + timeout
-        with self._condition:
-            while not predicate():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._condition.wait(min(remaining, 0.1))
-        return True
-
-    def wait_for_subscriber(self, timeout: float = 10.0) -> bool:
-        return wait_for_subscription(self.publisher, timeout)
-
-    def next_stamp(self):
-        self._sequence += 1
-        return (1000 + self._sequence, 1000 * self._sequence)
-
-    def publish(self, msg, frame_id: str = 'camera_optical') -> tuple:
-        """Stamp msg with a unique stamp and publish it; return the stamp key."""
-        sec, nanosec = self.next_stamp()
-        msg.header.stamp.sec, msg.header.stamp.nanosec = sec, nanosec
-        msg.header.frame_id = frame_id
-        self.sent[(sec, nanosec)] = time.monotonic()
-        self.publisher.publish(msg)
-        return (sec, nanosec)
-
-    def outputs_for(self, key: tuple, names=('mask', 'confidence', 'overlay', 'segmentation')):
-        return {name: self.received[name].get(key) for name in names}
-
-    def wait_outputs(self, key: tuple, names=('mask', 'confidence', 'overlay', 'segmentation'),
-                     timeout: float = 30.0) -> Optional[dict]:
-        ok = self.wait_for(lambda: all(key in self.received[n] for n in names), timeout)
-        return self.outputs_for(key, names) if ok else None
+        node = rclpy.create_node('camera_and_collector', context=context, namespace=namespace)
+        super().__init__(node, image_topic, keep_outputs=True, compressed=compressed,
+                         reliability=camera_reliability, listen_to_diagnostics=True)
 
 
 def publish_until_answered(camera: 'CameraAndCollector', msg, frame_id: str = 'camera_optical',
@@ -162,7 +87,7 @@ def call_service(node, client, request, timeout: float = 30.0):
     return future.result()
 
 
-def tiny_model_overrides(model_dir, **extra) -> List[Parameter]:
+def tiny_model_overrides(model_dir, **extra) -> list[Parameter]:
     """Parameter overrides that run the node on the tiny test model."""
     values = {'model': str(model_dir), 'device': 'cpu', 'prompts': ['a red square', 'sky'],
               'resolution': 64, 'diagnostics_period': 0.2}

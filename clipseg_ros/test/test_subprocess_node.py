@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ament_index_python.packages import get_package_prefix
 from clipseg_ros_interfaces.srv import SetTextPrompts
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import ReliabilityPolicy
@@ -31,7 +30,7 @@ PROFILE_VARIABLES = (launch_args.PROFILE_ENV, launch_args.LEGACY_PROFILE_ENV)
 
 
 def installed_executable() -> Path:
-    return Path(get_package_prefix('clipseg_ros')) / 'lib' / 'clipseg_ros' / 'clipseg_node'
+    return Path(launch_args.installed_executable())
 
 
 def installed_params_file() -> Path:

@@ -1,7 +1,7 @@
 """Drive a running clipseg node with a synthetic camera: for the demo, soak and benchmarks.
 
-`start_node_process` starts the installed executable exactly as a launch file would
-(`--ros-args --params-file ... -r image:=...`); `CameraStream` publishes frames at a fixed rate
+`start_node_process` starts the installed executable with the command line the launch file
+builds (clipseg_ros.launch_args), plus parameter overrides; `CameraStream` publishes frames at a fixed rate
 and records, per frame, when each output arrived and how long the engine took.
 """
 
@@ -13,11 +13,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
+from clipseg_ros import launch_args
 import numpy as np
-from ament_index_python.packages import get_package_prefix, get_package_share_directory
 from clipseg_ros_interfaces.msg import Segmentation
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
@@ -25,15 +26,13 @@ OUTPUTS = ('mask', 'confidence', 'overlay', 'segmentation')
 
 
 def use_large_image_profile() -> None:
-    """Point Fast DDS at the shipped profile with a shared-memory segment for large frames.
+    """Give this process (and node processes it starts) the profile the launch file gives.
 
-    Call before rclpy.init; node processes started afterwards inherit it.  The default segment
-    is smaller than one 640x480 rgb8 frame, so such frames would cross between processes as
-    UDP fragments, which best-effort readers lose under load.  A value already set wins.
+    Call before rclpy.init. The camera side needs it as much as the node: large best-effort
+    frames cross between processes whole only with it (README, "Large images"). A profile
+    already set in the environment wins, as in the launch file.
     """
-    profile = Path(get_package_share_directory('clipseg_ros')) / 'config' / \
-        'fastdds_large_images.xml'
-    os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', str(profile))
+    os.environ.update(launch_args.node_environment(os.environ, use_profile=True))
 
 
 def synthetic_frame(width: int, height: int, index: int) -> np.ndarray:
@@ -55,23 +54,17 @@ def rgb_image_msg(rgb: np.ndarray) -> Image:
     return msg
 
 
-def installed_node_command(params: Dict[str, str], image_topic: str,
-                           namespace: str = '') -> List[str]:
-    """The command line launch would run for clipseg.launch.py (plus parameter overrides)."""
-    executable = Path(get_package_prefix('clipseg_ros')) / 'lib' / 'clipseg_ros' / 'clipseg_node'
-    params_file = Path(get_package_share_directory('clipseg_ros')) / 'config' / 'clipseg.yaml'
-    command = [str(executable), '--ros-args', '-r', '__node:=clipseg']
-    if namespace:
-        command += ['-r', f'__ns:={namespace}']
-    command += ['--params-file', str(params_file)]
+def installed_node_command(params: dict[str, str], image_topic: str,
+                           namespace: str = '') -> list[str]:
+    """The command line clipseg.launch.py runs, plus ``-p`` overrides for these tools."""
+    plan = launch_args.plan({'namespace': namespace, 'image': image_topic})
+    command = launch_args.node_command(launch_args.installed_executable(), plan)
     for name, value in params.items():
         command += ['-p', f'{name}:={value}']
-    # The same two remaps as clipseg.launch.py: raw and compressed transport of one camera.
-    command += ['-r', f'image:={image_topic}', '-r', f'image/compressed:={image_topic}/compressed']
     return command
 
 
-def start_node_process(params: Dict[str, str], image_topic: str, log_path: Path,
+def start_node_process(params: dict[str, str], image_topic: str, log_path: Path,
                        namespace: str = '') -> subprocess.Popen:
     with open(log_path, 'w') as log:
         return subprocess.Popen(installed_node_command(params, image_topic, namespace),
@@ -102,38 +95,51 @@ def wait_for_subscription(publisher, timeout: float) -> bool:
 @dataclass
 class FrameRecord:
     sent: float
-    arrivals: Dict[str, float] = field(default_factory=dict)
-    inference_s: Optional[float] = None
-    outputs: Dict[str, object] = field(default_factory=dict)
+    arrivals: dict[str, float] = field(default_factory=dict)
+    inference_s: float | None = None
+    outputs: dict[str, object] = field(default_factory=dict)
+
+
+def stamp_key(header) -> tuple[int, int]:
+    return (header.stamp.sec, header.stamp.nanosec)
 
 
 class CameraStream:
-    """Publish frames on a topic and record the clipseg outputs that answer them."""
+    """
+    Publish frames on a topic and record, per frame, the clipseg outputs that answer it.
+
+    Outputs are matched to frames by stamp; with ``keep_outputs`` the messages are kept too.
+    ``reliability`` is the camera's: BEST_EFFORT is what drivers publish (and what loses large
+    frames between processes without the Fast DDS profile).
+    """
 
     def __init__(self, node, image_topic: str, output_namespace: str = '',
-                 keep_outputs: bool = False, compressed: bool = False):
+                 keep_outputs: bool = False, compressed: bool = False,
+                 reliability: ReliabilityPolicy = ReliabilityPolicy.RELIABLE,
+                 listen_to_diagnostics: bool = False):
         self.node = node
-        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        if compressed:
-            self.publisher = node.create_publisher(CompressedImage, image_topic + '/compressed',
-                                                   qos)
-        else:
-            self.publisher = node.create_publisher(Image, image_topic, qos)
-        self.records: Dict[tuple, FrameRecord] = {}
+        message_type = CompressedImage if compressed else Image
+        topic = image_topic + ('/compressed' if compressed else '')
+        self.publisher = node.create_publisher(
+            message_type, topic, QoSProfile(depth=10, reliability=reliability))
+        self.records: dict[tuple, FrameRecord] = {}
+        self.diagnostics: list[DiagnosticArray] = []
         self.keep_outputs = keep_outputs
-        self._lock = threading.Lock()
-        self._sequence = 0
+        self._condition = threading.Condition()
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         prefix = output_namespace.rstrip('/') + '/' if output_namespace else ''
         for name in OUTPUTS:
             node.create_subscription(Segmentation if name == 'segmentation' else Image,
                                      prefix + name, self._collector(name), qos)
+        if listen_to_diagnostics:
+            node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics,
+                                     qos)
 
     def _collector(self, name: str):
         def collect(msg):
             now = time.monotonic()
-            key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
-            with self._lock:
-                record = self.records.get(key)
+            with self._condition:
+                record = self.records.get(stamp_key(msg.header))
                 if record is None:
                     return
                 # inference_s first: readers that poll arrivals without the lock see it set.
@@ -142,18 +148,35 @@ class CameraStream:
                 record.arrivals[name] = now
                 if self.keep_outputs:
                     record.outputs[name] = msg
+                self._condition.notify_all()
         return collect
 
-    def wait_for_subscriber(self, timeout: float) -> bool:
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        with self._condition:
+            self.diagnostics.append(msg)
+            self._condition.notify_all()
+
+    def wait_for(self, predicate, timeout: float = 20.0) -> bool:
+        """Wait until predicate() holds (checked whenever something arrives)."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while not predicate():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._condition.wait(min(remaining, 0.1))
+        return True
+
+    def wait_for_subscriber(self, timeout: float = 10.0) -> bool:
         return wait_for_subscription(self.publisher, timeout)
 
-    def publish(self, msg, frame_id: str = 'demo_camera_optical') -> tuple:
-        self._sequence += 1
+    def publish(self, msg, frame_id: str = 'camera_optical') -> tuple:
+        """Stamp msg now, publish it and return its stamp key."""
         stamp = self.node.get_clock().now().to_msg()
         msg.header.stamp = stamp
         msg.header.frame_id = frame_id
         key = (stamp.sec, stamp.nanosec)
-        with self._lock:
+        with self._condition:
             self.records[key] = FrameRecord(sent=time.monotonic())
         self.publisher.publish(msg)
         return key
@@ -174,16 +197,29 @@ class CameraStream:
         return sent
 
     def wait_answer(self, key: tuple, name: str = 'mask', timeout: float = 30.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if name in self.records[key].arrivals:
-                    return True
-            time.sleep(0.02)
-        return False
+        return self.wait_for(lambda: name in self.records[key].arrivals, timeout)
 
-    def answered(self, name: str = 'segmentation') -> List[FrameRecord]:
-        with self._lock:
+    def wait_outputs(self, key: tuple, names: Sequence[str] = OUTPUTS,
+                     timeout: float = 30.0) -> dict[str, object] | None:
+        """The kept output messages of one frame once all ``names`` arrived, else None."""
+        if self.wait_for(lambda: all(n in self.records[key].outputs for n in names), timeout):
+            return self.outputs_for(key, names)
+        return None
+
+    def outputs_for(self, key: tuple, names: Sequence[str] = OUTPUTS) -> dict[str, object]:
+        with self._condition:
+            record = self.records.get(key)
+            return {name: record.outputs.get(name) if record else None for name in names}
+
+    @property
+    def received(self) -> dict[str, dict[tuple, object]]:
+        """The kept outputs by name, then by frame stamp."""
+        with self._condition:
+            return {name: {key: record.outputs[name] for key, record in self.records.items()
+                           if name in record.outputs} for name in OUTPUTS}
+
+    def answered(self, name: str = 'segmentation') -> list[FrameRecord]:
+        with self._condition:
             return [r for r in self.records.values() if name in r.arrivals]
 
     def latencies(self, name: str = 'segmentation') -> np.ndarray:

@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -177,7 +177,7 @@ def build_random_model(size: str = 'tiny',
     return model.eval(), tokenizer
 
 
-def write_tiny_model(out_dir: 'str | Path', seed: int = 0) -> Path:
+def write_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     """
     Write a tiny random CLIPSeg model, its tokenizer and preprocessor config to ``out_dir``.
 
@@ -188,7 +188,7 @@ def write_tiny_model(out_dir: 'str | Path', seed: int = 0) -> Path:
     return write_random_model(out_dir, size='tiny', seed=seed)
 
 
-def write_random_model(out_dir: 'str | Path', size: str = 'tiny', seed: int = 0) -> Path:
+def write_random_model(out_dir: str | Path, size: str = 'tiny', seed: int = 0) -> Path:
     """
     Write a random CLIPSeg folder: ``size`` 'tiny' (tests, demo) or 'full' (benchmarks).
 
@@ -209,7 +209,7 @@ def write_random_model(out_dir: 'str | Path', size: str = 'tiny', seed: int = 0)
     return out
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: write the tiny model into the given folder."""
     parser = argparse.ArgumentParser(
         description='Write a tiny random CLIPSeg model (offline stand-in for '
