@@ -30,9 +30,11 @@ import torch
 from clipseg_ros_interfaces.srv import SetTextPrompts
 from rclpy.executors import SingleThreadedExecutor
 
-from clipseg_ros.tools.drive import (CameraStream, percentile_ms, rgb_image_msg, start_node_process,
-                               stop_node_process, synthetic_frame, use_large_image_profile)
-from clipseg_ros.engine import ClipSegEngine, set_cpu_threads
+from clipseg_ros.tools.drive import (
+    CameraStream, percentile_ms, rgb_image_msg, start_node_process, stop_node_process,
+    synthetic_frame, use_large_image_profile)
+from clipseg_ros.engine import ClipSegEngine
+from clipseg_ros.options import set_cpu_threads
 from clipseg_ros.tools.tiny_model import write_random_model
 
 PROMPT_POOL = ['a red ball', 'the floor', 'a wall', 'a person', 'a mug', 'a table', 'a chair',

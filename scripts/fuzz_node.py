@@ -22,8 +22,8 @@ from rclpy.executors import SingleThreadedExecutor
 from sensor_msgs.msg import CompressedImage
 
 from clipseg_ros.tools import fuzz
-from clipseg_ros.tools.drive import (CameraStream, rgb_image_msg, start_node_process, stop_node_process,
-                               synthetic_frame)
+from clipseg_ros.tools.drive import (
+    CameraStream, rgb_image_msg, start_node_process, stop_node_process, synthetic_frame)
 from clipseg_ros.tools.tiny_model import write_tiny_model
 
 

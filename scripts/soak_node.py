@@ -19,8 +19,9 @@ import psutil
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 
-from clipseg_ros.tools.drive import (CameraStream, percentile_ms, rgb_image_msg, start_node_process,
-                               stop_node_process, synthetic_frame, use_large_image_profile)
+from clipseg_ros.tools.drive import (
+    CameraStream, percentile_ms, rgb_image_msg, start_node_process, stop_node_process,
+    synthetic_frame, use_large_image_profile)
 from clipseg_ros.tools.tiny_model import write_tiny_model
 
 

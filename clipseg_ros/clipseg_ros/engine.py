@@ -162,35 +162,20 @@ class ClipSegEngine:
 
     # ------------------------------------------------------------------ properties
 
-    @property
-    def device(self) -> torch.device:
-        """Device the model runs on."""
-        return self._device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """Floating-point type of the model weights and prompt embeddings."""
-        return self._dtype
-
-    @property
-    def model_name(self) -> str:
-        """Hub id or folder the model was loaded from."""
-        return self._model_name
-
-    @property
-    def embedding_size(self) -> int:
-        """Length D of the prompt embeddings (the model's projection_dim)."""
-        return self._embedding_size
+    # Fixed at construction: read-only views of what the engine was built with.
+    device = property(lambda self: self._device, doc='Device the model runs on.')
+    dtype = property(lambda self: self._dtype, doc='Floating-point type of weights and prompts.')
+    model_name = property(lambda self: self._model_name,
+                          doc='Hub id or folder the model was loaded from.')
+    embedding_size = property(lambda self: self._embedding_size,
+                              doc='Length D of the prompt embeddings (projection_dim).')
+    preprocess_config = property(lambda self: self._preprocess_config,
+                                 doc="Preprocessing constants from the model's processor config.")
 
     @property
     def compile_mode(self) -> str:
         """Fast path in use: 'none' or 'cuda_graphs'."""
         return 'cuda_graphs' if self._network.graphs.enabled else 'none'
-
-    @property
-    def preprocess_config(self) -> PreprocessConfig:
-        """Preprocessing constants read from the model's processor config."""
-        return self._preprocess_config
 
     @property
     def resolution(self) -> int:

@@ -97,14 +97,9 @@ class LatestFrameWorker:
         self._thread: threading.Thread | None = None
         self._last_start = -math.inf  # no frame yet: the first is never rate-limited
 
-    @property
-    def active(self) -> bool:
-        return self._active
-
-    @property
-    def latest(self) -> Any:
-        """The newest frame offered (processed or not), or None."""
-        return self._latest
+    active = property(lambda self: self._active, doc='Whether the worker is running.')
+    latest = property(lambda self: self._latest,
+                      doc='The newest frame offered (processed or not), or None.')
 
     def offer(self, frame: Any, received_at: float) -> None:
         """Keep ``frame`` as the newest; while active, it replaces the pending one."""

@@ -6,7 +6,8 @@ overlay and Segmentation message, each with the camera frame's header.
 from dataclasses import dataclass
 
 from clipseg_ros import conversions
-from clipseg_ros.engine import Prompt, SegmentationResult
+from clipseg_ros.engine import SegmentationResult
+from clipseg_ros.prompts import Prompt
 from clipseg_ros.overlay import render_overlay
 from clipseg_ros_interfaces.msg import Segmentation
 from geometry_msgs.msg import Point

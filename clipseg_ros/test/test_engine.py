@@ -14,7 +14,9 @@ from pathlib import Path
 import string
 import threading
 
-from clipseg_ros.engine import ClipSegEngine, PreprocessConfig, Prompt, SegmentationResult
+from clipseg_ros.engine import ClipSegEngine, SegmentationResult
+from clipseg_ros.model_loading import PreprocessConfig
+from clipseg_ros.prompts import Prompt
 from clipseg_ros.tools.tiny_model import write_tiny_model
 import numpy as np
 from prompt_reference import reference_visual_prompt

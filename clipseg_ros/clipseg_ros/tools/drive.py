@@ -1,8 +1,8 @@
 """Drive a running clipseg node with a synthetic camera: for the demo, soak and benchmarks.
 
 `start_node_process` starts the installed executable with the command line the launch file
-builds (clipseg_ros.launch_args), plus parameter overrides; `CameraStream` publishes frames at a fixed rate
-and records, per frame, when each output arrived and how long the engine took.
+builds (clipseg_ros.launch_args), plus parameter overrides; `CameraStream` publishes frames at a
+fixed rate and records, per frame, when each output arrived and how long the engine took.
 """
 
 import array
