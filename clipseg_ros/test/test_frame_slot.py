@@ -1,0 +1,141 @@
+"""The newest-frame slot and its worker thread, alone (no ROS): hand-over, drops, rate, errors."""
+
+import threading
+import time
+
+from clipseg_ros.frame_slot import FrameCounters, LatestFrameWorker, RecentTimes
+import pytest
+
+
+class Recorder:
+    """A process function that records frames and can be held until released."""
+
+    def __init__(self, fail_on=()):
+        self.frames = []
+        self.errors = []
+        self.fail_on = set(fail_on)
+        self.release = threading.Event()
+        self.release.set()
+        self.started = threading.Event()
+        self.condition = threading.Condition()
+
+    def process(self, frame, received_at):
+        self.started.set()
+        self.release.wait(10.0)
+        if frame in self.fail_on:
+            raise RuntimeError(f'frame {frame} failed (injected)')
+        with self.condition:
+            self.frames.append(frame)
+            self.condition.notify_all()
+
+    def on_error(self, error):
+        with self.condition:
+            self.errors.append(str(error))
+            self.condition.notify_all()
+
+    def wait(self, predicate, timeout=10.0):
+        with self.condition:
+            return self.condition.wait_for(predicate, timeout)
+
+
+@pytest.fixture
+def recorder():
+    return Recorder()
+
+
+def make_worker(recorder, interval=0.0):
+    return LatestFrameWorker(recorder.process, recorder.on_error, lambda: interval)
+
+
+def test_frames_offered_while_inactive_are_kept_but_not_processed(recorder):
+    worker = make_worker(recorder)
+    worker.offer('early', time.monotonic())
+    assert worker.latest == 'early'
+    worker.start()
+    try:
+        worker.offer('first', time.monotonic())
+        assert recorder.wait(lambda: recorder.frames == ['first'])
+    finally:
+        worker.stop()
+    assert 'early' not in recorder.frames
+    assert worker.counters.dropped == 0
+
+
+def test_a_newer_frame_replaces_the_pending_one_and_counts_a_drop(recorder):
+    worker = make_worker(recorder)
+    worker.start()
+    try:
+        recorder.release.clear()
+        worker.offer(1, time.monotonic())
+        assert recorder.started.wait(10.0)  # frame 1 is being processed and held
+        for frame in (2, 3, 4):
+            worker.offer(frame, time.monotonic())
+        recorder.release.set()
+        assert recorder.wait(lambda: recorder.frames == [1, 4])
+    finally:
+        worker.stop()
+    assert worker.counters.dropped == 2  # 2 and 3 were replaced before the worker took them
+
+
+def test_stop_joins_and_nothing_is_processed_afterwards(recorder):
+    worker = make_worker(recorder)
+    worker.start()
+    worker.offer('a', time.monotonic())
+    assert recorder.wait(lambda: recorder.frames == ['a'])
+    worker.stop()
+    assert not worker.active
+    worker.offer('late', time.monotonic())
+    time.sleep(0.2)
+    assert recorder.frames == ['a']
+    assert worker.latest == 'late'
+    worker.clear()
+    assert worker.latest is None
+
+
+def test_a_failing_frame_goes_to_on_error_and_the_worker_goes_on():
+    recorder = Recorder(fail_on={'bad'})
+    worker = make_worker(recorder)
+    worker.start()
+    try:
+        worker.offer('bad', time.monotonic())
+        assert recorder.wait(lambda: len(recorder.errors) == 1)
+        worker.offer('good', time.monotonic())
+        assert recorder.wait(lambda: recorder.frames == ['good'])
+    finally:
+        worker.stop()
+    assert 'injected' in recorder.errors[0]
+
+
+def test_the_rate_limit_waits_and_stop_ends_the_wait(recorder):
+    worker = make_worker(recorder, interval=1000.0)
+    worker.start()
+    worker.offer('first', time.monotonic())
+    assert recorder.wait(lambda: recorder.frames == ['first'])
+    worker.offer('second', time.monotonic())  # due only in 1000 s
+    time.sleep(0.3)
+    assert recorder.frames == ['first']
+    stopper = threading.Thread(target=worker.stop)
+    stopper.start()
+    stopper.join(10.0)
+    assert not stopper.is_alive(), 'stop() must end the rate-limit wait'
+    assert recorder.frames == ['first']
+
+
+def test_counters_and_rates():
+    counters = FrameCounters()
+    counters.count_failure(ValueError('broken'))
+    counters.count_failure(ValueError('broken again'))
+    assert (counters.failed, counters.consecutive_failures) == (2, 2)
+    assert counters.last_error == 'ValueError: broken again'
+    counters.count_processed(time.monotonic() - 0.5, 0.25)
+    assert counters.consecutive_failures == 0 and counters.processed == 1
+    assert counters.last_latency_s >= 0.5 and counters.last_inference_s == 0.25
+    counters.count_failure(ValueError('x'))
+    counters.forget_failures()
+    assert counters.consecutive_failures == 0 and counters.last_error == ''
+    assert counters.failed == 3  # lifetime totals stay
+    times = RecentTimes(capacity=5)
+    for when in (0.0, 1.0, 2.0, 3.0, 4.0, 5.0):
+        times.append(when)
+    assert times.rate(now=5.0) == pytest.approx(1.0)  # the oldest fell out of the window
+    assert RecentTimes().rate(now=1.0) == 0.0
