@@ -167,6 +167,18 @@ def test_installed_node_with_params_file_and_remap(ros_context, launched_node):
     assert process.wait(timeout=20) == 0, log_path.read_text()
 
 
+# rmw_fastrtps of Jazzy, under ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (what these tests use to
+# stay on this machine), replaces the transports of any XML profile by its own: shared memory
+# with the default 512 KiB segment, smaller than one 640x480 frame (seen in /dev/shm). The test
+# then measures that rmw's transports, not the profile; README, "Large images", says what to do.
+JAZZY_LOCALHOST = os.environ.get('ROS_DISTRO') == 'jazzy' and \
+    os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST') == 'LOCALHOST'
+
+
+@pytest.mark.xfail(JAZZY_LOCALHOST, strict=False,
+                   reason='Jazzy rmw_fastrtps under LOCALHOST discovery ignores the profile '
+                          'transports (512 KiB shared-memory segment): large best-effort frames '
+                          'are lost between processes')
 def test_large_best_effort_frames_reach_the_launched_node(ros_context, launched_node):
     """640x480 rgb8 frames, best effort, from this process reach the node launch configures.
 
