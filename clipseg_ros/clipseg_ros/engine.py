@@ -99,7 +99,7 @@ class ClipSegEngine:
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str = 'auto', dtype: str = 'auto',
-                 resolution: int = 352, compile_mode: str = 'auto') -> None:
+                 resolution: int = 0, compile_mode: str = 'auto') -> None:
         """
         Load ``model`` (hub id or ``save_pretrained`` folder) onto ``device``.
 
@@ -116,7 +116,7 @@ class ClipSegEngine:
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any,
                    preprocess: PreprocessConfig | Mapping[str, Any],
-                   device: str = 'auto', dtype: str = 'auto', resolution: int = 352,
+                   device: str = 'auto', dtype: str = 'auto', resolution: int = 0,
                    compile_mode: str = 'auto',
                    model_name: str = 'in-memory model') -> 'ClipSegEngine':
         """
@@ -152,9 +152,9 @@ class ClipSegEngine:
             self._model, model_name,
             use_cuda_graphs=effective_compile_mode(compile_mode, device) == 'cuda_graphs')
         self._resolution = self.check_model_resolution(resolution)
-        if resolution != preprocess.size:
+        if self._resolution != preprocess.size:
             _LOGGER.info('running at %d px; the processor config of %s says %d px',
-                         resolution, model_name, preprocess.size)
+                         self._resolution, model_name, preprocess.size)
         self._mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)
         self._text_cache = TextEmbeddingCache(self._encode_texts)
@@ -191,8 +191,11 @@ class ClipSegEngine:
                 self._network.graphs.clear()
 
     def check_model_resolution(self, value: int) -> int:
-        """Return ``value`` if this model can run at it; ValueError with the reason otherwise."""
-        checked = check_resolution(value)
+        """
+        Return the input side ``value`` means for this model (0: its processor config's size);
+        ValueError with the reason when the model cannot run at it.
+        """
+        checked = check_resolution(value) or self._preprocess_config.size
         if checked % self._network.patch_size:
             raise ValueError(
                 f'resolution must be a multiple of the patch size {self._network.patch_size}, '

@@ -119,11 +119,34 @@ def _check_local_folder(folder: Path) -> None:
                 f'({describe_error(exc)}); download it again. {fix}') from exc
 
 
+PACKAGE_URL_PREFIX = 'package://'
+
+
+def resolve_package_url(model: str) -> str:
+    """
+    Turn ``package://<package>/<path>`` into that path in the package's installed share
+    folder (the ROS convention for files a package installs); any other string is returned.
+    """
+    if not model.startswith(PACKAGE_URL_PREFIX):
+        return model
+    package, _, relative = model[len(PACKAGE_URL_PREFIX):].partition('/')
+    if not package or not relative:
+        raise ModelLoadError(f"model '{model}' must name a package and a path in it: "
+                             f'{PACKAGE_URL_PREFIX}<package>/<path>')
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        share = get_package_share_directory(package)
+    except (ImportError, LookupError) as exc:
+        raise ModelLoadError(f"model '{model}': package '{package}' is not installed here "
+                             f'({describe_error(exc)})') from exc
+    return str(Path(share) / relative)
+
+
 def load_pretrained(model: str, dtype: torch.dtype) -> tuple[Any, Any, PreprocessConfig]:
     """Load model, tokenizer and preprocessing constants from a hub id or a local folder."""
     if not isinstance(model, str) or not model.strip():
         raise ValueError('model must be a non-empty hub id or folder path')
-    path = Path(model).expanduser()
+    path = Path(resolve_package_url(model)).expanduser()
     if path.is_dir():
         _check_local_folder(path)
         source, local_only, what = str(path), True, f"model folder '{model}'"

@@ -18,6 +18,8 @@ COMPILE_MODES = ('auto', 'none', 'cuda_graphs')
 RESOLUTION_STEP = 16
 MIN_RESOLUTION = 64
 MAX_RESOLUTION = 1024
+# resolution 0: the input size the model's processor config names.
+MODEL_RESOLUTION = 0
 
 _DTYPES = {
     'float32': torch.float32,
@@ -131,14 +133,19 @@ def set_cpu_threads(requested: int) -> int:
 
 
 def check_resolution(resolution: int) -> int:
-    """Return ``resolution`` if it is a multiple of 16 in [64, 1024], else raise ValueError."""
+    """
+    Return ``resolution`` if it is 0 (the model's own input size) or a multiple of 16 in
+    [64, 1024], else raise ValueError.
+    """
     if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)):
         raise ValueError(f'resolution must be an integer, got {resolution!r}')
     value = int(resolution)
+    if value == MODEL_RESOLUTION:
+        return value
     if not MIN_RESOLUTION <= value <= MAX_RESOLUTION or value % RESOLUTION_STEP:
         raise ValueError(
-            f'resolution must be a multiple of {RESOLUTION_STEP} between {MIN_RESOLUTION} and '
-            f'{MAX_RESOLUTION} (the model was trained at 352), got {value}')
+            f'resolution must be 0 (the model\'s own input size) or a multiple of '
+            f'{RESOLUTION_STEP} between {MIN_RESOLUTION} and {MAX_RESOLUTION}, got {value}')
     return value
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from clipseg_ros.model_loading import DEFAULT_MODEL
 from clipseg_ros.options import (
     check_compile_mode, check_device_name, check_dtype_name, check_resolution,
-    cpu_thread_count, MAX_RESOLUTION, MIN_RESOLUTION, RESOLUTION_STEP)
+    cpu_thread_count, MAX_RESOLUTION, MODEL_RESOLUTION, RESOLUTION_STEP)
 from clipseg_ros.prompts import MAX_PROMPTS
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
@@ -66,9 +66,9 @@ SPECS = (
                   'one for ROS from 4 cores)', CONFIGURE, integer_range=(0, 1024, 1)),
     ParameterSpec('threshold', 0.3, 'Probability a prompt must reach for a pixel to get its '
                   'label (1 labels nothing)', float_range=(0.0, 1.0)),
-    ParameterSpec('resolution', 352, 'Model input side in pixels (the frame is resized to '
-                  'resolution x resolution)',
-                  integer_range=(MIN_RESOLUTION, MAX_RESOLUTION, RESOLUTION_STEP)),
+    ParameterSpec('resolution', MODEL_RESOLUTION, 'Model input side in pixels (the frame is '
+                  "resized to resolution x resolution); 0 = the model's own input size",
+                  integer_range=(MODEL_RESOLUTION, MAX_RESOLUTION, RESOLUTION_STEP)),
     ParameterSpec('prompts', ['object'], 'Initial text prompts; change them at run time with '
                   '~/set_text_prompts', CONFIGURE),
     ParameterSpec('input_transport', 'raw', "raw: subscribe 'image' (sensor_msgs/Image); "

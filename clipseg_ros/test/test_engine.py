@@ -11,6 +11,7 @@ import importlib.util
 import json
 import logging
 from pathlib import Path
+import shutil
 import string
 import threading
 
@@ -482,13 +483,29 @@ def test_resolution_can_change_live(tiny_model_dir, reference) -> None:
     np.testing.assert_allclose(result.probabilities, expected, rtol=0, atol=TOLERANCE)
 
 
-@pytest.mark.parametrize('value', [100, 48, 1040, 0, 352.0, '352', True])
+@pytest.mark.parametrize('value', [100, 48, 1040, -16, 352.0, '352', True])
 def test_bad_resolution_is_refused_and_kept(tiny_model_dir, engine, value) -> None:
     with pytest.raises(ValueError, match='resolution'):
         engine.resolution = value
     assert engine.resolution == 352
     with pytest.raises(ValueError, match='resolution'):
         ClipSegEngine(str(tiny_model_dir), device='cpu', resolution=value)
+
+
+def test_resolution_zero_is_the_models_own_input_size(tiny_model_dir, tmp_path) -> None:
+    folder = tmp_path / 'model_at_128'
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / 'preprocessor_config.json').read_text())
+    config['size'] = {'height': 128, 'width': 128}
+    (folder / 'preprocessor_config.json').write_text(json.dumps(config))
+    engine = ClipSegEngine(str(folder), device='cpu')  # resolution defaults to 0
+    assert engine.resolution == 128
+    engine.resolution = 64
+    assert engine.resolution == 64
+    engine.resolution = 0
+    assert engine.resolution == 128
+    frame = np.zeros((30, 40, 3), dtype=np.uint8)
+    assert engine.segment(frame, engine.text_prompts(['a cup'])).labels.shape == (30, 40)
 
 
 # ---------------------------------------------------------------------- loading

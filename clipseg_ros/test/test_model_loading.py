@@ -10,6 +10,7 @@ change in what transformers writes shows up here first.
 import json
 from pathlib import Path
 
+import os
 import pickle
 import shutil
 
@@ -218,3 +219,23 @@ def test_folder_without_preprocessor_config_is_explained(tiny_model_dir, tmp_pat
     (folder / 'preprocessor_config.json').unlink()
     with pytest.raises(ModelLoadError, match='preprocessor_config.json'):
         ClipSegEngine(str(folder), device='cpu')
+
+
+def test_package_url_names_a_folder_a_package_installs(tiny_model_dir, tmp_path,
+                                                      monkeypatch) -> None:
+    """package://<package>/<path> is the ROS way to name a file a package installs."""
+    prefix = tmp_path / 'prefix'
+    marker = prefix / 'share' / 'ament_index' / 'resource_index' / 'packages' / 'model_pkg'
+    marker.parent.mkdir(parents=True)
+    marker.write_text('')
+    shutil.copytree(tiny_model_dir, prefix / 'share' / 'model_pkg' / 'models' / 'tiny')
+    monkeypatch.setenv('AMENT_PREFIX_PATH', f"{prefix}:{os.environ.get('AMENT_PREFIX_PATH', '')}")
+    engine = ClipSegEngine('package://model_pkg/models/tiny', device='cpu', resolution=64)
+    assert engine.segment(np.zeros((20, 30, 3), np.uint8),
+                          engine.text_prompts(['a cup'])).labels.shape == (20, 30)
+    with pytest.raises(ModelLoadError, match="package 'no_such_pkg' is not installed"):
+        ClipSegEngine('package://no_such_pkg/models/tiny', device='cpu')
+    with pytest.raises(ModelLoadError, match='does not exist'):
+        ClipSegEngine('package://model_pkg/models/missing', device='cpu')
+    with pytest.raises(ModelLoadError, match='must name a package and a path'):
+        ClipSegEngine('package://model_pkg', device='cpu')
