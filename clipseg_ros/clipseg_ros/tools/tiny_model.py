@@ -60,19 +60,22 @@ def _byte_alphabet() -> list[str]:
     return symbols
 
 
-def build_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+def build_vocab(
+    words: Sequence[str] = _MERGED_WORDS,
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """
     Build a small CLIP-style BPE vocabulary and merge list.
 
     Every byte appears both as a word-inner symbol and with the ``</w>`` word-end suffix, so any
-    text tokenizes without unknown tokens; a few merges build whole-word tokens for common words.
-    The special tokens come last, so the end-of-text token has the highest id, as in CLIP.
+    text tokenizes without unknown tokens; merges build whole-word tokens for ``words`` (lower
+    case, no spaces). The special tokens come last, so the end-of-text token has the highest id,
+    as in CLIP.
     """
     alphabet = _byte_alphabet()
     tokens = list(alphabet) + [symbol + WORD_END for symbol in alphabet]
     merges: list[tuple[str, str]] = []
     known = set(tokens)
-    for word in _MERGED_WORDS:
+    for word in words:
         pieces = list(word[:-1]) + [word[-1] + WORD_END]
         current = pieces[0]
         for piece in pieces[1:]:
@@ -87,9 +90,9 @@ def build_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return {token: index for index, token in enumerate(tokens)}, merges
 
 
-def build_tokenizer() -> CLIPTokenizer:
-    """Return a CLIP tokenizer over the small vocabulary of :func:`build_vocab`."""
-    vocab, merges = build_vocab()
+def build_tokenizer(words: Sequence[str] = _MERGED_WORDS) -> CLIPTokenizer:
+    """Return a CLIP tokenizer over the small vocabulary of :func:`build_vocab` for ``words``."""
+    vocab, merges = build_vocab(words)
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
