@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from clipseg_ros.depth_input import DepthCounters
 from clipseg_ros.frame_slot import FrameCounters
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
@@ -25,6 +26,7 @@ class NodeHealth:
     prompt_count: int
     prompt_version: int
     model: str
+    depth: DepthCounters | None = None  # None: depth not in use
 
 
 def level_and_message(health: NodeHealth) -> tuple[bytes, str]:
@@ -67,6 +69,9 @@ def segmentation_status(health: NodeHealth, now: float) -> DiagnosticStatus:
         'prompt_version': str(health.prompt_version),
         'model': health.model,
     }
+    if health.depth is not None:
+        values.update({f'depth_{key}' if not key.startswith('depth') else key: str(value)
+                       for key, value in vars(health.depth).items()})
     return DiagnosticStatus(name=health.name, hardware_id=health.device, level=level,
                             message=message,
                             values=[KeyValue(key=k, value=v) for k, v in values.items()])

@@ -14,6 +14,7 @@ import time
 
 from clipseg_ros import conversions
 from clipseg_ros.conversions import ImageConversionError
+from clipseg_ros.depth_topics import DepthTopics
 from clipseg_ros.diagnostics import NodeHealth, segmentation_status
 from clipseg_ros.engine import ClipSegEngine
 from clipseg_ros.frame_slot import FrameCounters, LatestFrameWorker
@@ -61,6 +62,7 @@ class ClipSegNode(LifecycleNode):
         self._configured = False
         self._subscription = None
         self._outputs: ResultPublishers | None = None
+        self._depth: DepthTopics | None = None
         declare_parameters(self)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -77,7 +79,7 @@ class ClipSegNode(LifecycleNode):
             engine=lambda: self._engine, engine_error=lambda: self._engine_error,
             parameter=self._param, latest_frame=lambda: self._worker.latest,
             frame_to_rgb=self._frame_to_rgb, free_device_cache=free_device_cache,
-            log_error=self.get_logger().error), self._prompts)
+            log_error=self.get_logger().error, depth_targets=self._depth_targets), self._prompts)
         # Services exist in every state and say why they refuse while no model is loaded; being
         # there for the node's lifetime, cleanup never destroys one under an in-flight call.
         for service_type, name, callback in (
@@ -167,8 +169,10 @@ class ClipSegNode(LifecycleNode):
         self.get_logger().info(
             f"model '{config.model}' on {engine.device} ({engine.dtype}, {threads} CPU "
             f'threads); prompts: {list(config.prompts)}')
-        self._outputs = ResultPublishers(self)
+        self._outputs = ResultPublishers(self, with_depth=config.use_depth)
         input_qos = camera_qos(config.qos_reliability)
+        if config.use_depth:
+            self._depth = DepthTopics(self, input_qos, self._input_group, self._warn_throttled)
         if config.input_transport == 'compressed':
             self._subscription = self.create_subscription(
                 CompressedImage, 'image/compressed', self._on_image, input_qos,
@@ -203,6 +207,9 @@ class ClipSegNode(LifecycleNode):
             if self._outputs is not None:
                 self._outputs.destroy()
                 self._outputs = None
+            if self._depth is not None:
+                self._depth.destroy()
+                self._depth = None
             self._worker.clear()
             engine, self._engine = self._engine, None
             if engine is not None:
@@ -287,8 +294,16 @@ class ClipSegNode(LifecycleNode):
         if not self._worker.active:
             return
         outputs.publish(msg.header, image_rgb, result, prompt_set, threshold,
-                        with_overlay=self._param('publish_overlay'))
+                        with_overlay=self._param('publish_overlay'),
+                        paired=self._depth_targets(msg.header, result.labels,
+                                                   len(prompt_set.prompts)),
+                        point_decimation=self._param('point_decimation'))
         self.counters.count_processed(received_at, result.inference_seconds)
+
+    def _depth_targets(self, header, labels: np.ndarray, prompt_count: int):
+        """The frame's 3D targets when depth is in use, else None."""
+        depth = self._depth
+        return depth.targets_for(header, labels, prompt_count) if depth is not None else None
 
     def _count_failure(self, error: Exception) -> None:
         description = self.counters.count_failure(error)
@@ -310,7 +325,8 @@ class ClipSegNode(LifecycleNode):
             cpu_threads=self._cpu_threads,
             device_memory_bytes=engine.memory_in_use() if engine else 0,
             prompt_count=len(prompt_set.prompts), prompt_version=prompt_set.version,
-            model=self._param('model')), now)
+            model=self._param('model'),
+            depth=self._depth.pairing.counters if self._depth else None), now)
 
     def _publish_diagnostics(self) -> None:
         try:

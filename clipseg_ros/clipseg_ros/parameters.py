@@ -86,6 +86,17 @@ SPECS = (
                   'image prompt embedding (0 = image only)', float_range=(0.0, 1.0)),
     ParameterSpec('stale_image_timeout', 2.0, 'Seconds without a camera frame before '
                   'diagnostics warn', float_range=(0.1, 3600.0)),
+    ParameterSpec('use_depth', False, 'Subscribe depth (registered to the colour image) and '
+                  'camera_info, and publish 3D targets, points and markers', CONFIGURE),
+    ParameterSpec('depth_max_delay', 0.02, 'Seconds a depth image may be from its colour '
+                  "frame's stamp to be paired with it", float_range=(0.0, 1.0)),
+    ParameterSpec('max_depth', 10.0, 'Depth beyond this many metres counts as no reading',
+                  float_range=(0.05, 1000.0)),
+    ParameterSpec('depth_erosion_px', 2, "Pixels eroded off each prompt's mask before its 3D "
+                  'centroid, so edge pixels that see the background do not pull it',
+                  integer_range=(0, 50, 1)),
+    ParameterSpec('point_decimation', 4, 'Every n-th row and column of the masked pixels goes '
+                  'into the points cloud', integer_range=(1, 64, 1)),
     ParameterSpec('diagnostics_period', 1.0, 'Seconds between /diagnostics messages', START,
                   float_range=(0.05, 60.0)),
     ParameterSpec('autostart', True, 'Configure and activate at start-up, so a plain launch '
@@ -106,6 +117,7 @@ class NodeConfiguration:
     prompts: tuple[str, ...]
     input_transport: str
     qos_reliability: str
+    use_depth: bool
 
     @classmethod
     def read(cls, value_of: Callable[[str], Any]) -> 'NodeConfiguration':

@@ -52,6 +52,8 @@ class ServiceContext:
     frame_to_rgb: Callable[[Any], np.ndarray]
     free_device_cache: Callable[[ClipSegEngine], None]
     log_error: Callable[[str], None]
+    # The 3D targets of a segmented frame (header, labels, prompt count), None without depth.
+    depth_targets: Callable[[Any, np.ndarray, int], Any]
 
 
 def always_answers(handler):
@@ -174,7 +176,9 @@ class PromptServices:
             self.context.free_device_cache(engine)
             response.message = f'inference failed: {type(error).__name__}: {error}'
             return response
-        response.segmentation = segmentation_msg(header, result, prompt_set, threshold)
+        # 3D when a depth image of this stamp was received (the latest camera frame's, say).
+        paired = self.context.depth_targets(header, result.labels, len(prompt_set.prompts))
+        response.segmentation = segmentation_msg(header, result, prompt_set, threshold, paired)
         response.mask = conversions.array_to_image(result.labels, 'mono8', header)
         response.confidence = conversions.array_to_image(result.confidence, '32FC1', header)
         response.success = True

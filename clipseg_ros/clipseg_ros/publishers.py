@@ -6,15 +6,19 @@ overlay and Segmentation message, each with the camera frame's header.
 from dataclasses import dataclass
 
 from clipseg_ros import conversions
+from clipseg_ros.depth_input import PairedTargets
+from clipseg_ros.depth_targets import labelled_points
 from clipseg_ros.engine import SegmentationResult
 from clipseg_ros.prompts import Prompt
-from clipseg_ros.overlay import render_overlay
+from clipseg_ros.overlay import PALETTE, render_overlay
 from clipseg_ros_interfaces.msg import Segmentation
-from geometry_msgs.msg import Point
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Point, Vector3
 import numpy as np
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image, RegionOfInterest
-from std_msgs.msg import Header
+from sensor_msgs.msg import Image, PointCloud2, PointField, RegionOfInterest
+from std_msgs.msg import ColorRGBA, Header
+from visualization_msgs.msg import Marker, MarkerArray
 
 # Outputs: the newest result only; reliable, so a subscriber gets every result it can take.
 OUTPUT_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -41,8 +45,8 @@ class PromptSet:
 
 
 def segmentation_msg(header: Header, result: SegmentationResult, prompt_set: PromptSet,
-                     threshold: float) -> Segmentation:
-    """Return the Segmentation message of one result."""
+                     threshold: float, paired: PairedTargets | None = None) -> Segmentation:
+    """Return the Segmentation message of one result (3D fields when depth was paired)."""
     stats = result.stats
     msg = Segmentation(header=header, prompt_version=prompt_set.version,
                        threshold=float(threshold), labels=prompt_set.labels)
@@ -53,13 +57,79 @@ def segmentation_msg(header: Header, result: SegmentationResult, prompt_set: Pro
                                   height=int(h)) for x, y, w, h in stats.boxes]
     msg.centroids = [Point(x=float(x), y=float(y), z=0.0) for x, y in stats.centroids]
     msg.inference_time = float(result.inference_seconds)
+    if paired is not None and paired.depth_stamp_ns is not None:
+        targets = paired.targets
+        msg.has_depth = True
+        seconds, nanoseconds = divmod(paired.depth_stamp_ns, 1_000_000_000)
+        msg.depth_stamp = Time(sec=seconds, nanosec=nanoseconds)
+        msg.centroids_3d = [_point(row) for row in targets.centroids]
+        msg.extent_min_3d = [_point(row) for row in targets.extent_min]
+        msg.extent_max_3d = [_point(row) for row in targets.extent_max]
+        msg.depth_pixel_count = [int(n) for n in targets.valid_pixels]
     return msg
+
+
+def _point(row: np.ndarray) -> Point:
+    return Point(x=float(row[0]), y=float(row[1]), z=float(row[2]))
+
+
+# x, y, z float32 and the prompt's 1-based label as uint8, padded to 16 bytes a point.
+POINT_DTYPE = np.dtype({'names': ['x', 'y', 'z', 'label'],
+                        'formats': ['<f4', '<f4', '<f4', 'u1'],
+                        'offsets': [0, 4, 8, 12], 'itemsize': 16})
+POINT_FIELDS = [PointField(name='x', offset=0, datatype=PointField.FLOAT32, count=1),
+                PointField(name='y', offset=4, datatype=PointField.FLOAT32, count=1),
+                PointField(name='z', offset=8, datatype=PointField.FLOAT32, count=1),
+                PointField(name='label', offset=12, datatype=PointField.UINT8, count=1)]
+
+
+def point_cloud_msg(header: Header, points: np.ndarray, labels: np.ndarray) -> PointCloud2:
+    """An unorganised PointCloud2 of (M, 3) points with their labels (only valid points)."""
+    cloud = np.zeros(len(points), dtype=POINT_DTYPE)
+    cloud['x'], cloud['y'], cloud['z'] = points[:, 0], points[:, 1], points[:, 2]
+    cloud['label'] = labels
+    msg = PointCloud2(header=header, height=1, width=len(points), fields=POINT_FIELDS,
+                      is_bigendian=False, point_step=POINT_DTYPE.itemsize,
+                      row_step=POINT_DTYPE.itemsize * len(points), is_dense=True)
+    msg.data = cloud.tobytes()
+    return msg
+
+
+def markers_msg(header: Header, paired: PairedTargets, labels: list[str]) -> MarkerArray:
+    """For rviz: per prompt with depth, a sphere at its centroid, its extent box and its text."""
+    markers = [Marker(header=header, action=Marker.DELETEALL)]
+    targets = paired.targets
+    for index, label in enumerate(labels):
+        centroid = targets.centroids[index]
+        if not np.isfinite(centroid).all():
+            continue
+        low, high = targets.extent_min[index], targets.extent_max[index]
+        red, green, blue = (float(c) / 255.0 for c in PALETTE[index + 1])
+        colour = ColorRGBA(r=red, g=green, b=blue, a=0.9)
+        sphere = Marker(header=header, ns='clipseg_centroids', id=index, type=Marker.SPHERE,
+                        action=Marker.ADD, color=colour, scale=Vector3(x=0.03, y=0.03, z=0.03))
+        sphere.pose.position = _point(centroid)
+        sphere.pose.orientation.w = 1.0
+        size = np.maximum(high - low, 0.005)
+        box = Marker(header=header, ns='clipseg_extents', id=index, type=Marker.CUBE,
+                     action=Marker.ADD, color=ColorRGBA(r=red, g=green, b=blue, a=0.3),
+                     scale=Vector3(x=float(size[0]), y=float(size[1]), z=float(size[2])))
+        box.pose.position = _point((low + high) / 2.0)
+        box.pose.orientation.w = 1.0
+        text = Marker(header=header, ns='clipseg_labels', id=index,
+                      type=Marker.TEXT_VIEW_FACING, action=Marker.ADD, text=label, color=colour,
+                      scale=Vector3(z=0.04))
+        # Above the object: -y is up in the optical frame.
+        text.pose.position = _point(centroid - np.array([0.0, 0.05 + size[1] / 2.0, 0.0]))
+        text.pose.orientation.w = 1.0
+        markers += [sphere, box, text]
+    return MarkerArray(markers=markers)
 
 
 class ResultPublishers:
     """The lifecycle publishers of one camera's outputs, created at configure."""
 
-    def __init__(self, node) -> None:
+    def __init__(self, node, with_depth: bool) -> None:
         self._node = node
         self._publishers = {
             'mask': node.create_lifecycle_publisher(Image, 'mask', OUTPUT_QOS),
@@ -68,21 +138,39 @@ class ResultPublishers:
             'segmentation': node.create_lifecycle_publisher(Segmentation, 'segmentation',
                                                             OUTPUT_QOS),
         }
+        if with_depth:
+            self._publishers['points'] = node.create_lifecycle_publisher(
+                PointCloud2, 'points', OUTPUT_QOS)
+            self._publishers['markers'] = node.create_lifecycle_publisher(
+                MarkerArray, 'markers', OUTPUT_QOS)
+
+    def _wanted(self, name: str) -> bool:
+        publisher = self._publishers.get(name)
+        return publisher is not None and publisher.get_subscription_count() > 0
 
     def publish(self, header: Header, image_rgb: np.ndarray, result: SegmentationResult,
-                prompt_set: PromptSet, threshold: float, with_overlay: bool) -> None:
+                prompt_set: PromptSet, threshold: float, with_overlay: bool,
+                paired: PairedTargets | None = None, point_decimation: int = 1) -> None:
         publishers = self._publishers
-        segmentation = segmentation_msg(header, result, prompt_set, threshold)
-        # Image outputs nobody listens to are not built: the overlay alone costs milliseconds.
-        if publishers['mask'].get_subscription_count():
+        segmentation = segmentation_msg(header, result, prompt_set, threshold, paired)
+        # Outputs nobody listens to are not built: the overlay alone costs milliseconds.
+        if self._wanted('mask'):
             publishers['mask'].publish(conversions.array_to_image(result.labels, 'mono8', header))
-        if publishers['confidence'].get_subscription_count():
+        if self._wanted('confidence'):
             publishers['confidence'].publish(
                 conversions.array_to_image(result.confidence, '32FC1', header))
         publishers['segmentation'].publish(segmentation)
-        if with_overlay and publishers['overlay'].get_subscription_count():
+        if with_overlay and self._wanted('overlay'):
             overlay = render_overlay(image_rgb, result.labels, result.stats, prompt_set.labels)
             publishers['overlay'].publish(conversions.array_to_image(overlay, 'rgb8', header))
+        if paired is None or paired.depth_m is None:
+            return
+        if self._wanted('points'):
+            points, labels = labelled_points(result.labels, paired.depth_m, paired.camera,
+                                             point_decimation)
+            publishers['points'].publish(point_cloud_msg(header, points, labels))
+        if self._wanted('markers'):
+            publishers['markers'].publish(markers_msg(header, paired, prompt_set.labels))
 
     def destroy(self) -> None:
         for publisher in self._publishers.values():

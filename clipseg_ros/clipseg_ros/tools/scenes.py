@@ -155,6 +155,9 @@ class Scene:
     table_normal: np.ndarray
     table_offset: float
     objects: list[SceneObject] = field(default_factory=list)
+    # The noise-free depth the sensor model started from (metres, 0 where no surface): ground
+    # truth for 3D estimates made from ``depth_m``.
+    depth_exact_m: np.ndarray | None = None
 
     def depth_mm(self) -> np.ndarray:
         """Return the depth image as 16UC1 millimetres (see :func:`depth_to_millimetres`)."""
@@ -634,8 +637,10 @@ def render_scene(seed: int, width: int = 640, height: int = 480, *,
     rgb = np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
     depth = _sensor_depth(rng, depth_true, owner)
+    exact = np.where(np.isfinite(depth_true), depth_true, 0.0).astype(np.float32)
     return Scene(seed=int(seed), rgb=rgb, depth_m=depth, intrinsics=intrinsics,
-                 table_normal=table.up.copy(), table_offset=table.height, objects=objects)
+                 table_normal=table.up.copy(), table_offset=table.height, objects=objects,
+                 depth_exact_m=exact)
 
 
 def _sensor_depth(rng: np.random.Generator, depth_true: np.ndarray,

@@ -1,0 +1,52 @@
+"""The node's depth inputs: `depth` and `camera_info` subscriptions feeding a DepthPairing."""
+
+from collections.abc import Callable
+
+from clipseg_ros.depth_input import DepthPairing, PairedTargets
+import numpy as np
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import CameraInfo, Image
+
+
+class DepthTopics:
+    """
+    Subscribes `depth` (16UC1 mm or 32FC1 m, registered to the colour image) and `camera_info`
+    (the colour camera's), both relative like `image`; pairs them with colour frames.
+    """
+
+    def __init__(self, node, qos: QoSProfile, callback_group,
+                 warn: Callable[[str, str], None]) -> None:
+        self._node = node
+        self._warn = warn
+        self.pairing = DepthPairing()
+        self._subscriptions = [
+            node.create_subscription(Image, 'depth', self._on_depth, qos,
+                                     callback_group=callback_group),
+            node.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, qos,
+                                     callback_group=callback_group),
+        ]
+
+    def _on_depth(self, msg: Image) -> None:
+        problem = self.pairing.offer_depth(msg)
+        if problem is not None:
+            self._warn('depth', f'depth image refused: {problem}')
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        problem = self.pairing.offer_camera_info(msg)
+        if problem is not None:
+            self._warn('camera_info', f'camera_info refused: {problem}')
+
+    def targets_for(self, header, labels: np.ndarray, prompt_count: int) -> PairedTargets:
+        """The 3D targets of a frame, with the node's live depth parameters."""
+        value = self._node.get_parameter
+        paired = self.pairing.targets_for(
+            header, labels, prompt_count, max_delay=value('depth_max_delay').value,
+            max_depth=value('max_depth').value, erosion_px=value('depth_erosion_px').value)
+        if paired.problem is not None:
+            self._warn('depth_pairing', f'no 3D for this frame: {paired.problem}')
+        return paired
+
+    def destroy(self) -> None:
+        for subscription in self._subscriptions:
+            self._node.destroy_subscription(subscription)
+        self._subscriptions = []
