@@ -57,11 +57,12 @@ def segmentation_msg(header: Header, result: SegmentationResult, prompt_set: Pro
                                   height=int(h)) for x, y, w, h in stats.boxes]
     msg.centroids = [Point(x=float(x), y=float(y), z=0.0) for x, y in stats.centroids]
     msg.inference_time = float(result.inference_seconds)
-    if paired is not None and paired.depth_stamp_ns is not None:
+    if paired is not None:  # depth in use: one entry per prompt, NaN without a depth image
         targets = paired.targets
-        msg.has_depth = True
-        seconds, nanoseconds = divmod(paired.depth_stamp_ns, 1_000_000_000)
-        msg.depth_stamp = Time(sec=seconds, nanosec=nanoseconds)
+        if paired.depth_stamp_ns is not None:
+            msg.has_depth = True
+            seconds, nanoseconds = divmod(paired.depth_stamp_ns, 1_000_000_000)
+            msg.depth_stamp = Time(sec=seconds, nanosec=nanoseconds)
         msg.centroids_3d = [_point(row) for row in targets.centroids]
         msg.extent_min_3d = [_point(row) for row in targets.extent_min]
         msg.extent_max_3d = [_point(row) for row in targets.extent_max]

@@ -170,9 +170,9 @@ class CameraStream:
     def wait_for_subscriber(self, timeout: float = 10.0) -> bool:
         return wait_for_subscription(self.publisher, timeout)
 
-    def publish(self, msg, frame_id: str = 'camera_optical') -> tuple:
-        """Stamp msg now, publish it and return its stamp key."""
-        stamp = self.node.get_clock().now().to_msg()
+    def publish(self, msg, frame_id: str = 'camera_optical', stamp=None) -> tuple:
+        """Stamp msg (now, unless a stamp is given), publish it and return its stamp key."""
+        stamp = stamp if stamp is not None else self.node.get_clock().now().to_msg()
         msg.header.stamp = stamp
         msg.header.frame_id = frame_id
         key = (stamp.sec, stamp.nanosec)
