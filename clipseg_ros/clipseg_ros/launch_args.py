@@ -28,13 +28,16 @@ ARGUMENTS: list[tuple[str, str | None, str]] = [
                           '(default: the installed config/clipseg.yaml)'),
     ('namespace', '', 'Namespace of the node and its topics'),
     ('image', 'image', 'Camera image topic to segment (image/compressed follows it)'),
+    ('depth', 'depth', 'Depth image registered to the colour image (read with use_depth)'),
+    ('camera_info', 'camera_info', "The colour camera's CameraInfo (read with use_depth)"),
     ('model', '', 'Override of the YAML: hub id or local model folder'),
     ('device', '', 'Override of the YAML: auto, cpu, cuda or cuda:N'),
+    ('use_depth', '', 'Override of the YAML: true to read depth and camera_info and publish 3D'),
     ('use_fastdds_profile', 'true',
      'true: give the node the shipped Fast DDS profile for large images, unless '
      f'{PROFILE_ENV} or {LEGACY_PROFILE_ENV} is already set; false: never'),
 ]
-OVERRIDES = ('model', 'device')
+OVERRIDES = ('model', 'device', 'use_depth')
 _TRUE = ('true', '1', 'yes', 'on')
 _FALSE = ('false', '0', 'no', 'off')
 # The documented ROS 2 name rules, used only where rclpy's validators cannot be imported.
@@ -204,6 +207,9 @@ def plan(arguments: Mapping[str, str], environ: Mapping[str, str] | None = None,
         else default_params_file()
     namespace = node_namespace(arguments.get('namespace', ''), base_namespace)
     image = check_topic('image', arguments.get('image', 'image'), namespace)
+    depth = check_topic('depth', arguments.get('depth', 'depth'), namespace)
+    camera_info = check_topic('camera_info', arguments.get('camera_info', 'camera_info'),
+                              namespace)
     use_profile = parse_bool('use_fastdds_profile',
                              arguments.get('use_fastdds_profile', 'true'))
     return NodePlan(
@@ -211,7 +217,8 @@ def plan(arguments: Mapping[str, str], environ: Mapping[str, str] | None = None,
         params_file=check_params_file(params_file),
         overrides={name: arguments[name] for name in OVERRIDES if arguments.get(name)},
         # raw and compressed transport of one camera
-        remaps=[('image', image), ('image/compressed', image + '/compressed')],
+        remaps=[('image', image), ('image/compressed', image + '/compressed'),
+                ('depth', depth), ('camera_info', camera_info)],
         env=node_environment(environ, use_profile),
     )
 
@@ -221,7 +228,12 @@ def overrides_yaml(node_plan: NodePlan) -> str | None:
     if not node_plan.overrides:
         return None
     import yaml
-    return yaml.dump({node_plan.node_fqn: {'ros__parameters': dict(node_plan.overrides)}},
+    # launch_ros reads each string value as YAML ('true' becomes a bool), keeping scalars only.
+    values = {}
+    for name, text in node_plan.overrides.items():
+        value = yaml.safe_load(text)
+        values[name] = value if isinstance(value, (bool, int, float, str)) else text
+    return yaml.dump({node_plan.node_fqn: {'ros__parameters': values}},
                      default_flow_style=False)
 
 

@@ -11,6 +11,7 @@ import types
 from pathlib import Path
 
 import pytest
+import yaml
 
 from clipseg_ros import launch_args
 from clipseg_ros.launch_args import LaunchArgumentError
@@ -23,7 +24,8 @@ def test_defaults_plan_the_documented_node():
     assert plan.namespace == '/'
     assert plan.params_file == launch_args.default_params_file()
     assert plan.parameters == [launch_args.default_params_file()]
-    assert plan.remaps == [('image', 'image'), ('image/compressed', 'image/compressed')]
+    assert plan.remaps == [('image', 'image'), ('image/compressed', 'image/compressed'),
+                           ('depth', 'depth'), ('camera_info', 'camera_info')]
     assert plan.env == PROFILE
     assert plan.node_fqn == '/clipseg'
     assert launch_args.overrides_yaml(plan) is None
@@ -141,14 +143,17 @@ def test_clipseg_launch_declares_and_hands_node_the_plan(stand_in_launch, tmp_pa
     description = stand_in_launch('clipseg.launch.py')
     assert _declared(description) == {
         'params_file': launch_args.default_params_file(), 'namespace': '', 'image': 'image',
-        'model': '', 'device': '', 'use_fastdds_profile': 'true'}
+        'depth': 'depth', 'camera_info': 'camera_info', 'model': '', 'device': '',
+        'use_depth': '', 'use_fastdds_profile': 'true'}
     node = _run_node_function(description, namespace='robot', image='/cam/image_raw',
-                              model='/models/m')
+                              depth='/cam/aligned_depth', model='/models/m')
     assert node['package'] == 'clipseg_ros' and node['executable'] == 'clipseg_node'
     assert node['name'] == 'clipseg' and node['namespace'] == '/robot'
     assert node['parameters'] == [launch_args.default_params_file(), {'model': '/models/m'}]
     assert node['remappings'] == [('image', '/cam/image_raw'),
-                                  ('image/compressed', '/cam/image_raw/compressed')]
+                                  ('image/compressed', '/cam/image_raw/compressed'),
+                                  ('depth', '/cam/aligned_depth'),
+                                  ('camera_info', 'camera_info')]
     assert node['additional_env'] == PROFILE
     node = _run_node_function(description, environ={launch_args.LEGACY_PROFILE_ENV: '/x.xml'})
     assert node['additional_env'] == {}
@@ -157,6 +162,7 @@ def test_clipseg_launch_declares_and_hands_node_the_plan(stand_in_launch, tmp_pa
 @pytest.mark.parametrize('given, expected', [
     ({'params_file': '/typo.yaml'}, "params_file '/typo.yaml' does not exist"),
     ({'image': '/bad-topic'}, "image '/bad-topic' is not a valid ROS topic name"),
+    ({'depth': 'depth image'}, "depth 'depth image' is not a valid ROS topic name"),
 ])
 def test_clipseg_launch_refuses_before_the_node(stand_in_launch, given, expected):
     description = stand_in_launch('clipseg.launch.py')
@@ -176,3 +182,12 @@ def test_example_camera_declares_and_forwards_everything(stand_in_launch):
     assert Path(include.args[0].args[0]).name == 'clipseg.launch.py'
     forwarded = dict(include.kwargs['launch_arguments'])
     assert {name: value.name for name, value in forwarded.items()} == {n: n for n in declared}
+
+
+def test_overrides_are_typed_as_launch_ros_reads_them():
+    plan = launch_args.plan({'model': '/models/m', 'device': 'cuda:0', 'use_depth': 'true'},
+                            environ={})
+    written = yaml.safe_load(launch_args.overrides_yaml(plan))
+    assert written == {'/clipseg': {'ros__parameters': {
+        'model': '/models/m', 'device': 'cuda:0', 'use_depth': True}}}
+    assert ('depth', 'depth') in plan.remaps and ('camera_info', 'camera_info') in plan.remaps

@@ -18,11 +18,14 @@ from pathlib import Path
 import pytest
 import yaml
 from clipseg_ros_interfaces.srv import SetTextPrompts
+import rclpy
 from rclpy.executors import SingleThreadedExecutor
+from sensor_msgs.msg import CameraInfo, Image
 from rclpy.qos import ReliabilityPolicy
 
 from clipseg_ros import launch_args
 from clipseg_ros.conversions import image_to_array
+from clipseg_ros.tools.drive import wait_for_subscription
 from node_harness import (CameraAndCollector, call_service, encode_frame,
                           publish_until_answered, rgb_frame)
 
@@ -129,7 +132,8 @@ def test_launched_command_line_is_launch_ros_s(tiny_model_dir, tmp_path):
         str(installed_executable()), '--ros-args', '-r', '__node:=clipseg', '-r', '__ns:=/robot',
         '--params-file', str(installed_params_file()), '--params-file', overrides_file,
         '-r', 'image:=/test_camera/image_raw',
-        '-r', 'image/compressed:=/test_camera/image_raw/compressed']
+        '-r', 'image/compressed:=/test_camera/image_raw/compressed',
+        '-r', 'depth:=depth', '-r', 'camera_info:=camera_info']
     # launch_ros keys a dict of parameters by the node's full name
     assert yaml.safe_load(Path(overrides_file).read_text()) == {
         '/robot/clipseg': {'ros__parameters': {'model': str(tiny_model_dir), 'device': 'cpu'}}}
@@ -262,3 +266,21 @@ def test_unknown_argument_is_one_fatal_line(tmp_path):
     returncode, output = run_to_exit(launched_command(plan, tmp_path) + ['--no-such-flag'],
                                      environment_without_profile())
     assert_one_fatal_line(returncode, output, '--no-such-flag')
+
+
+def test_launched_node_with_depth_subscribes_the_remapped_depth_topics(ros_context,
+                                                                        launched_node):
+    process, log_path, plan = launched_node(
+        namespace='rs', image='/rs/color/image_raw', use_depth='true',
+        depth='/rs/aligned_depth_to_color/image_raw', camera_info='/rs/color/camera_info')
+    assert ('depth', '/rs/aligned_depth_to_color/image_raw') in plan.remaps
+    probe = rclpy.create_node('depth_topic_probe', context=ros_context)
+    try:
+        publishers = [probe.create_publisher(message_type, topic, 1) for message_type, topic in (
+            (Image, '/rs/aligned_depth_to_color/image_raw'),
+            (CameraInfo, '/rs/color/camera_info'))]
+        for publisher in publishers:
+            assert wait_for_subscription(publisher, 60.0), log_path.read_text()
+        assert process.poll() is None, 'node exited'
+    finally:
+        probe.destroy_node()
