@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 
 # Statistics of a prompt with more valid pixels than this use an even subsample of them: the
-# median and percentiles of 20,000 surface points are as good as of all.
-MAX_POINTS_PER_PROMPT = 20_000
+# median and percentiles of a few thousand surface points are as good as of all of them.
+MAX_POINTS_PER_PROMPT = 4096
 EXTENT_PERCENTILES = (5.0, 95.0)
 DEPTH_ENCODINGS = ('16UC1', 'mono16', '32FC1')
 
@@ -135,10 +135,10 @@ def prompt_targets(labels: np.ndarray, depth_m: np.ndarray, camera: CameraModel,
             continue
         core, count = (inner[prompt], inner_counts[prompt]) if inner[prompt].size else \
             (whole[prompt], whole_counts[prompt])
-        points = back_project(core, depth[core].astype(np.float64), camera)
+        points = back_project(core, depth[core], camera)
         targets.centroids[prompt] = np.median(points, axis=0)
         targets.valid_pixels[prompt] = count
-        points = back_project(whole[prompt], depth[whole[prompt]].astype(np.float64), camera)
+        points = back_project(whole[prompt], depth[whole[prompt]], camera)
         targets.extent_min[prompt], targets.extent_max[prompt] = np.percentile(
             points, EXTENT_PERCENTILES, axis=0)
     return targets
