@@ -36,7 +36,7 @@ CUSTOM_STD = [0.2, 0.3, 0.4]
 
 
 def image_processor(**overrides):
-    """transformers' CLIPSeg image processor class (a PIL fallback where torchvision is missing)."""
+    """transformers' CLIPSeg image processor (a PIL fallback where torchvision is missing)."""
     from transformers import ViTImageProcessor
     return ViTImageProcessor(**{**IMAGE_PROCESSOR_SETTINGS, **overrides})
 
@@ -222,7 +222,7 @@ def test_folder_without_preprocessor_config_is_explained(tiny_model_dir, tmp_pat
 
 
 def test_package_url_names_a_folder_a_package_installs(tiny_model_dir, tmp_path,
-                                                      monkeypatch) -> None:
+                                                       monkeypatch) -> None:
     """package://<package>/<path> is the ROS way to name a file a package installs."""
     prefix = tmp_path / 'prefix'
     marker = prefix / 'share' / 'ament_index' / 'resource_index' / 'packages' / 'model_pkg'

@@ -9,6 +9,7 @@ that from clipseg_ros.launch_args; these tests take it from there too and run th
 the two cannot drift apart (launch itself is not installable here).
 """
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -113,6 +114,22 @@ def launched_node(tiny_model_dir, tmp_path):
         stop(process)
 
 
+@contextlib.contextmanager
+def spinning_camera(context, **camera_arguments):
+    """A CameraAndCollector spun by an executor of its own, torn down after the block."""
+    camera = CameraAndCollector(context, **camera_arguments)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(camera.node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        yield camera
+    finally:
+        executor.shutdown()
+        spinner.join(timeout=5)
+        camera.node.destroy_node()
+
+
 def test_installed_files_are_where_launch_looks():
     assert installed_executable().is_file() and os.access(installed_executable(), os.X_OK)
     assert installed_params_file().is_file()
@@ -142,14 +159,9 @@ def test_launched_command_line_is_launch_ros_s(tiny_model_dir, tmp_path):
 
 def test_installed_node_with_params_file_and_remap(ros_context, launched_node):
     process, log_path, _ = launched_node(namespace='robot', image='/test_camera/image_raw')
-    camera = CameraAndCollector(ros_context, namespace='/robot',
-                                image_topic='/test_camera/image_raw')
-    client = camera.node.create_client(SetTextPrompts, '/robot/clipseg/set_text_prompts')
-    executor = SingleThreadedExecutor(context=ros_context)
-    executor.add_node(camera.node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    try:
+    with spinning_camera(ros_context, namespace='/robot',
+                         image_topic='/test_camera/image_raw') as camera:
+        client = camera.node.create_client(SetTextPrompts, '/robot/clipseg/set_text_prompts')
         assert camera.wait_for_subscriber(timeout=60.0), log_path.read_text()
         frame = encode_frame(rgb_frame(120, 90), 'bgr8')
         outputs = publish_until_answered(camera, frame, frame_id='test_camera_optical')
@@ -163,10 +175,6 @@ def test_installed_node_with_params_file_and_remap(ros_context, launched_node):
         assert outputs['segmentation'].labels == ['cup']
         assert outputs['segmentation'].prompt_version == response.prompt_version
         assert process.poll() is None, 'node exited'
-    finally:
-        executor.shutdown()
-        spinner.join(timeout=5)
-        camera.node.destroy_node()
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=20) == 0, log_path.read_text()
 
@@ -187,18 +195,13 @@ def test_large_best_effort_frames_reach_the_launched_node(ros_context, launched_
     """640x480 rgb8 frames, best effort, from this process reach the node launch configures.
 
     Both ends have the shipped profile: the node from the launch logic, this process (the
-    camera) from ros_fixtures.  Measured here, the sender's profile is what keeps such frames
-    whole; the node's own profile serves its large outputs.
+    camera) from ros_fixtures (README, "Large images", says when the profile's transports
+    apply).
     """
     process, log_path, plan = launched_node(namespace='big', image='/big_camera/image_raw')
     assert plan.env == {launch_args.PROFILE_ENV: launch_args.fastdds_profile_file()}
-    camera = CameraAndCollector(ros_context, namespace='/big', image_topic='/big_camera/image_raw',
-                                camera_reliability=ReliabilityPolicy.BEST_EFFORT)
-    executor = SingleThreadedExecutor(context=ros_context)
-    executor.add_node(camera.node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    try:
+    with spinning_camera(ros_context, namespace='/big', image_topic='/big_camera/image_raw',
+                         camera_reliability=ReliabilityPolicy.BEST_EFFORT) as camera:
         assert camera.wait_for_subscriber(timeout=60.0), log_path.read_text()
         frame = encode_frame(rgb_frame(640, 480), 'rgb8')
         outputs = publish_until_answered(camera, frame, frame_id='big_camera_optical')
@@ -209,10 +212,6 @@ def test_large_best_effort_frames_reach_the_launched_node(ros_context, launched_
                        is not None for _ in range(10))
         assert answered >= 8, f'{answered} of 10 frames answered\n' + log_path.read_text()
         assert process.poll() is None, 'node exited'
-    finally:
-        executor.shutdown()
-        spinner.join(timeout=5)
-        camera.node.destroy_node()
 
 
 def test_launch_refuses_missing_params_file_and_node_too(tmp_path):
@@ -269,7 +268,7 @@ def test_unknown_argument_is_one_fatal_line(tmp_path):
 
 
 def test_launched_node_with_depth_subscribes_the_remapped_depth_topics(ros_context,
-                                                                        launched_node):
+                                                                       launched_node):
     process, log_path, plan = launched_node(
         namespace='rs', image='/rs/color/image_raw', use_depth='true',
         depth='/rs/aligned_depth_to_color/image_raw', camera_info='/rs/color/camera_info')

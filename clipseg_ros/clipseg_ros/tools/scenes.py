@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import math
 from typing import Iterable, Sequence
 
+from clipseg_ros.depth_targets import CameraModel
 import cv2
 import numpy as np
 
@@ -67,15 +68,8 @@ MAX_OBJECTS = 5
 
 
 @dataclass(frozen=True)
-class Intrinsics:
-    """Pinhole intrinsics of a ``width`` x ``height`` image, in pixels (no distortion)."""
-
-    width: int
-    height: int
-    fx: float
-    fy: float
-    cx: float
-    cy: float
+class Intrinsics(CameraModel):
+    """The node's pinhole camera model, with what rendering a scene needs besides."""
 
     def matrix(self) -> np.ndarray:
         """Return the 3x3 camera matrix K (as in sensor_msgs/CameraInfo ``k``)."""
