@@ -239,3 +239,16 @@ def test_package_url_names_a_folder_a_package_installs(tiny_model_dir, tmp_path,
         ClipSegEngine('package://model_pkg/models/missing', device='cpu')
     with pytest.raises(ModelLoadError, match='must name a package and a path'):
         ClipSegEngine('package://model_pkg', device='cpu')
+
+
+def test_the_node_configures_and_segments_with_a_processor_written_folder(ros_context, tmp_path):
+    from node_harness import encode_frame, rgb_frame, RunningNode
+    folder = write_with_processor(tmp_path / 'model')
+    harness = RunningNode(ros_context, folder)
+    try:
+        assert harness.node._engine.model_name == str(folder)
+        outputs = harness.send_and_wait(encode_frame(rgb_frame(64, 48), 'rgb8'))
+        assert (outputs['mask'].width, outputs['mask'].height) == (64, 48)
+        assert list(outputs['segmentation'].labels) == ['a red square', 'sky']
+    finally:
+        harness.close()
