@@ -3,6 +3,7 @@ from glob import glob
 from setuptools import find_packages, setup
 
 PACKAGE_NAME = 'clipseg_ros'
+MINI_MODEL = 'clipseg_shapes_mini'
 
 setup(
     name=PACKAGE_NAME,
@@ -13,6 +14,9 @@ setup(
         ('share/' + PACKAGE_NAME, ['package.xml']),
         ('share/' + PACKAGE_NAME + '/launch', glob('launch/*.launch.py')),
         ('share/' + PACKAGE_NAME + '/config', glob('config/*.yaml') + glob('config/*.xml')),
+        # The miniature model trained on synthetic tabletop scenes (tests and demos).
+        ('share/' + PACKAGE_NAME + '/models/' + MINI_MODEL,
+         sorted(glob('models/' + MINI_MODEL + '/*'))),
     ],
     install_requires=['setuptools'],
     zip_safe=True,

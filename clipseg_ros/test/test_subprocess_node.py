@@ -9,6 +9,7 @@ that from clipseg_ros.launch_args; these tests take it from there too and run th
 the two cannot drift apart (launch itself is not installable here).
 """
 
+import array
 import contextlib
 import os
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from clipseg_ros_interfaces.srv import SetTextPrompts
@@ -283,3 +285,55 @@ def test_launched_node_with_depth_subscribes_the_remapped_depth_topics(ros_conte
         assert process.poll() is None, 'node exited'
     finally:
         probe.destroy_node()
+
+
+def test_installed_node_gives_the_named_objects_3d_centroid(ros_context, launched_node,
+                                                            tmp_path):
+    """The grasp planner's call: ~/segment with a text prompt returns the object's 3D point."""
+    from clipseg_ros.tools.scenes import phrase, render_scene
+    from clipseg_ros_interfaces.srv import Segment
+    kind = ('circle', 'red')
+    scene = render_scene(0, 640, 480, num_objects=3, include=[kind, ('square', 'blue')])
+    process, log_path, _ = launched_node(
+        namespace='grasp', image='/rgbd/color/image_raw', depth='/rgbd/aligned_depth',
+        camera_info='/rgbd/color/camera_info', use_depth='true',
+        params_file=str(installed_params_file()),
+        model='package://clipseg_ros/models/clipseg_shapes_mini')
+    with spinning_camera(ros_context, namespace='/grasp',
+                         image_topic='/rgbd/color/image_raw') as camera:
+        node = camera.node
+        depth_pub = node.create_publisher(Image, '/rgbd/aligned_depth', 10)
+        info_pub = node.create_publisher(CameraInfo, '/rgbd/color/camera_info', 10)
+        client = node.create_client(Segment, '/grasp/clipseg/segment')
+        for publisher in (depth_pub, info_pub, camera.publisher):
+            assert wait_for_subscription(publisher, 60.0), log_path.read_text()
+        stamp = node.get_clock().now().to_msg()
+        depth = np.ascontiguousarray(scene.depth_mm())
+        depth_msg = Image(height=480, width=640, encoding='16UC1', step=depth.strides[0])
+        depth_msg.data = array.array('B', depth.tobytes())
+        depth_msg.header.stamp, depth_msg.header.frame_id = stamp, 'rgbd_color_optical'
+        i = scene.intrinsics
+        info = CameraInfo(header=depth_msg.header, width=640, height=480,
+                          k=[i.fx, 0.0, i.cx, 0.0, i.fy, i.cy, 0.0, 0.0, 1.0])
+        info_pub.publish(info)
+        depth_pub.publish(depth_msg)
+        key = camera.publish(encode_frame(scene.rgb, 'rgb8'), frame_id='rgbd_color_optical',
+                             stamp=stamp)
+        assert camera.wait_outputs(key, names=('segmentation',), timeout=60.0) is not None, \
+            log_path.read_text()
+        response = call_service(node, client, Segment.Request(prompts=[phrase(kind)]))
+    assert response.success, response.message
+    segmentation = response.segmentation
+    assert segmentation.header.frame_id == 'rgbd_color_optical'
+    assert segmentation.has_depth and segmentation.depth_stamp == stamp
+    labels = image_to_array(response.mask)
+    truth = scene.mask_of(*kind)
+    assert (labels == 1).sum() > 0
+    # The ground truth: the median of the object's visible surface, from the noise-free depth.
+    rows, columns = np.nonzero(truth & (scene.depth_exact_m > 0))
+    z = scene.depth_exact_m[rows, columns].astype(np.float64)
+    expected = np.median(np.stack([(columns - i.cx) * z / i.fx, (rows - i.cy) * z / i.fy, z],
+                                  axis=1), axis=0)
+    point = segmentation.centroids_3d[0]
+    error = np.linalg.norm(np.array([point.x, point.y, point.z]) - expected)
+    assert error < 0.01, f'centroid {point} is {error * 100:.1f} cm from {expected}'
