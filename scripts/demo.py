@@ -1,15 +1,15 @@
 """make demo: run the installed clipseg node on a synthetic 30 Hz camera and save what it sends.
 
 Uses the real CLIPSeg weights when they can be loaded (hub id or local folder, `--model` or
-$CLIPSEG_MODEL); otherwise says so and uses a tiny randomly initialised CLIPSeg, whose masks are
-meaningless but which exercises the same node, topics and timing path.
+$CLIPSEG_MODEL) on a moving synthetic frame. Otherwise it says so and uses the miniature CLIPSeg
+installed with the package, trained on synthetic tabletop scenes: the camera then shows such
+scenes, the prompts name objects on the table, and the overlays show them found and labelled.
 """
 
 import argparse
 import os
 import socket
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,7 +25,11 @@ from clipseg_ros.tools.drive import (
     synthetic_frame, use_large_image_profile)
 from clipseg_ros.engine import ClipSegEngine
 from clipseg_ros.model_loading import DEFAULT_MODEL, ModelLoadError
-from clipseg_ros.tools.tiny_model import write_tiny_model
+from clipseg_ros.tools.scenes import phrase, render_scene
+
+MINI_MODEL = 'package://clipseg_ros/models/clipseg_shapes_mini'
+# Named on the demo's table (the miniature model knows shapes and colours only).
+MINI_PROMPTS = [phrase(('circle', 'red')), phrase(('square', 'blue'))]
 
 
 def hub_reachable(model: str) -> bool:
@@ -42,7 +46,8 @@ def hub_reachable(model: str) -> bool:
     return True
 
 
-def choose_model(requested: str, scratch: Path) -> str:
+def choose_model(requested: str) -> tuple[str, bool]:
+    """The model to run and whether it is the miniature fallback."""
     try:
         if not hub_reachable(requested):
             # An offline hub client retries for half a minute before giving up: don't ask it.
@@ -50,13 +55,19 @@ def choose_model(requested: str, scratch: Path) -> str:
                                  'folder (pass --model DIR or set CLIPSEG_MODEL)')
         ClipSegEngine(model=requested, device='cpu').release()
         print(f'demo: using model {requested}')
-        return requested
+        return requested, False
     except (ModelLoadError, ValueError, OSError) as error:
-        tiny = write_tiny_model(scratch / 'tiny_model')
         print(f'demo: real weights unavailable ({str(error).splitlines()[0]})')
-        print(f'demo: using a tiny random CLIPSeg at {tiny}: masks are meaningless, '
-              'the pipeline and timings are real')
-        return str(tiny)
+        print(f'demo: using the miniature CLIPSeg trained on synthetic tabletop scenes '
+              f'({MINI_MODEL}): it knows coloured shapes on a table, nothing else')
+        return MINI_MODEL, True
+
+
+def tabletop_frames(width: int, height: int, count: int = 6) -> list:
+    """Scenes holding the objects MINI_PROMPTS name, among others."""
+    return [rgb_image_msg(render_scene(seed, width, height, num_objects=4,
+                                       include=[('circle', 'red'), ('square', 'blue')]).rgb)
+            for seed in range(count)]
 
 
 def save_outputs(records, out_dir: Path, limit: int) -> int:
@@ -91,10 +102,9 @@ def main() -> int:
     parser.add_argument('--save', type=int, default=8, help='frames to save')
     args = parser.parse_args()
     use_large_image_profile()
-    prompts = args.prompt or ['a red ball']
     args.out.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix='clipseg_demo_'))
-    model = choose_model(args.model, scratch)
+    model, miniature = choose_model(args.model)
+    prompts = args.prompt or (MINI_PROMPTS if miniature else ['a red ball'])
 
     params = {'model': model, 'prompts': '[' + ','.join(f'"{p}"' for p in prompts) + ']'}
     process = start_node_process(params, '/demo_camera/image_raw', args.out / 'node.log',
@@ -111,7 +121,11 @@ def main() -> int:
         if not stream.wait_for_subscriber(timeout=120.0):
             print(f'demo: the node did not come up; see {args.out / "node.log"}', file=sys.stderr)
             return 1
-        frames = [rgb_image_msg(synthetic_frame(args.width, args.height, i)) for i in range(60)]
+        if miniature:
+            frames = tabletop_frames(args.width, args.height)
+        else:
+            frames = [rgb_image_msg(synthetic_frame(args.width, args.height, i))
+                      for i in range(60)]
         sent = stream.run(frames, args.rate, args.seconds)
         time.sleep(3.0)  # let the frame in progress finish
     finally:
