@@ -420,8 +420,8 @@ def _place(rng: np.random.Generator, table: _Table, intrinsics: Intrinsics,
                     direction = rng.uniform(0.0, 2.0 * np.pi)
                 else:
                     direction += rng.uniform(-0.8, 0.8)
-                gap = _bounding_radius(other.shape, other.size) + radius + rng.uniform(0.001,
-                                                                                      0.012)
+                gap = (_bounding_radius(other.shape, other.size) + radius
+                       + rng.uniform(0.001, 0.012))
                 centre = other.centre + gap * np.array([math.cos(direction),
                                                         math.sin(direction)])
             else:
