@@ -51,6 +51,13 @@ def labels_of(harness: RunningNode, msg) -> np.ndarray:
     return image_to_array(harness.send_and_wait(msg)['mask'])
 
 
+def first_prompt_ious(harness: RunningNode, scenes_, *kinds) -> list[list[float]]:
+    """Per kind, the IoU of the first prompt's mask with that kind's object, scene by scene."""
+    masks = [labels_of(harness, encode_frame(scene.rgb, 'rgb8')) == 1 for scene in scenes_]
+    return [[iou(mask, scene.mask_of(*kind)) for mask, scene in zip(masks, scenes_)]
+            for kind in kinds]
+
+
 def compressed(rgb: np.ndarray, extension: str) -> CompressedImage:
     ok, data = cv2.imencode(extension, np.ascontiguousarray(rgb[:, :, ::-1]),
                             [cv2.IMWRITE_JPEG_QUALITY, 95])
@@ -107,11 +114,7 @@ def test_the_named_object_is_found_in_compressed_frames(ros_context, vga_scenes,
 def test_new_prompts_move_the_mask_to_the_newly_named_object(node, vga_scenes):
     response = node.call('text', SetTextPrompts.Request(prompts=[phrase(OTHER_KIND)]))
     assert response.success, response.message
-    on_other, on_first = [], []
-    for scene in vga_scenes:
-        mask = labels_of(node, encode_frame(scene.rgb, 'rgb8')) == 1
-        on_other.append(iou(mask, scene.mask_of(*OTHER_KIND)))
-        on_first.append(iou(mask, scene.mask_of(*KIND)))
+    on_other, on_first = first_prompt_ious(node, vga_scenes, OTHER_KIND, KIND)
     assert np.mean(on_other) >= MIN_OTHER_IOU, on_other
     assert np.mean(on_first) < 0.1, on_first
 
@@ -125,11 +128,7 @@ def test_a_support_image_from_another_scene_finds_the_same_kind(node, vga_scenes
         'mono8')
     response = node.call('image', request)
     assert response.success, response.message
-    same, other = [], []
-    for scene in vga_scenes:
-        mask = labels_of(node, encode_frame(scene.rgb, 'rgb8')) == 1
-        same.append(iou(mask, scene.mask_of(*KIND)))
-        other.append(iou(mask, scene.mask_of(*OTHER_KIND)))
+    same, other = first_prompt_ious(node, vga_scenes, KIND, OTHER_KIND)
     assert np.mean(same) >= MIN_SUPPORT_IOU, same
     assert np.mean(same) > 3 * np.mean(other), (same, other)
 
