@@ -33,9 +33,12 @@ from rclpy.executors import SingleThreadedExecutor
 from clipseg_ros.tools.drive import (
     CameraStream, percentile_ms, rgb_image_msg, start_node_process, stop_node_process,
     synthetic_frame, use_large_image_profile)
+from clipseg_ros.depth_targets import CameraModel
 from clipseg_ros.engine import ClipSegEngine
 from clipseg_ros.options import set_cpu_threads
+from clipseg_ros.tools.scenes import render_scene
 from clipseg_ros.tools.tiny_model import write_random_model
+from depth_bench import three_d_step  # bench/ is the script's folder
 
 PROMPT_POOL = ['a red ball', 'the floor', 'a wall', 'a person', 'a mug', 'a table', 'a chair',
                'a door', 'a window', 'a robot arm', 'a box', 'a bottle', 'a cable']
@@ -48,9 +51,28 @@ def parse_size(text: str) -> tuple:
 
 
 def timed_segment(engine: ClipSegEngine, frame, prompts) -> float:
+    return timed_segment_labels(engine, frame, prompts)[0]
+
+
+def timed_segment_labels(engine: ClipSegEngine, frame, prompts) -> tuple[float, np.ndarray]:
     start = time.perf_counter()
-    engine.segment(frame, prompts)  # returns host arrays: the device work is done
+    result = engine.segment(frame, prompts)  # returns host arrays: the device work is done
+    return time.perf_counter() - start, result.labels
+
+
+def timed_depth_step(labels: np.ndarray, depth: tuple, prompt_count: int) -> float:
+    """The node's 3D step for one frame with depth (see depth_bench.py)."""
+    depth_mm, camera = depth
+    start = time.perf_counter()
+    three_d_step(labels, depth_mm, camera, prompt_count)
     return time.perf_counter() - start
+
+
+def scene_depth(width: int, height: int) -> tuple:
+    """An aligned 16UC1 depth image and its camera, from a synthetic scene of this size."""
+    scene = render_scene(11, width, height)
+    i = scene.intrinsics
+    return scene.depth_mm(), CameraModel(i.width, i.height, i.fx, i.fy, i.cx, i.cy)
 
 
 def side_by_side(engine: ClipSegEngine, stream: CameraStream, frames, msgs, prompts,
@@ -58,9 +80,12 @@ def side_by_side(engine: ClipSegEngine, stream: CameraStream, frames, msgs, prom
     """Alternate one engine-only frame and the same frame through the node, `count` times."""
     encoded = engine.text_prompts(prompts)
     timed_segment(engine, frames[0], encoded)  # warm-up
-    engine_s, latency_s, node_inference_s = [], [], []
+    depth = scene_depth(frames[0].shape[1], frames[0].shape[0])
+    engine_s, depth_s, latency_s, node_inference_s = [], [], [], []
     for index in range(count):
-        engine_s.append(timed_segment(engine, frames[index % len(frames)], encoded))
+        seconds, labels = timed_segment_labels(engine, frames[index % len(frames)], encoded)
+        engine_s.append(seconds)
+        depth_s.append(timed_depth_step(labels, depth, len(encoded)))
         key = stream.publish(msgs[index % len(msgs)])
         deadline = time.monotonic() + 60.0
         while time.monotonic() < deadline and \
@@ -70,7 +95,8 @@ def side_by_side(engine: ClipSegEngine, stream: CameraStream, frames, msgs, prom
         if set(OUTPUT_NAMES) <= set(record.arrivals):
             latency_s.append(max(record.arrivals[n] for n in OUTPUT_NAMES) - record.sent)
             node_inference_s.append(record.inference_s)
-    return {'engine': np.array(engine_s), 'latency': np.array(latency_s),
+    return {'engine': np.array(engine_s), 'depth_step': np.array(depth_s),
+            'latency': np.array(latency_s),
             'node_inference': np.array(node_inference_s)}
 
 
@@ -166,6 +192,7 @@ def main() -> int:
                 row = {'width': size[0], 'height': size[1], 'prompts': count,
                        'paired_frames': len(paired['latency']),
                        'engine_p50_ms': round(engine_p50, 2),
+                       'depth_step_p50_ms': round(percentile_ms(paired['depth_step'], 50), 2),
                        'paired_latency_p50_ms': round(paired_p50, 2),
                        'paired_node_inference_p50_ms': round(
                            percentile_ms(paired['node_inference'], 50), 2),
@@ -183,7 +210,9 @@ def main() -> int:
                       f"{overhead * 100:+.1f}%; stream at {rate:.1f} Hz: latency p50 "
                       f"{row['latency_p50_ms']:.1f} ms p99 {row['latency_p99_ms']:.1f} ms, "
                       f"output {row['output_rate_hz']:.1f} Hz, dropped "
-                      f"{row['dropped']}/{row['sent']}", flush=True)
+                      f"{row['dropped']}/{row['sent']}; 3D step beside the engine p50 "
+                      f"{row['depth_step_p50_ms']:.2f} ms "
+                      f"({100 * row['depth_step_p50_ms'] / engine_p50:.2f}% of it)", flush=True)
                 results.append(row)
     finally:
         engine.release()
