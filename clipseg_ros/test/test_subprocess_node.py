@@ -294,10 +294,14 @@ def test_installed_node_gives_the_named_objects_3d_centroid(ros_context, launche
     from clipseg_ros_interfaces.srv import Segment
     kind = ('circle', 'red')
     scene = render_scene(0, 640, 480, num_objects=3, include=[kind, ('square', 'blue')])
+    # Reliable image and depth subscriptions: this test sends one frame and must not lose it.
+    parameters = yaml.safe_load(installed_params_file().read_text())
+    parameters['/**/clipseg']['ros__parameters']['qos_reliability'] = 'reliable'
+    params_file = tmp_path / 'clipseg_reliable.yaml'
+    params_file.write_text(yaml.safe_dump(parameters))
     process, log_path, _ = launched_node(
         namespace='grasp', image='/rgbd/color/image_raw', depth='/rgbd/aligned_depth',
-        camera_info='/rgbd/color/camera_info', use_depth='true',
-        params_file=str(installed_params_file()),
+        camera_info='/rgbd/color/camera_info', use_depth='true', params_file=str(params_file),
         model='package://clipseg_ros/models/clipseg_shapes_mini')
     with spinning_camera(ros_context, namespace='/grasp',
                          image_topic='/rgbd/color/image_raw') as camera:
