@@ -11,18 +11,19 @@ from sensor_msgs.msg import CameraInfo, Image
 class DepthTopics:
     """
     Subscribes `depth` (16UC1 mm or 32FC1 m, registered to the colour image) and `camera_info`
-    (the colour camera's), both relative like `image`; pairs them with colour frames.
+    (the colour camera's), both relative like `image` and under the camera's ``prefix``
+    ('' or 'name/'); pairs them with colour frames.
     """
 
     def __init__(self, node, qos: QoSProfile, callback_group,
-                 warn: Callable[[str, str], None]) -> None:
+                 warn: Callable[[str, str], None], prefix: str = '') -> None:
         self._node = node
         self._warn = warn
         self.pairing = DepthPairing()
         self._subscriptions = [
-            node.create_subscription(Image, 'depth', self._on_depth, qos,
+            node.create_subscription(Image, prefix + 'depth', self._on_depth, qos,
                                      callback_group=callback_group),
-            node.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, qos,
+            node.create_subscription(CameraInfo, prefix + 'camera_info', self._on_camera_info, qos,
                                      callback_group=callback_group),
         ]
 

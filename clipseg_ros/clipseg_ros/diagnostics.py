@@ -1,4 +1,4 @@
-"""The node's DiagnosticStatus, built from its counters and state; no rclpy."""
+"""The node's DiagnosticStatus entries, built from its counters and state; no rclpy."""
 
 from dataclasses import dataclass
 
@@ -11,31 +11,41 @@ FAILURES_BEFORE_ERROR = 3
 
 
 @dataclass
-class NodeHealth:
-    """What the status is made of, read at one moment."""
+class EngineHealth:
+    """The shared model's side of the status, read at one moment."""
 
-    name: str
     device: str                      # '' without a model
     engine_error: str                # why no model is loaded ('' when one is)
     active: bool
-    seconds_since_frame: float | None
-    stale_after: float
-    counters: FrameCounters
     cpu_threads: int
     device_memory_bytes: int
     prompt_count: int
     prompt_version: int
     model: str
+
+
+@dataclass
+class CameraHealth:
+    """One camera's side of the status, read at one moment."""
+
+    camera: str
+    seconds_since_frame: float | None
+    stale_after: float
+    counters: FrameCounters
     depth: DepthCounters | None = None  # None: depth not in use
 
 
-def level_and_message(health: NodeHealth) -> tuple[bytes, str]:
-    counters = health.counters
-    if not health.device:
-        return DiagnosticStatus.ERROR, health.engine_error or 'model not loaded'
-    if not health.active:
+def level_and_message(engine: EngineHealth,
+                      camera: CameraHealth | None) -> tuple[bytes, str]:
+    """The level of the engine (camera None) or of one camera served by it."""
+    if not engine.device:
+        return DiagnosticStatus.ERROR, engine.engine_error or 'model not loaded'
+    if not engine.active:
         return DiagnosticStatus.OK, 'inactive'
-    if health.seconds_since_frame is None or health.seconds_since_frame > health.stale_after:
+    if camera is None:
+        return DiagnosticStatus.OK, 'running'
+    counters = camera.counters
+    if camera.seconds_since_frame is None or camera.seconds_since_frame > camera.stale_after:
         return DiagnosticStatus.WARN, 'no camera frame received recently'
     if counters.consecutive_failures >= FAILURES_BEFORE_ERROR:
         return DiagnosticStatus.ERROR, (f'the last {counters.consecutive_failures} frames '
@@ -45,12 +55,9 @@ def level_and_message(health: NodeHealth) -> tuple[bytes, str]:
     return DiagnosticStatus.OK, 'running'
 
 
-def segmentation_status(health: NodeHealth, now: float) -> DiagnosticStatus:
-    """Level, message and key/values of the node's segmentation."""
-    counters = health.counters
-    level, message = level_and_message(health)
-    age = 'never' if health.seconds_since_frame is None else \
-        f'{health.seconds_since_frame:.3f}'
+def _camera_values(camera: CameraHealth, now: float) -> dict[str, str]:
+    counters = camera.counters
+    age = camera.seconds_since_frame
     values = {
         'input_rate_hz': f'{counters.receive_times.rate(now):.2f}',
         'processing_rate_hz': f'{counters.process_times.rate(now):.2f}',
@@ -61,17 +68,51 @@ def segmentation_status(health: NodeHealth, now: float) -> DiagnosticStatus:
         'frames_failed': str(counters.failed),
         'last_latency_ms': f'{counters.last_latency_s * 1e3:.1f}',
         'last_inference_ms': f'{counters.last_inference_s * 1e3:.1f}',
-        'seconds_since_last_frame': age,
-        'device': health.device or 'none',
-        'cpu_threads': str(health.cpu_threads),
-        'device_memory_bytes': str(health.device_memory_bytes),
-        'prompt_count': str(health.prompt_count),
-        'prompt_version': str(health.prompt_version),
-        'model': health.model,
+        'seconds_since_last_frame': 'never' if age is None else f'{age:.3f}',
     }
-    if health.depth is not None:
+    if camera.depth is not None:
         values.update({f'depth_{key}' if not key.startswith('depth') else key: str(value)
-                       for key, value in vars(health.depth).items()})
-    return DiagnosticStatus(name=health.name, hardware_id=health.device, level=level,
-                            message=message,
+                       for key, value in vars(camera.depth).items()})
+    return values
+
+
+def _engine_values(engine: EngineHealth) -> dict[str, str]:
+    return {
+        'device': engine.device or 'none',
+        'cpu_threads': str(engine.cpu_threads),
+        'device_memory_bytes': str(engine.device_memory_bytes),
+        'prompt_count': str(engine.prompt_count),
+        'prompt_version': str(engine.prompt_version),
+        'model': engine.model,
+    }
+
+
+def _status(name: str, engine: EngineHealth, level_message: tuple[bytes, str],
+            values: dict[str, str]) -> DiagnosticStatus:
+    level, message = level_message
+    return DiagnosticStatus(name=name, hardware_id=engine.device, level=level, message=message,
                             values=[KeyValue(key=k, value=v) for k, v in values.items()])
+
+
+def node_statuses(node_name: str, engine: EngineHealth, cameras: list[CameraHealth],
+                  now: float) -> list[DiagnosticStatus]:
+    """
+    The node's statuses: one named '<node>: segmentation' for the single unnamed camera (the
+    engine's values and the camera's together); with named cameras, '<node>: engine' and one
+    '<node>: camera <name>' per camera.
+    """
+    if len(cameras) == 1 and cameras[0].camera == '':
+        return [_status(f'{node_name}: segmentation', engine,
+                        level_and_message(engine, cameras[0]),
+                        {**_camera_values(cameras[0], now), **_engine_values(engine)})]
+    processed = sum(camera.counters.processed for camera in cameras)
+    rate = sum(camera.counters.process_times.rate(now) for camera in cameras)
+    engine_values = {**_engine_values(engine), 'cameras': ', '.join(c.camera for c in cameras),
+                     'frames_processed': str(processed), 'processing_rate_hz': f'{rate:.2f}'}
+    statuses = [_status(f'{node_name}: engine', engine, level_and_message(engine, None),
+                        engine_values)]
+    for camera in cameras:
+        statuses.append(_status(f'{node_name}: camera {camera.camera}', engine,
+                                level_and_message(engine, camera),
+                                _camera_values(camera, now)))
+    return statuses

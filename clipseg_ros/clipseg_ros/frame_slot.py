@@ -1,13 +1,14 @@
 """
-The newest camera frame and the worker thread that processes it, free of rclpy.
+Each camera's newest frame and the worker thread that processes them, free of rclpy.
 
-A camera faster than the model replaces the pending frame (counted as dropped) instead of
-building a queue; the worker sleeps on a condition variable between frames, honours a maximum
-rate, and stops (joined) on deactivate, so no frame is processed afterwards.
+A camera faster than the model replaces its pending frame (counted as dropped) instead of
+building a queue; the worker serves the cameras in turn, sleeps on a condition variable between
+frames, honours a maximum rate per camera, and stops (joined) on deactivate, so no frame is
+processed afterwards.
 """
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 import math
 import threading
@@ -73,92 +74,143 @@ class FrameCounters:
         self.last_error = ''
 
 
-class LatestFrameWorker:
-    """
-    Keeps the newest frame and hands it to ``process(frame, received_at)`` on a worker thread.
+@dataclass
+class CameraSlot:
+    """One camera's place in the scheduler: its newest frames and its counters."""
 
-    ``min_interval()`` gives the seconds to keep between two processed frames (0: none);
-    ``on_error(error)`` gets whatever ``process`` raises, and the worker goes on.
+    counters: FrameCounters = field(default_factory=FrameCounters)
+    pending: tuple[Any, float] | None = None   # (frame, received_at) not yet taken
+    latest: Any = None                         # the newest frame offered, processed or not
+    last_start: float = -math.inf              # no frame yet: the first is never rate-limited
+
+
+class FrameScheduler:
+    """
+    Keeps each camera's newest frame and hands them to ``process(camera, frame, received_at)``
+    on one worker thread, serving the cameras with a frame waiting in turn.
+
+    A camera's frame waits for at most one turn of every other camera, whatever their rates, so
+    a fast camera cannot starve a slow one. ``min_interval()`` gives the seconds to keep between
+    two processed frames of one camera (0: none); ``on_error(camera, error)`` gets whatever
+    ``process`` raises, and the worker goes on.
     """
 
-    def __init__(self, process: Callable[[Any, float], None],
-                 on_error: Callable[[Exception], None],
-                 min_interval: Callable[[], float]) -> None:
+    def __init__(self, process: Callable[[str, Any, float], None],
+                 on_error: Callable[[str, Exception], None],
+                 min_interval: Callable[[], float], cameras: Sequence[str] = ('',)) -> None:
         self._process = process
         self._on_error = on_error
         self._min_interval = min_interval
-        self.counters = FrameCounters()
         self._ready = threading.Condition()
         # Held while a frame is processed, so a cleanup never frees what the worker uses.
         self.processing = threading.Lock()
-        self._pending: tuple[Any, float] | None = None
-        self._latest: Any = None
+        self._slots: dict[str, CameraSlot] = {}
+        self._order: list[str] = []
+        self._turn = 0  # index in _order of the camera that gets the next turn
         self._active = False
         self._thread: threading.Thread | None = None
-        self._last_start = -math.inf  # no frame yet: the first is never rate-limited
+        self.set_cameras(cameras)
 
     active = property(lambda self: self._active, doc='Whether the worker is running.')
-    latest = property(lambda self: self._latest,
-                      doc='The newest frame offered (processed or not), or None.')
 
-    def offer(self, frame: Any, received_at: float) -> None:
-        """Keep ``frame`` as the newest; while active, it replaces the pending one."""
+    @property
+    def cameras(self) -> list[str]:
+        return list(self._order)
+
+    def set_cameras(self, names: Sequence[str]) -> None:
+        """Serve these cameras; a camera served before keeps its counters (lifetime totals)."""
         with self._ready:
-            self._latest = frame
+            self._slots = {name: self._slots.get(name) or CameraSlot() for name in names}
+            self._order = list(names)
+            self._turn = 0
+
+    def counters(self, camera: str) -> FrameCounters:
+        return self._slots[camera].counters
+
+    def latest(self, camera: str) -> Any:
+        """The newest frame offered by ``camera`` (processed or not), or None."""
+        slot = self._slots.get(camera)
+        return slot.latest if slot is not None else None
+
+    def offer(self, camera: str, frame: Any, received_at: float) -> None:
+        """Keep ``frame`` as the camera's newest; while active, it replaces the pending one."""
+        with self._ready:
+            slot = self._slots.get(camera)
+            if slot is None:
+                return  # a camera no longer served (a callback racing a reconfigure)
+            slot.latest = frame
             if not self._active:
                 return  # kept as the latest frame only: not processed, not counted as dropped
-            if self._pending is not None:
-                self.counters.dropped += 1
-            self._pending = (frame, received_at)
+            if slot.pending is not None:
+                slot.counters.dropped += 1
+            slot.pending = (frame, received_at)
             self._ready.notify()
 
     def start(self) -> None:
         with self._ready:
-            self._pending = None  # a frame from before activation is stale
+            for slot in self._slots.values():
+                slot.pending = None  # a frame from before activation is stale
             self._active = True
         self._thread = threading.Thread(target=self._run, name='clipseg_worker', daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the worker after the frame in progress (joined); drop the pending frame."""
+        """Stop the worker after the frame in progress (joined); drop the pending frames."""
         with self._ready:
             self._active = False
-            self._pending = None
+            for slot in self._slots.values():
+                slot.pending = None
             self._ready.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         self._thread = None
 
     def clear(self) -> None:
-        """Forget the pending and the latest frame."""
+        """Forget every camera's pending and latest frame."""
         with self._ready:
-            self._pending = None
-            self._latest = None
+            for slot in self._slots.values():
+                slot.pending = None
+                slot.latest = None
 
     def _run(self) -> None:
-        while True:
-            with self._ready:
-                self._ready.wait_for(lambda: self._pending is not None or not self._active)
-                if not self._active:
-                    return
+        while self._wait_for_due_frame():
             with self.processing:
-                try:
-                    pending = self._take_when_due()
-                    if pending is not None:
-                        self._process(*pending)
-                except Exception as error:  # the worker must outlive any one frame
-                    self._on_error(error)
-
-    def _take_when_due(self) -> tuple[Any, float] | None:
-        interval = self._min_interval()
-        if interval > 0.0:
-            wait = self._last_start + interval - time.monotonic()
-            if wait > 0.0:  # a newer frame may arrive meanwhile; stop() ends the wait
+                interval = self._min_interval()
                 with self._ready:
-                    self._ready.wait_for(lambda: not self._active, timeout=wait)
+                    job = self._take_due(time.monotonic(), interval) if self._active else None
+                if job is None:
+                    continue
+                camera, frame, received_at = job
+                try:
+                    self._process(camera, frame, received_at)
+                except Exception as error:  # the worker must outlive any one frame
+                    self._on_error(camera, error)
+
+    def _wait_for_due_frame(self) -> bool:
+        """Wait until some camera's pending frame is due; False once stopped."""
         with self._ready:
-            pending, self._pending = self._pending, None
-            if pending is None or not self._active:
-                return None
-        self._last_start = time.monotonic()
-        return pending
+            while self._active:
+                wait = self._seconds_until_due(time.monotonic(), self._min_interval())
+                if wait is not None and wait <= 0.0:
+                    return True
+                # Woken by a new frame or stop(); a rate-limited frame wakes itself when due.
+                self._ready.wait(wait)
+            return False
+
+    def _seconds_until_due(self, now: float, interval: float) -> float | None:
+        waits = [slot.last_start + interval - now
+                 for slot in self._slots.values() if slot.pending is not None]
+        return min(waits) if waits else None
+
+    def _take_due(self, now: float, interval: float) -> tuple[str, Any, float] | None:
+        """Take the first due frame from the camera whose turn it is, or after it."""
+        count = len(self._order)
+        for step in range(count):
+            index = (self._turn + step) % count
+            slot = self._slots[self._order[index]]
+            if slot.pending is not None and slot.last_start + interval <= now:
+                (frame, received_at), slot.pending = slot.pending, None
+                slot.last_start = now
+                self._turn = (index + 1) % count
+                return self._order[index], frame, received_at
+        return None

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clipseg_ros.camera_names import camera_names_problem
+
 PACKAGE = 'clipseg_ros'
 EXECUTABLE = 'clipseg_node'
 NODE_NAME = 'clipseg'
@@ -27,9 +29,14 @@ ARGUMENTS: list[tuple[str, str | None, str]] = [
     ('params_file', None, 'YAML file with the clipseg node parameters '
                           '(default: the installed config/clipseg.yaml)'),
     ('namespace', '', 'Namespace of the node and its topics'),
-    ('image', 'image', 'Camera image topic to segment (image/compressed follows it)'),
-    ('depth', 'depth', 'Depth image registered to the colour image (read with use_depth)'),
-    ('camera_info', 'camera_info', "The colour camera's CameraInfo (read with use_depth)"),
+    ('cameras', '', 'Override of the YAML: comma-separated camera names served by one node '
+                    '(camera c reads c/image, publishes c/mask, ...); empty = one unnamed camera'),
+    ('image', 'image', 'Camera image topic to segment (image/compressed follows it); with '
+                       'cameras, one topic per camera, comma-separated, in their order'),
+    ('depth', 'depth', 'Depth image registered to the colour image (read with use_depth); '
+                       'with cameras, one per camera, comma-separated'),
+    ('camera_info', 'camera_info', "The colour camera's CameraInfo (read with use_depth); with "
+                                   'cameras, one per camera, comma-separated'),
     ('model', '', 'Override of the YAML: hub id or local model folder'),
     ('device', '', 'Override of the YAML: auto, cpu, cuda or cuda:N'),
     ('use_depth', '', 'Override of the YAML: true to read depth and camera_info and publish 3D'),
@@ -54,7 +61,9 @@ class NodePlan:
 
     namespace: str                # absolute, as launch_ros passes it in `-r __ns:=`
     params_file: str              # absolute path of an existing, readable YAML file
-    overrides: dict[str, str]     # launch_ros writes these to a temporary parameters file
+    # launch_ros writes these to a temporary parameters file: strings it reads as YAML, and
+    # the camera list as a list
+    overrides: dict[str, str | list[str]]
     remaps: list[tuple[str, str]]
     env: dict[str, str] = field(default_factory=dict)  # added to this node's environment only
 
@@ -188,6 +197,38 @@ def check_topic(argument: str, value: str, namespace: str) -> str:
     return value
 
 
+def camera_list(value: str) -> list[str]:
+    """The `cameras` argument as names ([] when empty), refused when the node would be."""
+    if not value.strip():
+        return []
+    names = [name.strip() for name in value.split(',')]
+    problem = camera_names_problem(names)
+    if problem is not None:
+        raise LaunchArgumentError(f"cameras '{value}': {problem}")
+    return names
+
+
+def camera_remaps(cameras: list[str], arguments: Mapping[str, str],
+                  namespace: str) -> list[tuple[str, str]]:
+    """Remaps of each camera's inputs from the comma-separated image/depth/camera_info lists."""
+    remaps = []
+    for argument in ('image', 'depth', 'camera_info'):
+        value = arguments.get(argument, argument)
+        if value == argument:  # not given: camera c keeps c/image
+            continue
+        topics = [topic.strip() for topic in value.split(',')]
+        if len(topics) != len(cameras):
+            raise LaunchArgumentError(
+                f"{argument} names {len(topics)} topic(s) for {len(cameras)} camera(s) "
+                f"({', '.join(cameras)}): give one per camera, comma-separated, in order")
+        for camera, topic in zip(cameras, topics):
+            check_topic(argument, topic, namespace)
+            remaps.append((f'{camera}/{argument}', topic))
+            if argument == 'image':
+                remaps.append((f'{camera}/image/compressed', topic + '/compressed'))
+    return remaps
+
+
 def node_environment(environ: Mapping[str, str], use_profile: bool) -> dict[str, str]:
     """Variables to add to the node's environment: the shipped profile, unless one is set."""
     if not use_profile or environ.get(PROFILE_ENV) or environ.get(LEGACY_PROFILE_ENV):
@@ -206,16 +247,25 @@ def plan(arguments: Mapping[str, str], environ: Mapping[str, str] | None = None,
     params_file = arguments['params_file'] if 'params_file' in arguments \
         else default_params_file()
     namespace = node_namespace(arguments.get('namespace', ''), base_namespace)
+    use_profile = parse_bool('use_fastdds_profile',
+                             arguments.get('use_fastdds_profile', 'true'))
+    overrides: dict[str, str | list[str]] = {
+        name: arguments[name] for name in OVERRIDES if arguments.get(name)}
+    cameras = camera_list(arguments.get('cameras', ''))
+    if cameras and cameras != ['']:
+        overrides['cameras'] = cameras
+        return NodePlan(namespace=namespace, params_file=check_params_file(params_file),
+                        overrides=overrides,
+                        remaps=camera_remaps(cameras, arguments, namespace),
+                        env=node_environment(environ, use_profile))
     image = check_topic('image', arguments.get('image', 'image'), namespace)
     depth = check_topic('depth', arguments.get('depth', 'depth'), namespace)
     camera_info = check_topic('camera_info', arguments.get('camera_info', 'camera_info'),
                               namespace)
-    use_profile = parse_bool('use_fastdds_profile',
-                             arguments.get('use_fastdds_profile', 'true'))
     return NodePlan(
         namespace=namespace,
         params_file=check_params_file(params_file),
-        overrides={name: arguments[name] for name in OVERRIDES if arguments.get(name)},
+        overrides=overrides,
         # raw and compressed transport of one camera
         remaps=[('image', image), ('image/compressed', image + '/compressed'),
                 ('depth', depth), ('camera_info', camera_info)],
@@ -231,6 +281,9 @@ def overrides_yaml(node_plan: NodePlan) -> str | None:
     # launch_ros reads each string value as YAML ('true' becomes a bool), keeping scalars only.
     values = {}
     for name, text in node_plan.overrides.items():
+        if isinstance(text, list):  # the camera list, given to launch_ros as a list
+            values[name] = list(text)
+            continue
         value = yaml.safe_load(text)
         values[name] = value if isinstance(value, (bool, int, float, str)) else text
     return yaml.dump({node_plan.node_fqn: {'ros__parameters': values}},

@@ -1,10 +1,11 @@
 """The clipseg lifecycle node: camera frames in, mask / confidence / overlay / segmentation out.
 
-The node wires the parts together: parameters (parameters.py), the newest-frame slot and its
-worker thread (frame_slot.py), the engine, the publishers (publishers.py), the services
-(prompt_services.py) and diagnostics (diagnostics.py). The image callback only validates and
-offers the frame; the worker converts, segments and publishes, so services answer while a frame
-is processed and a slow model drops frames instead of queueing them.
+The node wires the parts together: parameters (parameters.py), each camera's topics
+(camera_pipeline.py), the scheduler that keeps every camera's newest frame and serves the
+cameras in turn on one worker thread (frame_slot.py), the engine and prompt set all cameras
+share, the services (prompt_services.py) and diagnostics (diagnostics.py). An image callback
+only validates and offers the frame; the worker converts, segments and publishes, so services
+answer while a frame is processed and a slow model drops frames instead of queueing them.
 """
 
 from collections.abc import Callable
@@ -13,23 +14,23 @@ import threading
 import time
 
 from clipseg_ros import conversions
+from clipseg_ros.camera_pipeline import CameraPipeline
 from clipseg_ros.conversions import ImageConversionError
-from clipseg_ros.depth_topics import DepthTopics
-from clipseg_ros.diagnostics import NodeHealth, segmentation_status
+from clipseg_ros.diagnostics import CameraHealth, EngineHealth, node_statuses
 from clipseg_ros.engine import ClipSegEngine
-from clipseg_ros.frame_slot import FrameCounters, LatestFrameWorker
+from clipseg_ros.frame_slot import FrameCounters, FrameScheduler
 from clipseg_ros.options import set_cpu_threads
 from clipseg_ros.parameters import (
     CONFIGURE_TIME_PARAMETERS, declare_parameters, NodeConfiguration, parameter_problem)
 from clipseg_ros.prompt_services import PromptBook, PromptServices, ServiceContext
-from clipseg_ros.publishers import camera_qos, PromptSet, ResultPublishers
+from clipseg_ros.publishers import PromptSet
 from clipseg_ros_interfaces.srv import Segment, SetImagePrompt, SetTextPrompts
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CompressedImage
 
 WARNING_THROTTLE_S = 5.0
 
@@ -52,17 +53,14 @@ class ClipSegNode(LifecycleNode):
         self._engine: ClipSegEngine | None = None
         self._engine_error = 'not configured'
         self._prompts = PromptBook()
-        self._worker = LatestFrameWorker(self._process_frame, self._count_failure,
-                                         self._min_frame_interval)
-        self._last_frame_time: float | None = None
+        self._worker = FrameScheduler(self._process_frame, self._count_failure,
+                                      self._min_frame_interval)
+        self._cameras: dict[str, CameraPipeline] = {}  # created at configure
         self._cpu_threads = 0  # applied at configure
         self._warn_times: dict[str, float] = {}
         # Guards _configured against parameter changes racing a configure or cleanup.
         self._configuration_lock = threading.Lock()
         self._configured = False
-        self._subscription = None
-        self._outputs: ResultPublishers | None = None
-        self._depth: DepthTopics | None = None
         declare_parameters(self)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -77,9 +75,10 @@ class ClipSegNode(LifecycleNode):
             callback_group=MutuallyExclusiveCallbackGroup())
         self._service_handlers = PromptServices(ServiceContext(
             engine=lambda: self._engine, engine_error=lambda: self._engine_error,
-            parameter=self._param, latest_frame=lambda: self._worker.latest,
-            frame_to_rgb=self._frame_to_rgb, free_device_cache=free_device_cache,
-            log_error=self.get_logger().error, depth_targets=self._depth_targets), self._prompts)
+            parameter=self._param, cameras=lambda: self._worker.cameras,
+            latest_frame=self._worker.latest, frame_to_rgb=self._frame_to_rgb,
+            free_device_cache=free_device_cache, log_error=self.get_logger().error,
+            depth_targets=self._depth_targets), self._prompts)
         # Services exist in every state and say why they refuse while no model is loaded; being
         # there for the node's lifetime, cleanup never destroys one under an in-flight call.
         for service_type, name, callback in (
@@ -93,7 +92,15 @@ class ClipSegNode(LifecycleNode):
 
     @property
     def counters(self) -> FrameCounters:
-        return self._worker.counters
+        """The first camera's frame counters (the only camera's, by default)."""
+        return self._worker.counters(self._worker.cameras[0])
+
+    def camera_counters(self, camera: str) -> FrameCounters:
+        return self._worker.counters(camera)
+
+    def camera(self, name: str = '') -> CameraPipeline | None:
+        """The topics of a configured camera, or None."""
+        return self._cameras.get(name)
 
     @property
     def prompt_set(self) -> PromptSet:
@@ -169,17 +176,14 @@ class ClipSegNode(LifecycleNode):
         self.get_logger().info(
             f"model '{config.model}' on {engine.device} ({engine.dtype}, {threads} CPU "
             f'threads); prompts: {list(config.prompts)}')
-        self._outputs = ResultPublishers(self, with_depth=config.use_depth)
-        input_qos = camera_qos(config.qos_reliability)
-        if config.use_depth:
-            self._depth = DepthTopics(self, input_qos, self._input_group, self._warn_throttled)
-        if config.input_transport == 'compressed':
-            self._subscription = self.create_subscription(
-                CompressedImage, 'image/compressed', self._on_image, input_qos,
-                callback_group=self._input_group)
-        else:
-            self._subscription = self.create_subscription(
-                Image, 'image', self._on_image, input_qos, callback_group=self._input_group)
+        self._worker.set_cameras(config.cameras)
+        for name in config.cameras:
+            self._cameras[name] = CameraPipeline(
+                self, name, compressed=config.input_transport == 'compressed',
+                reliability=config.qos_reliability, use_depth=config.use_depth,
+                callback_group=self._input_group, counters=self._worker.counters(name),
+                offer=self._worker.offer, max_pixels=lambda: self._param('max_image_pixels'),
+                warn=self._warn_throttled)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         result = super().on_activate(state)  # publishers first, so no first result is lost
@@ -201,15 +205,9 @@ class ClipSegNode(LifecycleNode):
 
     def _release_resources(self) -> None:
         with self._worker.processing:
-            if self._subscription is not None:
-                self.destroy_subscription(self._subscription)
-                self._subscription = None
-            if self._outputs is not None:
-                self._outputs.destroy()
-                self._outputs = None
-            if self._depth is not None:
-                self._depth.destroy()
-                self._depth = None
+            cameras, self._cameras = self._cameras, {}
+            for camera in cameras.values():
+                camera.destroy()
             self._worker.clear()
             engine, self._engine = self._engine, None
             if engine is not None:
@@ -217,8 +215,8 @@ class ClipSegNode(LifecycleNode):
             self._engine_error = 'not configured'
             # A reconfigured node starts its health report afresh: failures and the last frame
             # time belong to the configuration that was cleaned up.
-            self.counters.forget_failures()
-            self._last_frame_time = None
+            for name in self._worker.cameras:
+                self._worker.counters(name).forget_failures()
             self._warn_times.clear()
         with self._configuration_lock:
             self._configured = False
@@ -251,88 +249,82 @@ class ClipSegNode(LifecycleNode):
             return conversions.compressed_to_rgb(msg, max_pixels)
         return conversions.image_to_rgb(msg, max_pixels)
 
-    def _on_image(self, msg) -> None:
-        now = time.monotonic()
-        counters = self.counters
-        counters.received += 1
-        counters.receive_times.append(now)
-        self._last_frame_time = now
-        try:
-            if isinstance(msg, CompressedImage):
-                conversions.validate_compressed(msg, self._param('max_image_pixels'))
-            else:
-                conversions.validate_image(msg, self._param('max_image_pixels'))
-        except ImageConversionError as error:
-            counters.rejected += 1
-            self._warn_throttled('frame', f'dropping camera frame: {error}')
-            return
-        self._worker.offer(msg, now)
-
     def _min_frame_interval(self) -> float:
         max_rate = self._param('max_rate_hz')
         return 1.0 / max_rate if max_rate > 0.0 else 0.0
 
-    def _process_frame(self, msg, received_at: float) -> None:
+    def _process_frame(self, name: str, msg, received_at: float) -> None:
         """Convert, segment and publish one camera frame (on the worker thread)."""
-        engine, outputs = self._engine, self._outputs
-        if engine is None or outputs is None:
+        engine, camera = self._engine, self._cameras.get(name)
+        if engine is None or camera is None:
             return
+        counters = self._worker.counters(name)
         try:
             image_rgb = self._frame_to_rgb(msg)
         except ImageConversionError as error:
-            self.counters.rejected += 1
-            self._warn_throttled('frame', f'dropping camera frame: {error}')
+            counters.rejected += 1
+            camera.warn('frame', f'dropping camera frame: {error}')
             return
         prompt_set = self._prompts.current
         threshold = self._param('threshold')
         try:
             result = engine.segment(image_rgb, prompt_set.prompts, threshold=threshold)
         except Exception as error:  # one bad frame (OOM, driver error) must not stop the node
-            self._count_failure(error)
+            self._count_failure(name, error)
             free_device_cache(engine)
             return
         if not self._worker.active:
             return
-        outputs.publish(msg.header, image_rgb, result, prompt_set, threshold,
-                        with_overlay=self._param('publish_overlay'),
-                        paired=self._depth_targets(msg.header, result.labels,
-                                                   len(prompt_set.prompts)),
-                        point_decimation=self._param('point_decimation'))
-        self.counters.count_processed(received_at, result.inference_seconds)
+        camera.outputs.publish(
+            msg.header, image_rgb, result, prompt_set, threshold,
+            with_overlay=self._param('publish_overlay'),
+            paired=camera.depth_targets(msg.header, result.labels, len(prompt_set.prompts)),
+            point_decimation=self._param('point_decimation'))
+        counters.count_processed(received_at, result.inference_seconds)
 
-    def _depth_targets(self, header, labels: np.ndarray, prompt_count: int):
-        """The frame's 3D targets when depth is in use, else None."""
-        depth = self._depth
-        return depth.targets_for(header, labels, prompt_count) if depth is not None else None
+    def _depth_targets(self, camera: str, header, labels: np.ndarray, prompt_count: int):
+        """A frame's 3D targets from ``camera``'s depth when it uses depth, else None."""
+        pipeline = self._cameras.get(camera)
+        return pipeline.depth_targets(header, labels, prompt_count) if pipeline else None
 
-    def _count_failure(self, error: Exception) -> None:
-        description = self.counters.count_failure(error)
-        self._warn_throttled('inference', f'frame dropped: {description}')
+    def _count_failure(self, camera: str, error: Exception) -> None:
+        description = self._worker.counters(camera).count_failure(error)
+        pipeline = self._cameras.get(camera)
+        (pipeline.warn if pipeline else self._warn_throttled)(
+            'inference', f'frame dropped: {description}')
 
     # ----------------------------------------------------------------- diagnostics
-    def diagnostic_status(self) -> DiagnosticStatus:
-        """Build the node's DiagnosticStatus (level, message and key/values)."""
+    def diagnostic_statuses(self) -> list[DiagnosticStatus]:
+        """The node's DiagnosticStatus entries: one, or the engine's and one per camera."""
         now = time.monotonic()
         engine = self._engine
         prompt_set = self._prompts.current
-        last_frame = self._last_frame_time
-        return segmentation_status(NodeHealth(
-            name=f'{self.get_fully_qualified_name()}: segmentation',
+        health = EngineHealth(
             device=str(engine.device) if engine else '', engine_error=self._engine_error,
-            active=self._worker.active,
-            seconds_since_frame=None if last_frame is None else now - last_frame,
-            stale_after=self._param('stale_image_timeout'), counters=self.counters,
-            cpu_threads=self._cpu_threads,
+            active=self._worker.active, cpu_threads=self._cpu_threads,
             device_memory_bytes=engine.memory_in_use() if engine else 0,
             prompt_count=len(prompt_set.prompts), prompt_version=prompt_set.version,
-            model=self._param('model'),
-            depth=self._depth.pairing.counters if self._depth else None), now)
+            model=self._param('model'))
+        cameras = []
+        for name in self._worker.cameras:
+            pipeline = self._cameras.get(name)
+            last_frame = pipeline.last_frame_time if pipeline else None
+            cameras.append(CameraHealth(
+                camera=name, seconds_since_frame=None if last_frame is None else now - last_frame,
+                stale_after=self._param('stale_image_timeout'),
+                counters=self._worker.counters(name),
+                depth=pipeline.depth.pairing.counters if pipeline and pipeline.depth else None))
+        return node_statuses(self.get_fully_qualified_name(), health, cameras, now)
+
+    def diagnostic_status(self) -> DiagnosticStatus:
+        """The first status: the single camera's, or with named cameras the engine's."""
+        return self.diagnostic_statuses()[0]
 
     def _publish_diagnostics(self) -> None:
         try:
             array = DiagnosticArray()
             array.header.stamp = self.get_clock().now().to_msg()
-            array.status = [self.diagnostic_status()]
+            array.status = self.diagnostic_statuses()
             self._diagnostics_pub.publish(array)
         except Exception as error:  # a timer callback that raises ends the executor's spin
             self._warn_throttled('diagnostics', f'diagnostics not published: '

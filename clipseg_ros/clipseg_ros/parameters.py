@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from clipseg_ros.camera_names import camera_names_problem
 from clipseg_ros.model_loading import DEFAULT_MODEL
 from clipseg_ros.options import (
     check_compile_mode, check_device_name, check_dtype_name, check_resolution,
@@ -71,12 +72,15 @@ SPECS = (
                   integer_range=(MODEL_RESOLUTION, MAX_RESOLUTION, RESOLUTION_STEP)),
     ParameterSpec('prompts', ['object'], 'Initial text prompts; change them at run time with '
                   '~/set_text_prompts', CONFIGURE),
+    ParameterSpec('cameras', [''], "Names of the cameras served with one model: camera c reads "
+                  "c/image and publishes c/mask, ...; [''] = one camera with the plain names",
+                  CONFIGURE),
     ParameterSpec('input_transport', 'raw', "raw: subscribe 'image' (sensor_msgs/Image); "
                   "compressed: 'image/compressed'", CONFIGURE),
     ParameterSpec('qos_reliability', 'best_effort', 'Reliability of the image subscription: '
                   'best_effort (sensor data) or reliable', CONFIGURE),
-    ParameterSpec('max_rate_hz', 0.0, 'Upper bound on processed frames per second; 0 = as '
-                  'fast as the model allows', float_range=(0.0, 1000.0)),
+    ParameterSpec('max_rate_hz', 0.0, 'Upper bound on processed frames per second of each '
+                  'camera; 0 = as fast as the model allows', float_range=(0.0, 1000.0)),
     ParameterSpec('publish_overlay', True, 'Publish the rgb8 overlay image for operators'),
     ParameterSpec('max_prompts', 16, 'Most prompts accepted at once',
                   integer_range=(1, MAX_PROMPTS, 1)),
@@ -115,6 +119,7 @@ class NodeConfiguration:
     compile_mode: str
     cpu_threads: int
     prompts: tuple[str, ...]
+    cameras: tuple[str, ...]
     input_transport: str
     qos_reliability: str
     use_depth: bool
@@ -123,6 +128,7 @@ class NodeConfiguration:
     def read(cls, value_of: Callable[[str], Any]) -> 'NodeConfiguration':
         values = {name: value_of(name) for name in CONFIGURE_TIME_PARAMETERS}
         values['prompts'] = tuple(values['prompts'])
+        values['cameras'] = tuple(values['cameras'])
         return cls(**values)
 
 
@@ -167,6 +173,8 @@ def parameter_problem(name: str, value: Any, *, max_prompts: int, prompts_in_for
             cpu_thread_count(value)
         elif name == 'prompts':
             return validate_text_prompts(list(value), max_prompts)
+        elif name == 'cameras':
+            return camera_names_problem(list(value))
         elif name in CHOICES:
             if value not in CHOICES[name]:
                 return f"'{value}' is not one of {', '.join(CHOICES[name])}"

@@ -48,12 +48,14 @@ class ServiceContext:
     engine: Callable[[], ClipSegEngine | None]
     engine_error: Callable[[], str]
     parameter: Callable[[str], Any]
-    latest_frame: Callable[[], Any]
+    cameras: Callable[[], list[str]]          # the cameras served, in order
+    latest_frame: Callable[[str], Any]        # a camera's newest frame, or None
     frame_to_rgb: Callable[[Any], np.ndarray]
     free_device_cache: Callable[[ClipSegEngine], None]
     log_error: Callable[[str], None]
-    # The 3D targets of a segmented frame (header, labels, prompt count), None without depth.
-    depth_targets: Callable[[Any, np.ndarray, int], Any]
+    # The 3D targets of a segmented frame from a camera's depth (camera, header, labels,
+    # prompt count); None where that camera does not use depth.
+    depth_targets: Callable[[str, Any, np.ndarray, int], Any]
 
 
 def always_answers(handler):
@@ -165,7 +167,8 @@ class PromptServices:
                 prompt_set = PromptSet(tuple(self._encode_texts(list(request.prompts))), 0)
             if not prompt_set.prompts:
                 raise ValueError('no prompts in force')
-            header, image_rgb = self._image_to_segment(request.image)
+            camera = self._camera(request.camera)
+            header, image_rgb = self._image_to_segment(request.image, camera)
         except ValueError as error:
             response.message = str(error)
             return response
@@ -176,8 +179,9 @@ class PromptServices:
             self.context.free_device_cache(engine)
             response.message = f'inference failed: {type(error).__name__}: {error}'
             return response
-        # 3D when a depth image of this stamp was received (the latest camera frame's, say).
-        paired = self.context.depth_targets(header, result.labels, len(prompt_set.prompts))
+        # 3D when the camera received a depth image of this stamp (its latest frame's, say).
+        paired = self.context.depth_targets(camera, header, result.labels,
+                                            len(prompt_set.prompts))
         response.segmentation = segmentation_msg(header, result, prompt_set, threshold, paired)
         response.mask = conversions.array_to_image(result.labels, 'mono8', header)
         response.confidence = conversions.array_to_image(result.confidence, '32FC1', header)
@@ -186,13 +190,24 @@ class PromptServices:
                            f'{len(prompt_set.prompts)} prompt(s)'
         return response
 
-    def _image_to_segment(self, image) -> tuple[Any, np.ndarray]:
-        """The request's image, or the latest camera frame when it is empty."""
+    def _camera(self, name: str) -> str:
+        """The camera a request names ('' = the first camera), or a refusal listing them."""
+        cameras = self.context.cameras()
+        if not name:
+            return cameras[0]
+        if name not in cameras:
+            served = ', '.join(f"'{c}'" for c in cameras)
+            raise ValueError(f"no camera '{name}': this node serves {served}")
+        return name
+
+    def _image_to_segment(self, image, camera: str) -> tuple[Any, np.ndarray]:
+        """The request's image, or the camera's latest frame when it is empty."""
         try:
             if image.width == 0 and image.height == 0 and len(image.data) == 0:
-                latest = self.context.latest_frame()
+                latest = self.context.latest_frame(camera)
                 if latest is None:
-                    raise ValueError('no image given and no camera frame received yet')
+                    which = f" from camera '{camera}'" if camera else ''
+                    raise ValueError(f'no image given and no camera frame received{which} yet')
                 return latest.header, self.context.frame_to_rgb(latest)
             return image.header, conversions.image_to_rgb(
                 image, self.context.parameter('max_image_pixels'))

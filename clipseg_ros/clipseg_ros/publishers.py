@@ -130,20 +130,16 @@ def markers_msg(header: Header, paired: PairedTargets, labels: list[str]) -> Mar
 class ResultPublishers:
     """The lifecycle publishers of one camera's outputs, created at configure."""
 
-    def __init__(self, node, with_depth: bool) -> None:
+    def __init__(self, node, with_depth: bool, prefix: str = '') -> None:
+        """``prefix``: the camera's topic prefix ('' or 'name/'), relative like the names."""
         self._node = node
-        self._publishers = {
-            'mask': node.create_lifecycle_publisher(Image, 'mask', OUTPUT_QOS),
-            'confidence': node.create_lifecycle_publisher(Image, 'confidence', OUTPUT_QOS),
-            'overlay': node.create_lifecycle_publisher(Image, 'overlay', OUTPUT_QOS),
-            'segmentation': node.create_lifecycle_publisher(Segmentation, 'segmentation',
-                                                            OUTPUT_QOS),
-        }
+        topics = [('mask', Image), ('confidence', Image), ('overlay', Image),
+                  ('segmentation', Segmentation)]
         if with_depth:
-            self._publishers['points'] = node.create_lifecycle_publisher(
-                PointCloud2, 'points', OUTPUT_QOS)
-            self._publishers['markers'] = node.create_lifecycle_publisher(
-                MarkerArray, 'markers', OUTPUT_QOS)
+            topics += [('points', PointCloud2), ('markers', MarkerArray)]
+        self._publishers = {
+            name: node.create_lifecycle_publisher(message_type, prefix + name, OUTPUT_QOS)
+            for name, message_type in topics}
 
     def _wanted(self, name: str) -> bool:
         publisher = self._publishers.get(name)

@@ -1,9 +1,12 @@
-"""The newest-frame slot and its worker thread, alone (no ROS): hand-over, drops, rate, errors."""
+"""
+The frame scheduler and its worker thread, alone (no ROS): hand-over, drops, rate, errors,
+and the turns it gives several cameras.
+"""
 
 import threading
 import time
 
-from clipseg_ros.frame_slot import FrameCounters, LatestFrameWorker, RecentTimes
+from clipseg_ros.frame_slot import FrameCounters, FrameScheduler, RecentTimes
 import pytest
 
 
@@ -12,6 +15,7 @@ class Recorder:
 
     def __init__(self, fail_on=()):
         self.frames = []
+        self.cameras = []
         self.errors = []
         self.fail_on = set(fail_on)
         self.release = threading.Event()
@@ -19,16 +23,17 @@ class Recorder:
         self.started = threading.Event()
         self.condition = threading.Condition()
 
-    def process(self, frame, received_at):
+    def process(self, camera, frame, received_at):
         self.started.set()
         self.release.wait(10.0)
         if frame in self.fail_on:
             raise RuntimeError(f'frame {frame} failed (injected)')
         with self.condition:
             self.frames.append(frame)
+            self.cameras.append(camera)
             self.condition.notify_all()
 
-    def on_error(self, error):
+    def on_error(self, camera, error):
         with self.condition:
             self.errors.append(str(error))
             self.condition.notify_all()
@@ -43,22 +48,22 @@ def recorder():
     return Recorder()
 
 
-def make_worker(recorder, interval=0.0):
-    return LatestFrameWorker(recorder.process, recorder.on_error, lambda: interval)
+def make_worker(recorder, interval=0.0, cameras=('',)):
+    return FrameScheduler(recorder.process, recorder.on_error, lambda: interval, cameras)
 
 
 def test_frames_offered_while_inactive_are_kept_but_not_processed(recorder):
     worker = make_worker(recorder)
-    worker.offer('early', time.monotonic())
-    assert worker.latest == 'early'
+    worker.offer('', 'early', time.monotonic())
+    assert worker.latest('') == 'early'
     worker.start()
     try:
-        worker.offer('first', time.monotonic())
+        worker.offer('', 'first', time.monotonic())
         assert recorder.wait(lambda: recorder.frames == ['first'])
     finally:
         worker.stop()
     assert 'early' not in recorder.frames
-    assert worker.counters.dropped == 0
+    assert worker.counters('').dropped == 0
 
 
 def test_a_newer_frame_replaces_the_pending_one_and_counts_a_drop(recorder):
@@ -66,30 +71,30 @@ def test_a_newer_frame_replaces_the_pending_one_and_counts_a_drop(recorder):
     worker.start()
     try:
         recorder.release.clear()
-        worker.offer(1, time.monotonic())
+        worker.offer('', 1, time.monotonic())
         assert recorder.started.wait(10.0)  # frame 1 is being processed and held
         for frame in (2, 3, 4):
-            worker.offer(frame, time.monotonic())
+            worker.offer('', frame, time.monotonic())
         recorder.release.set()
         assert recorder.wait(lambda: recorder.frames == [1, 4])
     finally:
         worker.stop()
-    assert worker.counters.dropped == 2  # 2 and 3 were replaced before the worker took them
+    assert worker.counters('').dropped == 2  # 2 and 3 were replaced before the worker took them
 
 
 def test_stop_joins_and_nothing_is_processed_afterwards(recorder):
     worker = make_worker(recorder)
     worker.start()
-    worker.offer('a', time.monotonic())
+    worker.offer('', 'a', time.monotonic())
     assert recorder.wait(lambda: recorder.frames == ['a'])
     worker.stop()
     assert not worker.active
-    worker.offer('late', time.monotonic())
+    worker.offer('', 'late', time.monotonic())
     time.sleep(0.2)
     assert recorder.frames == ['a']
-    assert worker.latest == 'late'
+    assert worker.latest('') == 'late'
     worker.clear()
-    assert worker.latest is None
+    assert worker.latest('') is None
 
 
 def test_a_failing_frame_goes_to_on_error_and_the_worker_goes_on():
@@ -97,9 +102,9 @@ def test_a_failing_frame_goes_to_on_error_and_the_worker_goes_on():
     worker = make_worker(recorder)
     worker.start()
     try:
-        worker.offer('bad', time.monotonic())
+        worker.offer('', 'bad', time.monotonic())
         assert recorder.wait(lambda: len(recorder.errors) == 1)
-        worker.offer('good', time.monotonic())
+        worker.offer('', 'good', time.monotonic())
         assert recorder.wait(lambda: recorder.frames == ['good'])
     finally:
         worker.stop()
@@ -109,9 +114,9 @@ def test_a_failing_frame_goes_to_on_error_and_the_worker_goes_on():
 def test_the_rate_limit_waits_and_stop_ends_the_wait(recorder):
     worker = make_worker(recorder, interval=1000.0)
     worker.start()
-    worker.offer('first', time.monotonic())
+    worker.offer('', 'first', time.monotonic())
     assert recorder.wait(lambda: recorder.frames == ['first'])
-    worker.offer('second', time.monotonic())  # due only in 1000 s
+    worker.offer('', 'second', time.monotonic())  # due only in 1000 s
     time.sleep(0.3)
     assert recorder.frames == ['first']
     stopper = threading.Thread(target=worker.stop)
@@ -139,3 +144,60 @@ def test_counters_and_rates():
         times.append(when)
     assert times.rate(now=5.0) == pytest.approx(1.0)  # the oldest fell out of the window
     assert RecentTimes().rate(now=1.0) == 0.0
+
+
+def test_cameras_take_turns_and_a_fast_one_cannot_starve_a_slow_one(recorder):
+    """Whatever the fast cameras offer, the slow camera's frame is taken within one turn each."""
+    worker = make_worker(recorder, cameras=('fast', 'other', 'slow'))
+    worker.start()
+    try:
+        recorder.release.clear()
+        worker.offer('fast', 'f0', time.monotonic())
+        assert recorder.started.wait(10.0)  # f0 is held in process
+        # While it is held: the slow camera offers once, the fast ones many times.
+        worker.offer('slow', 's0', time.monotonic())
+        for index in range(1, 6):
+            worker.offer('fast', f'f{index}', time.monotonic())
+            worker.offer('other', f'o{index}', time.monotonic())
+        recorder.release.set()
+        assert recorder.wait(lambda: len(recorder.frames) == 4)
+    finally:
+        worker.stop()
+    # After 'fast' comes 'other', then 'slow', then 'fast' again with its newest frame only.
+    assert recorder.frames == ['f0', 'o5', 's0', 'f5']
+    assert recorder.cameras == ['fast', 'other', 'slow', 'fast']
+    assert worker.counters('fast').dropped == 4 and worker.counters('other').dropped == 4
+    assert worker.counters('slow').dropped == 0
+
+
+def test_each_camera_keeps_its_own_latest_frame_and_counters(recorder):
+    worker = make_worker(recorder, cameras=('head', 'wrist'))
+    worker.offer('head', 'h', time.monotonic())
+    worker.offer('wrist', 'w', time.monotonic())
+    worker.offer('gone', 'x', time.monotonic())  # a camera not served: ignored
+    assert (worker.latest('head'), worker.latest('wrist'), worker.latest('gone')) == \
+        ('h', 'w', None)
+    worker.counters('head').received = 7
+    worker.set_cameras(['wrist', 'head', 'base'])  # a reconfigure keeps lifetime totals
+    assert worker.cameras == ['wrist', 'head', 'base']
+    assert worker.counters('head').received == 7 and worker.counters('base').received == 0
+    worker.set_cameras(['base'])
+    assert worker.cameras == ['base']
+    with pytest.raises(KeyError):
+        worker.counters('head')
+
+
+def test_the_rate_limit_is_per_camera(recorder):
+    """A camera waiting out its rate limit does not hold back another camera's frame."""
+    worker = make_worker(recorder, interval=1000.0, cameras=('a', 'b'))
+    worker.start()
+    try:
+        worker.offer('a', 'a1', time.monotonic())
+        assert recorder.wait(lambda: recorder.frames == ['a1'])
+        worker.offer('a', 'a2', time.monotonic())  # due only in 1000 s
+        worker.offer('b', 'b1', time.monotonic())  # b's first frame is due at once
+        assert recorder.wait(lambda: recorder.frames == ['a1', 'b1'])
+        time.sleep(0.2)
+        assert recorder.frames == ['a1', 'b1']
+    finally:
+        worker.stop()

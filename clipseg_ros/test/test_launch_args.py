@@ -66,6 +66,12 @@ def test_profile_can_be_turned_off():
     ({'namespace': '1cam'}, "namespace '1cam' is not a valid ROS namespace: "),
     ({'params_file': ''}, 'params_file is empty'),
     ({'params_file': '/'}, "params_file '/' is not a file"),
+    ({'cameras': 'head,head'}, "cameras 'head,head': camera names must differ"),
+    ({'cameras': 'head,1wrist'}, "cameras 'head,1wrist': camera name '1wrist' is not"),
+    ({'cameras': 'head,'}, "cameras 'head,': '' (the unnamed camera) cannot be mixed"),
+    ({'cameras': 'a,b', 'image': '/a/image'}, 'image names 1 topic(s) for 2 camera(s) (a, b)'),
+    ({'cameras': 'a,b', 'depth': '/a/depth,/b/bad-depth'},
+     "depth '/b/bad-depth' is not a valid ROS topic name: "),
 ])
 def test_refusals_are_one_line_with_the_value(arguments, expected):
     with pytest.raises(LaunchArgumentError) as refused:
@@ -144,7 +150,7 @@ def test_clipseg_launch_declares_and_hands_node_the_plan(stand_in_launch, tmp_pa
     assert _declared(description) == {
         'params_file': launch_args.default_params_file(), 'namespace': '', 'image': 'image',
         'depth': 'depth', 'camera_info': 'camera_info', 'model': '', 'device': '',
-        'use_depth': '', 'use_fastdds_profile': 'true'}
+        'use_depth': '', 'use_fastdds_profile': 'true', 'cameras': ''}
     node = _run_node_function(description, namespace='robot', image='/cam/image_raw',
                               depth='/cam/aligned_depth', model='/models/m')
     assert node['package'] == 'clipseg_ros' and node['executable'] == 'clipseg_node'
@@ -191,3 +197,30 @@ def test_overrides_are_typed_as_launch_ros_reads_them():
     assert written == {'/clipseg': {'ros__parameters': {
         'model': '/models/m', 'device': 'cuda:0', 'use_depth': True}}}
     assert ('depth', 'depth') in plan.remaps and ('camera_info', 'camera_info') in plan.remaps
+
+
+def test_cameras_plan_one_node_with_each_cameras_topics():
+    plan = launch_args.plan({'cameras': 'head, wrist', 'namespace': 'robot',
+                             'image': '/head_cam/color/image_raw,/wrist_cam/color/image_raw',
+                             'camera_info': '/head_cam/color/camera_info,wrist_info'},
+                            environ={})
+    assert plan.overrides == {'cameras': ['head', 'wrist']}
+    assert plan.remaps == [
+        ('head/image', '/head_cam/color/image_raw'),
+        ('head/image/compressed', '/head_cam/color/image_raw/compressed'),
+        ('wrist/image', '/wrist_cam/color/image_raw'),
+        ('wrist/image/compressed', '/wrist_cam/color/image_raw/compressed'),
+        ('head/camera_info', '/head_cam/color/camera_info'),
+        ('wrist/camera_info', 'wrist_info')]  # depth not given: each camera keeps c/depth
+    written = yaml.safe_load(launch_args.overrides_yaml(plan))
+    assert written == {'/robot/clipseg': {'ros__parameters': {'cameras': ['head', 'wrist']}}}
+    # Without topics, camera c reads c/image under the node's namespace.
+    assert launch_args.plan({'cameras': 'head'}, environ={}).remaps == []
+
+
+def test_clipseg_launch_hands_node_the_camera_list(stand_in_launch):
+    node = _run_node_function(stand_in_launch('clipseg.launch.py'), cameras='head,wrist',
+                              image='/head/image_raw,/wrist/image_raw')
+    assert node['parameters'] == [launch_args.default_params_file(),
+                                  {'cameras': ['head', 'wrist']}]
+    assert ('wrist/image', '/wrist/image_raw') in node['remappings']

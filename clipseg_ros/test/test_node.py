@@ -396,8 +396,8 @@ def test_overlay_can_be_switched_off_live(running):
 
 
 def test_worker_survives_a_failure_outside_inference_and_diagnostics_escalate(running):
-    real_publish = running.node._outputs.publish
-    running.node._outputs.publish = \
+    real_publish = running.node.camera().outputs.publish
+    running.node.camera().outputs.publish = \
         lambda *args, **kwargs: (_ for _ in ()).throw(ValueError('broken'))
     frame = encode_frame(rgb_frame(24, 16), 'rgb8')
     for count in range(1, 4):
@@ -405,7 +405,7 @@ def test_worker_survives_a_failure_outside_inference_and_diagnostics_escalate(ru
         assert running.camera.wait_for(lambda: running.node.counters.failed == count, 10)
     status = running.node.diagnostic_status()
     assert status.level == DiagnosticStatus.ERROR and 'broken' in status.message
-    running.node._outputs.publish = real_publish
+    running.node.camera().outputs.publish = real_publish
     assert running.send_and_wait(frame)['mask'].width == 24, 'the worker is still alive'
     assert running.node.diagnostic_status().level != DiagnosticStatus.ERROR
 
@@ -423,7 +423,7 @@ def test_frames_while_inactive_are_not_processed_later(running):
     assert stale not in running.camera.received['mask']
     assert (node.counters.processed, node.counters.dropped) == (before[0] + 1, before[1])
     # the inactive frame is still the latest one for ~/segment until the fresh one came
-    assert node._worker.latest is not None
+    assert node._worker.latest('') is not None
 
 
 def test_deactivate_interrupts_the_rate_limit_wait(running):

@@ -96,7 +96,7 @@ def send_with_depth(harness, scene, encoding: str, depth_offset_ns: int = 0, dep
     harness.info_pub.publish(info)
     harness.depth_pub.publish(depth)
     # The node's depth callback runs on the same executor; give it the depth before the frame.
-    deadline_counter = harness.node._depth.pairing.counters
+    deadline_counter = harness.node.camera().depth.pairing.counters
     before = deadline_counter.depth_received
     assert camera.wait_for(lambda: deadline_counter.depth_received > before, 10)
     key = camera.publish(encode_frame(scene.rgb, 'rgb8'), stamp=stamp)
@@ -120,7 +120,7 @@ def test_frames_paired_with_depth_carry_3d_in_metres(depth_node, scene, encoding
 
 
 def test_a_frame_without_matching_depth_gets_nan_and_is_counted(depth_node, scene):
-    counters = depth_node.node._depth.pairing.counters
+    counters = depth_node.node.camera().depth.pairing.counters
     before = counters.frames_without_depth
     segmentation = send_with_depth(depth_node, scene, '16UC1',
                                    depth_offset_ns=500_000_000)['segmentation']
@@ -161,7 +161,7 @@ def test_segment_service_returns_the_3d_centroid_of_the_latest_frame(depth_node,
 
 
 def test_refused_depth_inputs_are_counted_and_the_node_goes_on(depth_node, scene):
-    counters = depth_node.node._depth.pairing.counters
+    counters = depth_node.node.camera().depth.pairing.counters
     bad = depth_image(scene.depth_mm(), '16UC1')
     bad.is_bigendian = 1
     depth_node.depth_pub.publish(bad)

@@ -71,7 +71,7 @@ def test_model_changed_between_cleanup_and_configure_takes_effect(idle_node, tin
     assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
     assert node._engine.model_name == str(patch32_model_dir)
     assert node.prompt_set.labels == ['a cup', 'a mug']
-    assert node._subscription.topic_name.endswith('/image/compressed')
+    assert node.camera().subscription.topic_name.endswith('/image/compressed')
     assert torch.get_num_threads() == 1
     assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
 
@@ -161,14 +161,14 @@ def test_cleanup_forgets_failures_and_stale_frames(ros_context, tiny_model_dir):
     try:
         frame = encode_frame(rgb_frame(24, 16), 'rgb8')
         harness.send_and_wait(frame)
-        real_publish = node._outputs.publish
-        node._outputs.publish = \
+        real_publish = node.camera().outputs.publish
+        node.camera().outputs.publish = \
             lambda *args, **kwargs: (_ for _ in ()).throw(ValueError('broken'))
         for count in range(1, 4):
             harness.camera.publish(frame)
             assert harness.camera.wait_for(lambda: node.counters.failed == count, 10)
         assert node.diagnostic_status().level == DiagnosticStatus.ERROR
-        node._outputs.publish = real_publish
+        node.camera().outputs.publish = real_publish
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
@@ -213,9 +213,9 @@ def test_diagnostics_timer_contains_its_exceptions(idle_node, caplog):
     def broken_status():
         raise RuntimeError('diagnostics broke (injected)')
 
-    node.diagnostic_status = broken_status
+    node.diagnostic_statuses = broken_status
     node._publish_diagnostics()  # as the timer calls it: must not raise
-    node.diagnostic_status = lambda: DiagnosticStatus(name='restored')
+    node.diagnostic_statuses = lambda: [DiagnosticStatus(name='restored')]
     node._publish_diagnostics()
 
 

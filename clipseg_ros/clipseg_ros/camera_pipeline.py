@@ -1,0 +1,87 @@
+"""
+One camera's topics in the clipseg node: its image subscription, its depth inputs and its
+outputs, all under the camera's name, so one node serves several cameras with one model.
+
+Camera ``c`` reads ``c/image`` (or ``c/image/compressed``), with depth ``c/depth`` and
+``c/camera_info``, and publishes ``c/mask``, ``c/confidence``, ``c/overlay``,
+``c/segmentation`` (and ``c/points``, ``c/markers``). The unnamed camera '' uses the plain names.
+"""
+
+from collections.abc import Callable
+import time
+from typing import Any
+
+from clipseg_ros import conversions
+from clipseg_ros.camera_names import topic_prefix
+from clipseg_ros.conversions import ImageConversionError
+from clipseg_ros.depth_input import PairedTargets
+from clipseg_ros.depth_topics import DepthTopics
+from clipseg_ros.frame_slot import FrameCounters
+from clipseg_ros.publishers import camera_qos, ResultPublishers
+import numpy as np
+from sensor_msgs.msg import CompressedImage, Image
+
+
+class CameraPipeline:
+    """
+    The ROS side of one camera, created at configure and destroyed at cleanup. Its image
+    callback counts and validates a frame, then ``offer(name, frame, received_at)`` hands it to
+    the scheduler; the node's worker segments it and publishes through ``outputs``.
+    """
+
+    def __init__(self, node, name: str, *, compressed: bool, reliability: str, use_depth: bool,
+                 callback_group, counters: FrameCounters,
+                 offer: Callable[[str, Any, float], None], max_pixels: Callable[[], int],
+                 warn: Callable[[str, str], None]) -> None:
+        self.name = name
+        self._node = node
+        self._warn = warn
+        self._counters = counters
+        self._offer = offer
+        self._max_pixels = max_pixels
+        prefix = topic_prefix(name)
+        qos = camera_qos(reliability)
+        self.last_frame_time: float | None = None
+        self.outputs = ResultPublishers(node, with_depth=use_depth, prefix=prefix)
+        self.depth = (DepthTopics(node, qos, callback_group, self.warn, prefix)
+                      if use_depth else None)
+        message_type, topic = ((CompressedImage, 'image/compressed') if compressed
+                               else (Image, 'image'))
+        self.subscription = node.create_subscription(
+            message_type, prefix + topic, self._on_image, qos, callback_group=callback_group)
+
+    def _on_image(self, msg) -> None:
+        now = time.monotonic()
+        counters = self._counters
+        counters.received += 1
+        counters.receive_times.append(now)
+        self.last_frame_time = now
+        try:
+            if isinstance(msg, CompressedImage):
+                conversions.validate_compressed(msg, self._max_pixels())
+            else:
+                conversions.validate_image(msg, self._max_pixels())
+        except ImageConversionError as error:
+            counters.rejected += 1
+            self.warn('frame', f'dropping camera frame: {error}')
+            return
+        self._offer(self.name, msg, now)
+
+    def warn(self, key: str, text: str) -> None:
+        """A throttled warning, keyed and worded per camera."""
+        if self.name:
+            self._warn(f'{self.name}:{key}', f"camera '{self.name}': {text}")
+        else:
+            self._warn(key, text)
+
+    def depth_targets(self, header, labels: np.ndarray,
+                      prompt_count: int) -> PairedTargets | None:
+        """The frame's 3D targets when depth is in use, else None."""
+        depth = self.depth
+        return depth.targets_for(header, labels, prompt_count) if depth is not None else None
+
+    def destroy(self) -> None:
+        self._node.destroy_subscription(self.subscription)
+        self.outputs.destroy()
+        if self.depth is not None:
+            self.depth.destroy()

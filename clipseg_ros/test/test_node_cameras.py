@@ -1,0 +1,234 @@
+"""Several cameras served by one clipseg node: own topics and headers, one prompt set, turns.
+
+Real rclpy over loopback DDS: the node is configured with `cameras`, a test node publishes
+frames on each camera's `c/image` and collects its `c/mask`, `c/segmentation`, ... outputs.
+"""
+
+import threading
+import time
+
+from clipseg_ros.node import ClipSegNode
+from clipseg_ros.tools.drive import CameraStream
+from clipseg_ros_interfaces.srv import Segment, SetTextPrompts
+from diagnostic_msgs.msg import DiagnosticStatus
+from node_harness import call_service, encode_frame, rgb_frame, tiny_model_overrides
+import pytest
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.lifecycle import TransitionCallbackReturn
+from sensor_msgs.msg import Image
+
+# A slow camera's frame is processed before the next one is sent: it waits at most one
+# frame of each other camera (the scheduler's turn), far less than its period here.
+SLOW_CAMERA_PERIOD_S = 0.5
+INJECTED_INFERENCE_S = 0.05
+
+
+class CamerasHarness:
+    """A clipseg node serving ``cameras``, and one CameraStream per camera on a test node."""
+
+    def __init__(self, context, model_dir, cameras, **overrides):
+        self.node = ClipSegNode(context=context, parameter_overrides=tiny_model_overrides(
+            model_dir, cameras=list(cameras), **overrides))
+        self.test_node = rclpy.create_node('cameras_test', context=context)
+        self.streams = {name: CameraStream(self.test_node, f'{name}/image', output_namespace=name,
+                                           keep_outputs=True)
+                        for name in cameras}
+        self.all_masks = {name: [] for name in cameras}
+        for name in cameras:  # every mask on the topic, not only those matching a sent stamp
+            self.test_node.create_subscription(Image, f'{name}/mask',
+                                               self.all_masks[name].append, 10)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self.executor.add_node(self.test_node)
+        assert self.node.autostart_if_enabled()
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+        for stream in self.streams.values():
+            assert stream.wait_for_subscriber()
+
+    def send(self, camera, rgb, frame_id, encoding='rgb8'):
+        """Publish a frame on a camera; return its outputs (all four)."""
+        stream = self.streams[camera]
+        key = stream.publish(encode_frame(rgb, encoding), frame_id=frame_id)
+        outputs = stream.wait_outputs(key)
+        assert outputs is not None, f'no outputs for camera {camera}'
+        return outputs
+
+    def call(self, service_type, name, request):
+        client = self.test_node.create_client(service_type, f'/clipseg/{name}')
+        try:
+            return call_service(self.test_node, client, request)
+        finally:
+            self.test_node.destroy_client(client)
+
+    def close(self):
+        self.executor.shutdown()
+        self.thread.join(timeout=10.0)
+        self.node.destroy_node()
+        self.test_node.destroy_node()
+
+
+@pytest.fixture
+def cameras_node(ros_context, tiny_model_dir):
+    made = []
+
+    def make(cameras, **overrides):
+        made.append(CamerasHarness(ros_context, tiny_model_dir, cameras, **overrides))
+        return made[-1]
+
+    yield make
+    for harness in made:
+        harness.close()
+
+
+def test_two_cameras_each_get_their_own_outputs_and_headers(cameras_node):
+    harness = cameras_node(['head', 'wrist'])
+    topics = {name for name, _ in harness.node.get_topic_names_and_types()}
+    assert {'/head/image', '/head/mask', '/head/segmentation', '/wrist/image',
+            '/wrist/overlay', '/wrist/confidence'} <= topics
+    assert not {'/image', '/mask'} & topics
+    head = harness.send('head', rgb_frame(64, 48, seed=1), 'head_optical')
+    wrist = harness.send('wrist', rgb_frame(40, 30, seed=2), 'wrist_optical')
+    for outputs, frame_id, size in ((head, 'head_optical', (64, 48)),
+                                    (wrist, 'wrist_optical', (40, 30))):
+        for name in ('mask', 'confidence', 'overlay'):
+            assert outputs[name].header.frame_id == frame_id
+            assert (outputs[name].width, outputs[name].height) == size
+        assert outputs['segmentation'].header.frame_id == frame_id
+    assert head['mask'].header.stamp != wrist['mask'].header.stamp
+    # Nothing of one camera leaked onto the other's topics.
+    assert {m.header.frame_id for m in harness.all_masks['head']} == {'head_optical'}
+    assert {m.header.frame_id for m in harness.all_masks['wrist']} == {'wrist_optical'}
+    assert harness.node.camera_counters('head').processed == 1
+    assert harness.node.camera_counters('wrist').processed == 1
+
+
+def test_a_prompt_change_reaches_all_three_cameras(cameras_node):
+    cameras = ['head', 'wrist', 'base/left']
+    harness = cameras_node(cameras)
+    for index, name in enumerate(cameras):
+        outputs = harness.send(name, rgb_frame(48, 36, seed=index), f'{name}_optical')
+        assert outputs['segmentation'].labels == ['a red square', 'sky']
+    response = harness.call(SetTextPrompts, 'set_text_prompts',
+                            SetTextPrompts.Request(prompts=['cup', 'bowl', 'plate']))
+    assert response.success, response.message
+    for index, name in enumerate(cameras):
+        outputs = harness.send(name, rgb_frame(48, 36, seed=10 + index), f'{name}_optical')
+        assert outputs['segmentation'].labels == ['cup', 'bowl', 'plate']
+        assert outputs['segmentation'].prompt_version == response.prompt_version
+        assert int(max(outputs['mask'].data)) <= 3
+
+
+def test_a_fast_camera_does_not_starve_a_slow_one(cameras_node):
+    """
+    Inference is made slower than the fast camera's period, so the fast camera always has a
+    frame waiting; the slow camera's frames must still all be processed, none dropped.
+    """
+    harness = cameras_node(['fast', 'slow'])
+    engine = harness.node._engine
+    real_segment = engine.segment
+
+    def slow_segment(*args, **kwargs):
+        time.sleep(INJECTED_INFERENCE_S)
+        return real_segment(*args, **kwargs)
+
+    engine.segment = slow_segment
+    stop = threading.Event()
+    fast_frame = encode_frame(rgb_frame(48, 36, seed=3), 'rgb8')
+
+    def flood():
+        while not stop.is_set():
+            harness.streams['fast'].publish(fast_frame, frame_id='fast_optical')
+            time.sleep(INJECTED_INFERENCE_S / 5)
+
+    flooder = threading.Thread(target=flood)
+    flooder.start()
+    slow_keys = []
+    try:
+        for index in range(6):
+            slow_keys.append(harness.streams['slow'].publish(
+                encode_frame(rgb_frame(40, 30, seed=index), 'rgb8'), frame_id='slow_optical'))
+            time.sleep(SLOW_CAMERA_PERIOD_S)
+        slow = harness.streams['slow']
+        assert slow.wait_for(lambda: all('mask' in slow.records[k].arrivals for k in slow_keys),
+                             timeout=30.0)
+    finally:
+        stop.set()
+        flooder.join()
+    fast_counters = harness.node.camera_counters('fast')
+    slow_counters = harness.node.camera_counters('slow')
+    assert slow_counters.processed == len(slow_keys) and slow_counters.dropped == 0
+    assert fast_counters.dropped > 0, 'the fast camera was meant to outrun the model'
+    assert fast_counters.processed > len(slow_keys), 'the fast camera got its turns too'
+
+
+def test_a_malformed_frame_on_one_camera_does_not_disturb_the_other(cameras_node):
+    harness = cameras_node(['head', 'wrist'])
+    broken = encode_frame(rgb_frame(40, 30), 'rgb8')
+    broken.data = broken.data[:100]  # far shorter than step x height
+    harness.streams['wrist'].publish(broken, frame_id='wrist_optical')
+    unsupported = encode_frame(rgb_frame(40, 30), 'rgb8')
+    unsupported.encoding = '64FC4'
+    harness.streams['wrist'].publish(unsupported, frame_id='wrist_optical')
+    head = harness.send('head', rgb_frame(64, 48), 'head_optical')
+    assert head['mask'].width == 64
+    wrist_counters = harness.node.camera_counters('wrist')
+    assert harness.streams['head'].wait_for(lambda: wrist_counters.rejected == 2, 10.0)
+    assert harness.node.camera_counters('head').rejected == 0
+    assert harness.send('wrist', rgb_frame(40, 30), 'wrist_optical')['mask'].width == 40
+    statuses = {s.name.rsplit(': ', 1)[1]: s for s in harness.node.diagnostic_statuses()}
+    assert statuses['camera head'].level == DiagnosticStatus.OK
+    values = {kv.key: kv.value for kv in statuses['camera wrist'].values}
+    assert values['frames_rejected'] == '2' and values['frames_processed'] == '1'
+
+
+def test_segment_service_takes_a_camera_name(cameras_node):
+    harness = cameras_node(['head', 'wrist'])
+    response = harness.call(Segment, 'segment', Segment.Request(camera='wrist'))
+    assert not response.success
+    assert response.message == "no image given and no camera frame received from camera " \
+                               "'wrist' yet"
+    harness.send('head', rgb_frame(64, 48), 'head_optical')
+    harness.send('wrist', rgb_frame(40, 30), 'wrist_optical')
+    wrist = harness.call(Segment, 'segment', Segment.Request(camera='wrist'))
+    assert wrist.success, wrist.message
+    assert (wrist.mask.width, wrist.mask.header.frame_id) == (40, 'wrist_optical')
+    first = harness.call(Segment, 'segment', Segment.Request())  # '' = the first camera
+    assert (first.mask.width, first.mask.header.frame_id) == (64, 'head_optical')
+    unknown = harness.call(Segment, 'segment', Segment.Request(camera='tail'))
+    assert not unknown.success
+    assert unknown.message == "no camera 'tail': this node serves 'head', 'wrist'"
+
+
+def test_diagnostics_give_the_engine_and_each_camera_a_status(cameras_node):
+    harness = cameras_node(['head', 'wrist', 'base'])
+    harness.send('head', rgb_frame(48, 36), 'head_optical')
+    harness.send('head', rgb_frame(48, 36, seed=5), 'head_optical')
+    harness.send('wrist', rgb_frame(48, 36), 'wrist_optical')
+    statuses = harness.node.diagnostic_statuses()
+    assert [s.name for s in statuses] == ['/clipseg: engine', '/clipseg: camera head',
+                                          '/clipseg: camera wrist', '/clipseg: camera base']
+    values = [{kv.key: kv.value for kv in s.values} for s in statuses]
+    assert values[0]['cameras'] == 'head, wrist, base' and values[0]['device'] == 'cpu'
+    assert values[0]['frames_processed'] == '3'
+    assert [v['frames_processed'] for v in values[1:]] == ['2', '1', '0']
+    assert statuses[0].level == DiagnosticStatus.OK
+    assert statuses[3].level == DiagnosticStatus.WARN  # the base camera sent nothing
+    assert 'no camera frame' in statuses[3].message
+
+
+@pytest.mark.parametrize('cameras, problem', [
+    (['head', 'head'], 'camera names must differ'),
+    (['', 'wrist'], "'' (the unnamed camera) cannot be mixed"),
+    (['9lives'], "camera name '9lives' is not a relative ROS name"),
+])
+def test_invalid_camera_lists_fail_configure_with_the_reason(ros_context, tiny_model_dir,
+                                                             cameras, problem):
+    node = ClipSegNode(context=ros_context, parameter_overrides=tiny_model_overrides(
+        tiny_model_dir, cameras=cameras, autostart=False))
+    try:
+        assert node.trigger_configure() != TransitionCallbackReturn.SUCCESS
+        assert problem in node.diagnostic_status().message
+    finally:
+        node.destroy_node()
