@@ -11,9 +11,10 @@ import numpy as np
 import torch
 
 _LOGGER = logging.getLogger(__name__)
-# Graphs kept, one per (input size, prompt count): the camera stream's and, say, a ~/segment
-# call's one-off prompts, without recapturing each time they alternate.
-CUDA_GRAPH_CACHE_SIZE = 4
+# Graphs kept, one per (frames, input size, prompt count): the camera stream's (batches of
+# one to several cameras) and, say, a ~/segment call's one-off prompts, without recapturing
+# each time they alternate.
+CUDA_GRAPH_CACHE_SIZE = 8
 
 TwoInputFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

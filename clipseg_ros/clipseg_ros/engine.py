@@ -279,10 +279,22 @@ class ClipSegEngine:
         there and that probability is >= ``threshold``; otherwise 0 (background). A threshold
         of 1 labels nothing.
         """
-        check_rgb_image(image_rgb)
+        return self.segment_batch([image_rgb], prompts, threshold, return_probabilities)[0]
+
+    def segment_batch(self, images_rgb: Sequence[np.ndarray], prompts: Sequence[Prompt],
+                      threshold: float = 0.3,
+                      return_probabilities: bool = False) -> list[SegmentationResult]:
+        """
+        Segment several frames (of any sizes; several cameras', say) for the same prompts,
+        with one encoder pass over all of them; one result per frame, as :meth:`segment`
+        gives. Each result's ``inference_seconds`` is the whole batch's.
+        """
+        if len(images_rgb) == 0:
+            raise ValueError('no image given')
+        for image_rgb in images_rgb:
+            check_rgb_image(image_rgb)
         check_prompts(prompts, self._embedding_size)
         threshold = check_unit_interval('threshold', threshold)
-        height, width = image_rgb.shape[:2]
         with self._lock, torch.inference_mode():
             # Timed from here: waiting for the lock (a prompt being embedded, ~/segment) is
             # not inference.
@@ -290,27 +302,36 @@ class ClipSegEngine:
             self._require_model()
             embeddings = torch.stack(
                 [p.embedding.to(device=self._device, dtype=self._dtype) for p in prompts])
-            pixel_values = self._preprocess(image_rgb, pinned=True)
+            # One pinned buffer: only the first frame goes through it, the others copy plainly.
+            pixel_values = torch.cat([self._preprocess(image_rgb, pinned=index == 0)
+                                      for index, image_rgb in enumerate(images_rgb)])
             probabilities = self._network.probabilities(pixel_values, embeddings)
-            maps = labels_at_frame_size(probabilities, height, width, threshold,
-                                        return_probabilities)
-            outputs = {'labels': maps.labels, 'confidence': maps.confidence,
-                       'max_confidence': maps.max_confidence}
-            if self._device.type == 'cuda':
-                # On the GPU the statistics cost microseconds and only small tables travel.
-                outputs.update(label_histograms(maps.labels, maps.confidence, len(prompts)))
-            if return_probabilities:
-                outputs['probabilities'] = maps.probabilities
-            host = dict(zip(outputs, to_host(list(outputs.values()), self._device)))
-        if 'row_counts' in host:
-            stats = stats_from_label_histograms(host)
-        else:  # on the CPU, numpy's bincount beats torch's scatter
-            stats = region_stats(host['labels'], host['confidence'], len(prompts))
-        return SegmentationResult(
-            labels=host['labels'], confidence=host['confidence'],
-            max_confidence=host['max_confidence'], stats=stats,
-            probabilities=host.get('probabilities'),
-            inference_seconds=time.perf_counter() - start)
+            host_maps = []
+            for image_rgb, frame_probabilities in zip(images_rgb, probabilities):
+                height, width = image_rgb.shape[:2]
+                maps = labels_at_frame_size(frame_probabilities, height, width, threshold,
+                                            return_probabilities)
+                outputs = {'labels': maps.labels, 'confidence': maps.confidence,
+                           'max_confidence': maps.max_confidence}
+                if self._device.type == 'cuda':
+                    # On the GPU the statistics cost microseconds and only small tables travel.
+                    outputs.update(label_histograms(maps.labels, maps.confidence, len(prompts)))
+                if return_probabilities:
+                    outputs['probabilities'] = maps.probabilities
+                host_maps.append(dict(zip(outputs, to_host(list(outputs.values()),
+                                                           self._device))))
+        elapsed = time.perf_counter() - start
+        results = []
+        for host in host_maps:
+            if 'row_counts' in host:
+                stats = stats_from_label_histograms(host)
+            else:  # on the CPU, numpy's bincount beats torch's scatter
+                stats = region_stats(host['labels'], host['confidence'], len(prompts))
+            results.append(SegmentationResult(
+                labels=host['labels'], confidence=host['confidence'],
+                max_confidence=host['max_confidence'], stats=stats,
+                probabilities=host.get('probabilities'), inference_seconds=elapsed))
+        return results
 
     def preprocess(self, image_rgb: np.ndarray) -> torch.Tensor:
         """

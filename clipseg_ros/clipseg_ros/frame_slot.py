@@ -84,23 +84,30 @@ class CameraSlot:
     last_start: float = -math.inf              # no frame yet: the first is never rate-limited
 
 
+# (camera, frame, received_at)
+Job = tuple[str, Any, float]
+
+
 class FrameScheduler:
     """
-    Keeps each camera's newest frame and hands them to ``process(camera, frame, received_at)``
-    on one worker thread, serving the cameras with a frame waiting in turn.
+    Keeps each camera's newest frame and hands them to ``process(jobs)`` on one worker thread,
+    a job being ``(camera, frame, received_at)``, serving the cameras with a frame due in turn.
 
-    A camera's frame waits for at most one turn of every other camera, whatever their rates, so
-    a fast camera cannot starve a slow one. ``min_interval()`` gives the seconds to keep between
-    two processed frames of one camera (0: none); ``on_error(camera, error)`` gets whatever
-    ``process`` raises, and the worker goes on.
+    With ``batch()`` false, ``jobs`` holds one frame, and a camera's frame waits for at most
+    one turn of every other camera, whatever their rates, so a fast camera cannot starve a slow
+    one; with it true, every camera's due frame goes at once (one encoder pass). ``min_interval()``
+    gives the seconds to keep between two processed frames of one camera (0: none);
+    ``on_error(jobs, error)`` gets whatever ``process`` raises, and the worker goes on.
     """
 
-    def __init__(self, process: Callable[[str, Any, float], None],
-                 on_error: Callable[[str, Exception], None],
-                 min_interval: Callable[[], float], cameras: Sequence[str] = ('',)) -> None:
+    def __init__(self, process: Callable[[list[Job]], None],
+                 on_error: Callable[[list[Job], Exception], None],
+                 min_interval: Callable[[], float], cameras: Sequence[str] = ('',),
+                 batch: Callable[[], bool] = lambda: False) -> None:
         self._process = process
         self._on_error = on_error
         self._min_interval = min_interval
+        self._batch = batch
         self._ready = threading.Condition()
         # Held while a frame is processed, so a cleanup never frees what the worker uses.
         self.processing = threading.Lock()
@@ -175,16 +182,16 @@ class FrameScheduler:
     def _run(self) -> None:
         while self._wait_for_due_frame():
             with self.processing:
-                interval = self._min_interval()
+                interval, batch = self._min_interval(), self._batch()
                 with self._ready:
-                    job = self._take_due(time.monotonic(), interval) if self._active else None
-                if job is None:
+                    jobs = self._take_due(time.monotonic(), interval, batch) \
+                        if self._active else []
+                if not jobs:
                     continue
-                camera, frame, received_at = job
                 try:
-                    self._process(camera, frame, received_at)
+                    self._process(jobs)
                 except Exception as error:  # the worker must outlive any one frame
-                    self._on_error(camera, error)
+                    self._on_error(jobs, error)
 
     def _wait_for_due_frame(self) -> bool:
         """Wait until some camera's pending frame is due; False once stopped."""
@@ -202,15 +209,21 @@ class FrameScheduler:
                  for slot in self._slots.values() if slot.pending is not None]
         return min(waits) if waits else None
 
-    def _take_due(self, now: float, interval: float) -> tuple[str, Any, float] | None:
-        """Take the first due frame from the camera whose turn it is, or after it."""
+    def _take_due(self, now: float, interval: float, batch: bool) -> list[Job]:
+        """
+        Take the due frame of the camera whose turn it is, or of the first due after it; with
+        ``batch``, every due frame, in that order.
+        """
         count = len(self._order)
+        jobs = []
         for step in range(count):
             index = (self._turn + step) % count
             slot = self._slots[self._order[index]]
             if slot.pending is not None and slot.last_start + interval <= now:
                 (frame, received_at), slot.pending = slot.pending, None
                 slot.last_start = now
-                self._turn = (index + 1) % count
-                return self._order[index], frame, received_at
-        return None
+                jobs.append((self._order[index], frame, received_at))
+                if not batch:
+                    self._turn = (index + 1) % count
+                    break
+        return jobs

@@ -15,7 +15,8 @@ import torch
 
 
 class SharedEncoderNetwork:
-    """(1, 3, r, r) pixels and (N, D) prompt embeddings in, (N, r, r) float32 probabilities out."""
+    """(B, 3, r, r) pixels and (N, D) prompt embeddings in, (B, N, r, r) float32 probabilities
+    out: each of B frames (one per camera, say) decoded for every prompt."""
 
     def __init__(self, model: Any, model_name: str, use_cuda_graphs: bool) -> None:
         self.model = model
@@ -43,7 +44,7 @@ class SharedEncoderNetwork:
 
     def probabilities(self, pixel_values: torch.Tensor,
                       embeddings: torch.Tensor) -> torch.Tensor:
-        """Return (N, r, r) float32 probabilities of one frame for N prompt embeddings."""
+        """Return (B, N, r, r) float32 probabilities of B frames for N prompt embeddings."""
         self._update_positions(pixel_values.shape[-1])
         return self.graphs(pixel_values, embeddings)
 
@@ -69,14 +70,18 @@ class SharedEncoderNetwork:
 
     def decode(self, activations: list[torch.Tensor],
                embeddings: torch.Tensor) -> torch.Tensor:
-        """Return (N, r, r) float32 probabilities from one frame's activations."""
-        count = embeddings.shape[0]
-        # expand() shares the single frame's activations across the N prompts without a copy.
-        shared = [a.expand(count, -1, -1) for a in activations]
-        logits = self.model.decoder(shared, embeddings).logits
-        # The decoder squeezes its channel dimension; pin the shape down for any N. The sigmoid
-        # runs in float32: in half precision it rounds to exactly 1.0 from a logit of about 8.
-        logits = logits.reshape(count, logits.shape[-2], logits.shape[-1])
+        """Return (B, N, r, r) float32 probabilities from B frames' activations."""
+        frames, count = activations[0].shape[0], embeddings.shape[0]
+        # expand() shares each frame's activations across the N prompts without a copy (a
+        # copy is made only where B > 1 needs frame-major rows).
+        shared = [a.unsqueeze(1).expand(-1, count, -1, -1).reshape(frames * count, *a.shape[1:])
+                  for a in activations]
+        conditional = embeddings.repeat(frames, 1) if frames > 1 else embeddings
+        logits = self.model.decoder(shared, conditional).logits
+        # The decoder squeezes its channel dimension; pin the shape down for any B, N. The
+        # sigmoid runs in float32: in half precision it rounds to exactly 1.0 from a logit of
+        # about 8.
+        logits = logits.reshape(frames, count, logits.shape[-2], logits.shape[-1])
         return torch.sigmoid(logits.to(torch.float32))
 
     def _forward(self, pixel_values: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:

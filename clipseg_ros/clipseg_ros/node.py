@@ -18,7 +18,7 @@ from clipseg_ros.camera_pipeline import CameraPipeline
 from clipseg_ros.conversions import ImageConversionError
 from clipseg_ros.diagnostics import CameraHealth, EngineHealth, node_statuses
 from clipseg_ros.engine import ClipSegEngine
-from clipseg_ros.frame_slot import FrameCounters, FrameScheduler
+from clipseg_ros.frame_slot import FrameCounters, FrameScheduler, Job
 from clipseg_ros.options import set_cpu_threads
 from clipseg_ros.parameters import (
     CONFIGURE_TIME_PARAMETERS, declare_parameters, NodeConfiguration, parameter_problem)
@@ -53,8 +53,9 @@ class ClipSegNode(LifecycleNode):
         self._engine: ClipSegEngine | None = None
         self._engine_error = 'not configured'
         self._prompts = PromptBook()
-        self._worker = FrameScheduler(self._process_frame, self._count_failure,
-                                      self._min_frame_interval)
+        self._worker = FrameScheduler(self._process_frames, self._count_failures,
+                                      self._min_frame_interval,
+                                      batch=lambda: self._param('batch_cameras'))
         self._cameras: dict[str, CameraPipeline] = {}  # created at configure
         self._cpu_threads = 0  # applied at configure
         self._warn_times: dict[str, float] = {}
@@ -253,45 +254,56 @@ class ClipSegNode(LifecycleNode):
         max_rate = self._param('max_rate_hz')
         return 1.0 / max_rate if max_rate > 0.0 else 0.0
 
-    def _process_frame(self, name: str, msg, received_at: float) -> None:
-        """Convert, segment and publish one camera frame (on the worker thread)."""
-        engine, camera = self._engine, self._cameras.get(name)
-        if engine is None or camera is None:
+    def _process_frames(self, jobs: list[Job]) -> None:
+        """Convert, segment (one encoder pass) and publish camera frames (worker thread)."""
+        engine = self._engine
+        frames = []
+        for name, msg, received_at in jobs:
+            camera = self._cameras.get(name)
+            if engine is None or camera is None:
+                return
+            try:
+                frames.append((camera, msg, received_at, self._frame_to_rgb(msg)))
+            except ImageConversionError as error:
+                self._worker.counters(name).rejected += 1
+                camera.warn('frame', f'dropping camera frame: {error}')
+        if not frames:
             return
-        counters = self._worker.counters(name)
+        prompt_set, threshold = self._prompts.current, self._param('threshold')
         try:
-            image_rgb = self._frame_to_rgb(msg)
-        except ImageConversionError as error:
-            counters.rejected += 1
-            camera.warn('frame', f'dropping camera frame: {error}')
-            return
-        prompt_set = self._prompts.current
-        threshold = self._param('threshold')
-        try:
-            result = engine.segment(image_rgb, prompt_set.prompts, threshold=threshold)
+            results = engine.segment_batch([frame[3] for frame in frames], prompt_set.prompts,
+                                           threshold=threshold)
         except Exception as error:  # one bad frame (OOM, driver error) must not stop the node
-            self._count_failure(name, error)
+            self._count_failures([frame[:3] for frame in frames], error)
             free_device_cache(engine)
             return
-        if not self._worker.active:
-            return
-        camera.outputs.publish(
-            msg.header, image_rgb, result, prompt_set, threshold,
-            with_overlay=self._param('publish_overlay'),
-            paired=camera.depth_targets(msg.header, result.labels, len(prompt_set.prompts)),
-            point_decimation=self._param('point_decimation'))
-        counters.count_processed(received_at, result.inference_seconds)
+        for (camera, msg, received_at, image_rgb), result in zip(frames, results):
+            if not self._worker.active:
+                return
+            try:  # one camera's failure leaves the others' results alone
+                camera.outputs.publish(
+                    msg.header, image_rgb, result, prompt_set, threshold,
+                    with_overlay=self._param('publish_overlay'),
+                    paired=camera.depth_targets(msg.header, result.labels,
+                                                len(prompt_set.prompts)),
+                    point_decimation=self._param('point_decimation'))
+            except Exception as error:  # noqa: B902 - counted and logged per camera
+                self._count_failures([(camera.name, msg, received_at)], error)
+                continue
+            self._worker.counters(camera.name).count_processed(received_at,
+                                                               result.inference_seconds)
 
     def _depth_targets(self, camera: str, header, labels: np.ndarray, prompt_count: int):
         """A frame's 3D targets from ``camera``'s depth when it uses depth, else None."""
         pipeline = self._cameras.get(camera)
         return pipeline.depth_targets(header, labels, prompt_count) if pipeline else None
 
-    def _count_failure(self, camera: str, error: Exception) -> None:
-        description = self._worker.counters(camera).count_failure(error)
-        pipeline = self._cameras.get(camera)
-        (pipeline.warn if pipeline else self._warn_throttled)(
-            'inference', f'frame dropped: {description}')
+    def _count_failures(self, jobs: list[Job], error: Exception) -> None:
+        for name, _, _ in jobs:
+            description = self._worker.counters(name).count_failure(error)
+            pipeline = self._cameras.get(name)
+            (pipeline.warn if pipeline else self._warn_throttled)(
+                'inference', f'frame dropped: {description}')
 
     # ----------------------------------------------------------------- diagnostics
     def diagnostic_statuses(self) -> list[DiagnosticStatus]:

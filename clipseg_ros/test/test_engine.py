@@ -644,3 +644,41 @@ def test_preprocessing_constants_come_from_the_processor_config(engine, tiny_mod
     torch.testing.assert_close(
         engine.preprocess(frame), reference_pixel_values(tiny_model_dir, [frame]),
         rtol=0, atol=1e-5)
+
+
+def test_a_batch_of_frames_matches_the_frames_one_by_one(engine, reference, tiny_model_dir,
+                                                         frame) -> None:
+    """Several cameras' frames (different sizes) in one encoder pass: each as on its own,
+    and each as transformers' own forward gives it."""
+    rng = np.random.default_rng(7)
+    frames = [frame, rng.integers(0, 256, (480, 640, 3), dtype=np.uint8),
+              rng.integers(0, 256, (360, 500, 3), dtype=np.uint8)]
+    texts = ['a red square', 'sky', 'grass']
+    prompts = engine.text_prompts(texts)
+    batch = engine.segment_batch(frames, prompts, threshold=0.3, return_probabilities=True)
+    assert len(batch) == len(frames)
+    for image, batched in zip(frames, batch):
+        alone = engine.segment(image, prompts, threshold=0.3, return_probabilities=True)
+        assert batched.labels.shape == image.shape[:2]
+        np.testing.assert_allclose(batched.probabilities, alone.probabilities, atol=1e-5)
+        assert (batched.labels != alone.labels).mean() < 1e-3
+        assert batched.stats.pixel_count.tolist() == \
+            region_stats_of(batched.labels, len(texts)).tolist()
+    # The reference: the processor and transformers' forward on each frame, one by one.
+    from transformers import CLIPSegProcessor
+    processor = CLIPSegProcessor.from_pretrained(tiny_model_dir)
+    for image, batched in zip(frames, batch):
+        inputs = processor(text=texts, images=[image] * len(texts), padding=True,
+                           return_tensors='pt')
+        with torch.no_grad():
+            logits = reference(**inputs, interpolate_pos_encoding=True).logits
+        expected = interpolate(torch.sigmoid(logits).unsqueeze(0), size=image.shape[:2],
+                               mode='bilinear', align_corners=False)[0].numpy()
+        np.testing.assert_allclose(batched.probabilities, expected, rtol=0,
+                                   atol=END_TO_END_TOLERANCE)
+    with pytest.raises(ValueError, match='no image given'):
+        engine.segment_batch([], prompts)
+
+
+def region_stats_of(labels: np.ndarray, count: int) -> np.ndarray:
+    return np.bincount(labels.ravel(), minlength=count + 1)[1:count + 1]

@@ -15,6 +15,7 @@ class Recorder:
 
     def __init__(self, fail_on=()):
         self.frames = []
+        self.batches = []
         self.cameras = []
         self.errors = []
         self.fail_on = set(fail_on)
@@ -23,17 +24,20 @@ class Recorder:
         self.started = threading.Event()
         self.condition = threading.Condition()
 
-    def process(self, camera, frame, received_at):
+    def process(self, jobs):
         self.started.set()
         self.release.wait(10.0)
-        if frame in self.fail_on:
-            raise RuntimeError(f'frame {frame} failed (injected)')
+        for camera, frame, _ in jobs:
+            if frame in self.fail_on:
+                raise RuntimeError(f'frame {frame} failed (injected)')
         with self.condition:
-            self.frames.append(frame)
-            self.cameras.append(camera)
+            self.batches.append([frame for _, frame, _ in jobs])
+            for camera, frame, _ in jobs:
+                self.frames.append(frame)
+                self.cameras.append(camera)
             self.condition.notify_all()
 
-    def on_error(self, camera, error):
+    def on_error(self, jobs, error):
         with self.condition:
             self.errors.append(str(error))
             self.condition.notify_all()
@@ -48,8 +52,9 @@ def recorder():
     return Recorder()
 
 
-def make_worker(recorder, interval=0.0, cameras=('',)):
-    return FrameScheduler(recorder.process, recorder.on_error, lambda: interval, cameras)
+def make_worker(recorder, interval=0.0, cameras=('',), batch=False):
+    return FrameScheduler(recorder.process, recorder.on_error, lambda: interval, cameras,
+                          batch=lambda: batch)
 
 
 def test_frames_offered_while_inactive_are_kept_but_not_processed(recorder):
@@ -201,3 +206,21 @@ def test_the_rate_limit_is_per_camera(recorder):
         assert recorder.frames == ['a1', 'b1']
     finally:
         worker.stop()
+
+
+def test_with_batching_every_due_camera_goes_at_once(recorder):
+    worker = make_worker(recorder, cameras=('a', 'b', 'c'), batch=True)
+    worker.start()
+    try:
+        recorder.release.clear()
+        worker.offer('a', 'a0', time.monotonic())
+        assert recorder.started.wait(10.0)  # a0 held in process
+        worker.offer('c', 'c1', time.monotonic())
+        worker.offer('b', 'b1', time.monotonic())
+        worker.offer('c', 'c2', time.monotonic())
+        recorder.release.set()
+        assert recorder.wait(lambda: len(recorder.batches) == 2)
+    finally:
+        worker.stop()
+    assert recorder.batches == [['a0'], ['b1', 'c2']]  # in camera order, newest frames
+    assert worker.counters('c').dropped == 1

@@ -17,7 +17,7 @@ def test_interface_fields_are_the_documented_ones():
     assert {'success', 'message', 'prompt_version'} <= set(
         SetImagePrompt.Response.get_fields_and_field_types())
     assert set(SetTextPrompts.Request.get_fields_and_field_types()) == {'prompts'}
-    assert {'image', 'prompts'} == set(Segment.Request.get_fields_and_field_types())
+    assert {'image', 'prompts', 'camera'} == set(Segment.Request.get_fields_and_field_types())
     assert {'success', 'message', 'segmentation', 'mask', 'confidence'} <= set(
         Segment.Response.get_fields_and_field_types())
     fields = Segmentation.get_fields_and_field_types()

@@ -212,13 +212,13 @@ def test_malformed_frames_are_dropped_and_the_next_good_one_is_processed(running
 
 def test_slow_model_drops_frames_instead_of_queueing(running):
     engine = running.node._engine
-    real_segment = engine.segment
+    real_segment = engine.segment_batch
 
     def slow_segment(*args, **kwargs):
         time.sleep(0.3)
         return real_segment(*args, **kwargs)
 
-    engine.segment = slow_segment
+    engine.segment_batch = slow_segment
     assert running.camera.wait_for_subscriber()
     frame = encode_frame(rgb_frame(64, 48), 'rgb8')
     keys = []
@@ -239,7 +239,7 @@ def test_slow_model_drops_frames_instead_of_queueing(running):
 
 def test_inference_fault_drops_one_frame_and_the_node_goes_on(running):
     engine = running.node._engine
-    real_segment = engine.segment
+    real_segment = engine.segment_batch
     calls = []
 
     def failing_once(*args, **kwargs):
@@ -248,7 +248,7 @@ def test_inference_fault_drops_one_frame_and_the_node_goes_on(running):
             raise RuntimeError('CUDA out of memory (injected)')
         return real_segment(*args, **kwargs)
 
-    engine.segment = failing_once
+    engine.segment_batch = failing_once
     assert running.camera.wait_for_subscriber()
     first = running.camera.publish(encode_frame(rgb_frame(32, 24), 'rgb8'))
     assert running.camera.wait_for(lambda: running.node.counters.failed == 1, 10)

@@ -341,3 +341,25 @@ def test_installed_node_gives_the_named_objects_3d_centroid(ros_context, launche
     point = segmentation.centroids_3d[0]
     error = np.linalg.norm(np.array([point.x, point.y, point.z]) - expected)
     assert error < 0.01, f'centroid {point} is {error * 100:.1f} cm from {expected}'
+
+
+def test_launched_node_serves_two_cameras_from_their_remapped_topics(ros_context, launched_node):
+    """`cameras:=head,wrist image:=<head topic>,<wrist topic>`: one process, both cameras."""
+    process, log_path, plan = launched_node(
+        cameras='head,wrist', image='/cams/head/image_raw,/cams/wrist/image_raw')
+    assert plan.overrides['cameras'] == ['head', 'wrist']
+    with spinning_camera(ros_context, namespace='/head',
+                         image_topic='/cams/head/image_raw') as head, \
+            spinning_camera(ros_context, namespace='/wrist',
+                            image_topic='/cams/wrist/image_raw') as wrist:
+        for camera, size, frame_id in ((head, (64, 48), 'head_optical'),
+                                       (wrist, (40, 30), 'wrist_optical')):
+            assert camera.wait_for_subscriber(timeout=60.0), log_path.read_text()
+            frame = encode_frame(rgb_frame(*size), 'rgb8')
+            outputs = publish_until_answered(camera, frame, frame_id=frame_id)
+            assert outputs is not None, log_path.read_text()
+            assert outputs['mask'].header.frame_id == frame_id
+            assert image_to_array(outputs['mask']).shape == size[::-1]
+        assert process.poll() is None, 'node exited'
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=20) == 0, log_path.read_text()
