@@ -274,7 +274,7 @@ class ClipSegNode(LifecycleNode):
             results = engine.segment_batch([frame[3] for frame in frames], prompt_set.prompts,
                                            threshold=threshold)
         except Exception as error:  # one bad frame (OOM, driver error) must not stop the node
-            self._count_failures([frame[:3] for frame in frames], error)
+            self._count_failures([(c.name, msg, t) for c, msg, t, _ in frames], error)
             free_device_cache(engine)
             return
         for (camera, msg, received_at, image_rgb), result in zip(frames, results):
