@@ -24,7 +24,7 @@ try:
     import launch_testing
     import launch_testing.actions
     import launch_testing.asserts
-    from launch.actions import IncludeLaunchDescription, RegisterEventHandler
+    from launch.actions import GroupAction, IncludeLaunchDescription, RegisterEventHandler
     from launch.event_handlers import OnShutdown
     from launch.launch_description_sources import PythonLaunchDescriptionSource
 except ImportError as error:
@@ -37,6 +37,9 @@ else:
 NAMESPACE = '/launch_test'
 CAMERA_TOPIC = '/launch_test_camera/image_raw'
 WIDTH, HEIGHT = 640, 480
+# A second node, serving two cameras from their own topics.
+CAMERAS_NAMESPACE = '/launch_test_cameras'
+CAMERA_TOPICS = {'head': '/launch_test_head/image_raw', 'wrist': '/launch_test_wrist/image_raw'}
 
 if MISSING is not None:
     def test_launch_file():
@@ -63,30 +66,46 @@ else:
         model_folder = tempfile.TemporaryDirectory(prefix='clipseg_launch_test_')
         model_dir = write_tiny_model(Path(model_folder.name) / 'model')
         clipseg_launch = launch_args.share_directory() / 'launch' / 'clipseg.launch.py'
-        return launch.LaunchDescription([
-            IncludeLaunchDescription(
+
+        def clipseg(**arguments):
+            # Scoped, so one include's arguments do not reach the other.
+            return GroupAction([IncludeLaunchDescription(
                 PythonLaunchDescriptionSource(str(clipseg_launch)),
-                launch_arguments={'namespace': NAMESPACE.lstrip('/'), 'image': CAMERA_TOPIC,
-                                  'model': str(model_dir), 'device': 'cpu'}.items()),
+                launch_arguments={**arguments, 'model': str(model_dir),
+                                  'device': 'cpu'}.items())])
+
+        return launch.LaunchDescription([
+            clipseg(namespace=NAMESPACE.lstrip('/'), image=CAMERA_TOPIC),
+            clipseg(namespace=CAMERAS_NAMESPACE.lstrip('/'), cameras=','.join(CAMERA_TOPICS),
+                    image=','.join(CAMERA_TOPICS.values())),
             RegisterEventHandler(OnShutdown(
                 on_shutdown=lambda event, context: model_folder.cleanup())),
             launch_testing.actions.ReadyToTest(),
         ])
 
     class TestClipsegLaunch(unittest.TestCase):
-        """The launched node answers 640x480 best-effort camera frames."""
+        """The launched nodes answer 640x480 best-effort camera frames, camera by camera."""
 
         @classmethod
         def setUpClass(cls):
             rclpy.init()
             cls.node = rclpy.create_node('clipseg_launch_tester')
+            cls.executor = SingleThreadedExecutor()
+            cls.executor.add_node(cls.node)
+            cls.spinner = threading.Thread(target=cls.executor.spin, daemon=True)
+            cls.spinner.start()
 
         @classmethod
         def tearDownClass(cls):
+            cls.executor.shutdown()
+            cls.spinner.join(timeout=5)
             cls.node.destroy_node()
             rclpy.shutdown()
 
-        def test_large_best_effort_frames_answered(self):
+        def answer_frames(self, camera_topic: str, outputs_namespace: str, frame_id: str,
+                          count: int) -> tuple[int, dict]:
+            """Send frames on a camera topic; return how many of ``count`` were answered
+            (after the first, which waits out start-up) and the first frame's outputs."""
             outputs = {}  # (topic, stamp.sec) -> message
             arrived = threading.Condition()
 
@@ -98,20 +117,17 @@ else:
                 return callback
 
             reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-            self.node.create_subscription(Image, f'{NAMESPACE}/mask', collect('mask'), reliable)
-            self.node.create_subscription(Segmentation, f'{NAMESPACE}/segmentation',
+            self.node.create_subscription(Image, f'{outputs_namespace}/mask', collect('mask'),
+                                          reliable)
+            self.node.create_subscription(Segmentation, f'{outputs_namespace}/segmentation',
                                           collect('segmentation'), reliable)
             publisher = self.node.create_publisher(
-                Image, CAMERA_TOPIC,
+                Image, camera_topic,
                 QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
             frame = Image(width=WIDTH, height=HEIGHT, encoding='rgb8', step=WIDTH * 3)
             frame.data = np.random.default_rng(0).integers(
                 0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8).tobytes()
-            frame.header.frame_id = 'launch_test_optical'
-            executor = SingleThreadedExecutor()
-            executor.add_node(self.node)
-            spinner = threading.Thread(target=executor.spin, daemon=True)
-            spinner.start()
+            frame.header.frame_id = frame_id
             sent = 0
 
             def send_and_wait(timeout):
@@ -123,23 +139,33 @@ else:
                 with arrived:
                     return arrived.wait_for(lambda: all(k in outputs for k in keys), timeout)
 
-            try:
-                # Start-up (model load, discovery): resend until one frame is answered.
-                deadline = time.monotonic() + 90.0
-                while not send_and_wait(1.0) and time.monotonic() < deadline:
-                    pass
-                self.assertIn(('mask', sent), outputs, 'no output from the launched node')
-                first = sent
-                # Then one frame at a time, each given time to be answered: nearly all must be.
-                answered = sum(send_and_wait(3.0) for _ in range(10))
-                self.assertGreaterEqual(answered, 8, f'{answered} of 10 frames answered')
-            finally:
-                executor.shutdown()
-                spinner.join(timeout=5)
-            mask = outputs[('mask', first)]
+            # Start-up (model load, discovery): resend until one frame is answered.
+            deadline = time.monotonic() + 90.0
+            while not send_and_wait(1.0) and time.monotonic() < deadline:
+                pass
+            self.assertIn(('mask', sent), outputs, f'no output on {outputs_namespace}/mask')
+            first = sent
+            # Then one frame at a time, each given time to be answered.
+            answered = sum(send_and_wait(3.0) for _ in range(count))
+            return answered, {'mask': outputs[('mask', first)],
+                              'segmentation': outputs[('segmentation', first)]}
+
+        def test_large_best_effort_frames_answered(self):
+            answered, first = self.answer_frames(CAMERA_TOPIC, NAMESPACE, 'launch_test_optical',
+                                                 10)
+            self.assertGreaterEqual(answered, 8, f'{answered} of 10 frames answered')
+            mask = first['mask']
             self.assertEqual(mask.header.frame_id, 'launch_test_optical')
             self.assertEqual((mask.width, mask.height), (WIDTH, HEIGHT))
-            self.assertEqual(list(outputs[('segmentation', first)].labels), ['object'])
+            self.assertEqual(list(first['segmentation'].labels), ['object'])
+
+        def test_each_camera_of_the_two_camera_node_answered(self):
+            for camera, topic in CAMERA_TOPICS.items():
+                answered, first = self.answer_frames(
+                    topic, f'{CAMERAS_NAMESPACE}/{camera}', f'{camera}_optical', 3)
+                self.assertGreaterEqual(answered, 2, f'{camera}: {answered} of 3 answered')
+                self.assertEqual(first['mask'].header.frame_id, f'{camera}_optical')
+                self.assertEqual((first['mask'].width, first['mask'].height), (WIDTH, HEIGHT))
 
     @launch_testing.post_shutdown_test()
     class TestClipsegShutdown(unittest.TestCase):

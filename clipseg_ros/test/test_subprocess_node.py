@@ -311,20 +311,27 @@ def test_installed_node_gives_the_named_objects_3d_centroid(ros_context, launche
         client = node.create_client(Segment, '/grasp/clipseg/segment')
         for publisher in (depth_pub, info_pub, camera.publisher):
             assert wait_for_subscription(publisher, 60.0), log_path.read_text()
-        stamp = node.get_clock().now().to_msg()
         depth = np.ascontiguousarray(scene.depth_mm())
         depth_msg = Image(height=480, width=640, encoding='16UC1', step=depth.strides[0])
         depth_msg.data = array.array('B', depth.tobytes())
-        depth_msg.header.stamp, depth_msg.header.frame_id = stamp, 'rgbd_color_optical'
         i = scene.intrinsics
-        info = CameraInfo(header=depth_msg.header, width=640, height=480,
+        info = CameraInfo(width=640, height=480,
                           k=[i.fx, 0.0, i.cx, 0.0, i.fy, i.cy, 0.0, 0.0, 1.0])
-        info_pub.publish(info)
-        depth_pub.publish(depth_msg)
-        key = camera.publish(encode_frame(scene.rgb, 'rgb8'), frame_id='rgbd_color_optical',
-                             stamp=stamp)
-        assert camera.wait_outputs(key, names=('segmentation',), timeout=60.0) is not None, \
-            log_path.read_text()
+        frame = encode_frame(scene.rgb, 'rgb8')
+        # A subscription matched on our side may not have matched on the node's yet, and a
+        # sample sent then is lost, reliable or not: send depth, info and frame again (new
+        # stamp) until the node paired them.
+        for _ in range(5):
+            stamp = node.get_clock().now().to_msg()
+            depth_msg.header.stamp, depth_msg.header.frame_id = stamp, 'rgbd_color_optical'
+            info.header = depth_msg.header
+            info_pub.publish(info)
+            depth_pub.publish(depth_msg)
+            key = camera.publish(frame, frame_id='rgbd_color_optical', stamp=stamp)
+            outputs = camera.wait_outputs(key, names=('segmentation',), timeout=60.0)
+            assert outputs is not None, log_path.read_text()
+            if outputs['segmentation'].has_depth:
+                break
         response = call_service(node, client, Segment.Request(prompts=[phrase(kind)]))
     assert response.success, response.message
     segmentation = response.segmentation
