@@ -197,7 +197,8 @@ class PromptServices:
             return cameras[0]
         if name not in cameras:
             served = ', '.join(f"'{c}'" for c in cameras)
-            raise ValueError(f"no camera '{name}': this node serves {served}")
+            shown = name if len(name) <= 80 else name[:80] + '...'
+            raise ValueError(f"no camera '{shown}': this node serves {served}")
         return name
 
     def _image_to_segment(self, image, camera: str) -> tuple[Any, np.ndarray]:

@@ -104,4 +104,6 @@ def malformed_segment_request(rng: np.random.Generator) -> Segment.Request:
         request.image = malformed_image(rng)
     if rng.random() < 0.5:
         request.prompts = [random_text(rng) for _ in range(int(rng.integers(0, 4)))]
+    if rng.random() < 0.3:
+        request.camera = random_text(rng)  # almost always a camera the node does not serve
     return request
