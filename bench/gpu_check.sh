@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU checks and benchmarks in one command, for a CUDA machine with torch + transformers and no
 # ROS (e.g. the lent H100/H200): the CUDA fast-path tests, the engine benchmark for each GPU
-# configuration, a profile of the fastest one and, where the ROS kit travelled (.gpukit), the
-# node benchmark end to end.  Wheels in .whl/ (e.g. the transformers version CI pins) are
+# configuration, a profile of the fastest one, the camera-batch benchmark and, where the ROS kit
+# travelled (.gpukit), the node and several-camera benchmarks end to end.  Wheels in .whl/ (e.g. the transformers version CI pins) are
 # installed to a scratch folder first.  Logs go to $OUT when it is set.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -30,11 +30,17 @@ for config in $configs; do
 done
 python3 bench/engine_profile.py --device cuda --dtype float16 --compile-mode cuda_graphs \
     --prompts 1 2>&1 | tee "$out/profile_float16_cuda_graphs_n1.txt"
+# Several cameras' frames as one batch against one call per frame (float16, CUDA graphs).
+python3 bench/batch_bench.py --device cuda --cameras 2,3,4,8 --prompts 1,4,13 \
+    --warmup 10 --repeats 50 2>&1 | tee "$out/batch_bench.txt"
 # The node end to end, where the ROS kit was carried (.gpukit, made by scripts/make_gpu_kit.sh).
 if [ -f .gpukit/kit.tar.xz ]; then
     (source scripts/gpu_kit_env.sh && python bench/node_bench.py --device cuda \
         --dtype float16 --compile-mode cuda_graphs --frames 60 2>&1 | tee "$out/node_bench.txt"
      # the host's share: the node without inference against a minimal rclpy echo
-     python bench/transport_bench.py 2>&1 | tee "$out/transport_bench.txt")
+     python bench/transport_bench.py 2>&1 | tee "$out/transport_bench.txt"
+     # 1, 2 and 4 cameras: one node against as many single-camera nodes
+     python bench/cameras_bench.py --device cuda --rate 30 --duration 20 \
+        2>&1 | tee "$out/cameras_bench.txt")
 fi
 exit "$tests_status"
