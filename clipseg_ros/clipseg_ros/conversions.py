@@ -223,3 +223,10 @@ def image_to_array(msg: Image) -> np.ndarray:
         pixels = pixels.byteswap()
     shape = (msg.height, msg.width, 3) if channels == 3 else (msg.height, msg.width)
     return pixels.reshape(shape)
+
+
+def frame_to_rgb(msg: Image | CompressedImage, max_pixels: int) -> np.ndarray:
+    """A camera frame, raw or compressed, as an (H, W, 3) uint8 RGB array."""
+    if isinstance(msg, CompressedImage):
+        return compressed_to_rgb(msg, max_pixels)
+    return image_to_rgb(msg, max_pixels)

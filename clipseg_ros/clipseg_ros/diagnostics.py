@@ -34,6 +34,16 @@ class CameraHealth:
     counters: FrameCounters
     depth: DepthCounters | None = None  # None: depth not in use
 
+    @classmethod
+    def of(cls, camera: str, counters: FrameCounters, pipeline, stale_after: float,
+           now: float) -> 'CameraHealth':
+        """Read from a camera's counters and its CameraPipeline (None before configure)."""
+        last_frame = pipeline.last_frame_time if pipeline is not None else None
+        depth = pipeline.depth if pipeline is not None else None
+        return cls(camera=camera, stale_after=stale_after, counters=counters,
+                   seconds_since_frame=None if last_frame is None else now - last_frame,
+                   depth=depth.pairing.counters if depth is not None else None)
+
 
 def level_and_message(engine: EngineHealth,
                       camera: CameraHealth | None) -> tuple[bytes, str]:

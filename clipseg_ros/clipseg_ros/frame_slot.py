@@ -84,6 +84,8 @@ class CameraSlot:
     last_start: float = -math.inf              # no frame yet: the first is never rate-limited
 
 
+# Longest sleep of a worker holding a rate-limited frame before it reads the rate again.
+RATE_RECHECK_S = 0.5
 # (camera, frame, received_at)
 Job = tuple[str, Any, float]
 
@@ -200,8 +202,9 @@ class FrameScheduler:
                 wait = self._seconds_until_due(time.monotonic(), self._min_interval())
                 if wait is not None and wait <= 0.0:
                     return True
-                # Woken by a new frame or stop(); a rate-limited frame wakes itself when due.
-                self._ready.wait(wait)
+                # Woken by a new frame or stop(); a rate-limited frame wakes itself when due,
+                # and at least every RATE_RECHECK_S, so a changed max_rate_hz applies soon.
+                self._ready.wait(None if wait is None else min(wait, RATE_RECHECK_S))
             return False
 
     def _seconds_until_due(self, now: float, interval: float) -> float | None:

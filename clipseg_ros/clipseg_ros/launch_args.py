@@ -208,6 +208,24 @@ def camera_list(value: str) -> list[str]:
     return names
 
 
+def params_file_cameras(path: str) -> list[str]:
+    """The `cameras` a parameters file gives the node ([] when it gives none)."""
+    try:
+        import yaml
+        content = yaml.safe_load(Path(path).read_text())
+    except (ImportError, OSError, ValueError):
+        return []
+    for key, entry in (content.items() if isinstance(content, dict) else ()):
+        # Keys that can match the node: its name under any namespace, or every node.
+        if str(key).rstrip('/').split('/')[-1] not in (NODE_NAME, '**', '*'):
+            continue
+        values = entry.get('ros__parameters') if isinstance(entry, dict) else None
+        cameras = values.get('cameras') if isinstance(values, dict) else None
+        if isinstance(cameras, list) and all(isinstance(c, str) for c in cameras):
+            return cameras
+    return []
+
+
 def camera_remaps(cameras: list[str], arguments: Mapping[str, str],
                   namespace: str) -> list[tuple[str, str]]:
     """Remaps of each camera's inputs from the comma-separated image/depth/camera_info lists."""
@@ -251,11 +269,14 @@ def plan(arguments: Mapping[str, str], environ: Mapping[str, str] | None = None,
                              arguments.get('use_fastdds_profile', 'true'))
     overrides: dict[str, str | list[str]] = {
         name: arguments[name] for name in OVERRIDES if arguments.get(name)}
+    params_file = check_params_file(params_file)
     cameras = camera_list(arguments.get('cameras', ''))
-    if cameras and cameras != ['']:
+    if cameras:
         overrides['cameras'] = cameras
-        return NodePlan(namespace=namespace, params_file=check_params_file(params_file),
-                        overrides=overrides,
+    else:  # the topic lists then follow the cameras the parameters file names
+        cameras = params_file_cameras(params_file)
+    if cameras and cameras != ['']:
+        return NodePlan(namespace=namespace, params_file=params_file, overrides=overrides,
                         remaps=camera_remaps(cameras, arguments, namespace),
                         env=node_environment(environ, use_profile))
     image = check_topic('image', arguments.get('image', 'image'), namespace)
@@ -264,7 +285,7 @@ def plan(arguments: Mapping[str, str], environ: Mapping[str, str] | None = None,
                               namespace)
     return NodePlan(
         namespace=namespace,
-        params_file=check_params_file(params_file),
+        params_file=params_file,
         overrides=overrides,
         # raw and compressed transport of one camera
         remaps=[('image', image), ('image/compressed', image + '/compressed'),

@@ -14,6 +14,7 @@ import threading
 import time
 
 from clipseg_ros import conversions
+from clipseg_ros.camera_names import camera_names_problem
 from clipseg_ros.camera_pipeline import CameraPipeline
 from clipseg_ros.conversions import ImageConversionError
 from clipseg_ros.diagnostics import CameraHealth, EngineHealth, node_statuses
@@ -30,7 +31,6 @@ import numpy as np
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from sensor_msgs.msg import CompressedImage
 
 WARNING_THROTTLE_S = 5.0
 
@@ -63,6 +63,8 @@ class ClipSegNode(LifecycleNode):
         self._configuration_lock = threading.Lock()
         self._configured = False
         declare_parameters(self)
+        if camera_names_problem(list(self._param('cameras'))) is None:  # else configure says
+            self._worker.set_cameras(self._param('cameras'))  # diagnostics name them at once
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         # The groups matter only where a multi-threaded executor spins the node (e.g. composed
@@ -79,7 +81,9 @@ class ClipSegNode(LifecycleNode):
             parameter=self._param, cameras=lambda: self._worker.cameras,
             latest_frame=self._worker.latest, frame_to_rgb=self._frame_to_rgb,
             free_device_cache=free_device_cache, log_error=self.get_logger().error,
-            depth_targets=self._depth_targets), self._prompts)
+            depth_targets=lambda camera, *frame: (
+                self._cameras[camera].depth_targets(*frame) if camera in self._cameras
+                else None)), self._prompts)
         # Services exist in every state and say why they refuse while no model is loaded; being
         # there for the node's lifetime, cleanup never destroys one under an in-flight call.
         for service_type, name, callback in (
@@ -245,41 +249,45 @@ class ClipSegNode(LifecycleNode):
             self.get_logger().warning(text)
 
     def _frame_to_rgb(self, msg) -> np.ndarray:
-        max_pixels = self._param('max_image_pixels')
-        if isinstance(msg, CompressedImage):
-            return conversions.compressed_to_rgb(msg, max_pixels)
-        return conversions.image_to_rgb(msg, max_pixels)
+        return conversions.frame_to_rgb(msg, self._param('max_image_pixels'))
 
     def _min_frame_interval(self) -> float:
         max_rate = self._param('max_rate_hz')
         return 1.0 / max_rate if max_rate > 0.0 else 0.0
 
     def _process_frames(self, jobs: list[Job]) -> None:
-        """Convert, segment (one encoder pass) and publish camera frames (worker thread)."""
-        engine = self._engine
-        frames = []
+        """Convert, segment (one encoder pass for all) and publish camera frames (worker)."""
+        engine, frames = self._engine, []
         for name, msg, received_at in jobs:
             camera = self._cameras.get(name)
             if engine is None or camera is None:
-                return
+                continue  # cleaned up meanwhile
             try:
                 frames.append((camera, msg, received_at, self._frame_to_rgb(msg)))
             except ImageConversionError as error:
                 self._worker.counters(name).rejected += 1
                 camera.warn('frame', f'dropping camera frame: {error}')
-        if not frames:
-            return
+        if frames and not self._segment_and_publish(engine, frames) and len(frames) > 1:
+            for frame in frames:  # a batch the device cannot take: one frame at a time
+                self._segment_and_publish(engine, [frame])
+
+    def _segment_and_publish(self, engine: ClipSegEngine, frames: list) -> bool:
+        """Segment frames in one batch and publish each; False when the inference failed."""
         prompt_set, threshold = self._prompts.current, self._param('threshold')
         try:
             results = engine.segment_batch([frame[3] for frame in frames], prompt_set.prompts,
                                            threshold=threshold)
         except Exception as error:  # one bad frame (OOM, driver error) must not stop the node
-            self._count_failures([(c.name, msg, t) for c, msg, t, _ in frames], error)
             free_device_cache(engine)
-            return
+            if len(frames) > 1:  # retried frame by frame, where a failure is counted
+                self._warn_throttled('batch', f'a batch of {len(frames)} frames failed '
+                                     f'({type(error).__name__}: {error}); one at a time')
+            else:
+                self._count_failures([(c.name, msg, t) for c, msg, t, _ in frames], error)
+            return False
         for (camera, msg, received_at, image_rgb), result in zip(frames, results):
             if not self._worker.active:
-                return
+                break
             try:  # one camera's failure leaves the others' results alone
                 camera.outputs.publish(
                     msg.header, image_rgb, result, prompt_set, threshold,
@@ -292,11 +300,7 @@ class ClipSegNode(LifecycleNode):
                 continue
             self._worker.counters(camera.name).count_processed(received_at,
                                                                result.inference_seconds)
-
-    def _depth_targets(self, camera: str, header, labels: np.ndarray, prompt_count: int):
-        """A frame's 3D targets from ``camera``'s depth when it uses depth, else None."""
-        pipeline = self._cameras.get(camera)
-        return pipeline.depth_targets(header, labels, prompt_count) if pipeline else None
+        return True
 
     def _count_failures(self, jobs: list[Job], error: Exception) -> None:
         for name, _, _ in jobs:
@@ -317,15 +321,9 @@ class ClipSegNode(LifecycleNode):
             device_memory_bytes=engine.memory_in_use() if engine else 0,
             prompt_count=len(prompt_set.prompts), prompt_version=prompt_set.version,
             model=self._param('model'))
-        cameras = []
-        for name in self._worker.cameras:
-            pipeline = self._cameras.get(name)
-            last_frame = pipeline.last_frame_time if pipeline else None
-            cameras.append(CameraHealth(
-                camera=name, seconds_since_frame=None if last_frame is None else now - last_frame,
-                stale_after=self._param('stale_image_timeout'),
-                counters=self._worker.counters(name),
-                depth=pipeline.depth.pairing.counters if pipeline and pipeline.depth else None))
+        cameras = [CameraHealth.of(name, self._worker.counters(name), self._cameras.get(name),
+                                   self._param('stale_image_timeout'), now)
+                   for name in self._worker.cameras]
         return node_statuses(self.get_fully_qualified_name(), health, cameras, now)
 
     def diagnostic_status(self) -> DiagnosticStatus:

@@ -224,3 +224,22 @@ def test_with_batching_every_due_camera_goes_at_once(recorder):
         worker.stop()
     assert recorder.batches == [['a0'], ['b1', 'c2']]  # in camera order, newest frames
     assert worker.counters('c').dropped == 1
+
+
+def test_a_rate_limited_frame_goes_when_due_and_a_raised_rate_applies_while_waiting(recorder):
+    interval = [0.1]
+    worker = FrameScheduler(recorder.process, recorder.on_error, lambda: interval[0])
+    worker.start()
+    try:
+        worker.offer('', 'first', time.monotonic())
+        assert recorder.wait(lambda: recorder.frames == ['first'])
+        worker.offer('', 'second', time.monotonic())  # due 0.1 s after the first
+        assert recorder.wait(lambda: recorder.frames == ['first', 'second'], 5.0)
+        interval[0] = 1000.0
+        worker.offer('', 'third', time.monotonic())  # due only in 1000 s ...
+        time.sleep(0.2)
+        assert recorder.frames == ['first', 'second']
+        interval[0] = 0.0  # ... until the limit is lifted
+        assert recorder.wait(lambda: recorder.frames == ['first', 'second', 'third'], 5.0)
+    finally:
+        worker.stop()

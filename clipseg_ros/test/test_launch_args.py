@@ -224,3 +224,20 @@ def test_clipseg_launch_hands_node_the_camera_list(stand_in_launch):
     assert node['parameters'] == [launch_args.default_params_file(),
                                   {'cameras': ['head', 'wrist']}]
     assert ('wrist/image', '/wrist/image_raw') in node['remappings']
+
+
+def test_topic_lists_follow_the_cameras_of_the_params_file(tmp_path):
+    params = tmp_path / 'robot.yaml'
+    params.write_text("/**/clipseg:\n  ros__parameters:\n    cameras: [head, wrist]\n")
+    plan = launch_args.plan({'params_file': str(params), 'image': '/h/image_raw,/w/image_raw'},
+                            environ={})
+    assert plan.overrides == {}  # the file's list stands
+    assert ('head/image', '/h/image_raw') in plan.remaps
+    assert ('wrist/image', '/w/image_raw') in plan.remaps
+    with pytest.raises(LaunchArgumentError, match=r'image names 1 topic\(s\) for 2 camera'):
+        launch_args.plan({'params_file': str(params), 'image': '/h/image_raw'}, environ={})
+    # The launch argument wins over the file.
+    plan = launch_args.plan({'params_file': str(params), 'cameras': 'left',
+                             'image': '/l/image_raw'}, environ={})
+    assert plan.remaps == [('left/image', '/l/image_raw'),
+                           ('left/image/compressed', '/l/image_raw/compressed')]

@@ -100,8 +100,9 @@ def test_two_cameras_each_get_their_own_outputs_and_headers(cameras_node):
     # Nothing of one camera leaked onto the other's topics.
     assert {m.header.frame_id for m in harness.all_masks['head']} == {'head_optical'}
     assert {m.header.frame_id for m in harness.all_masks['wrist']} == {'wrist_optical'}
-    assert harness.node.camera_counters('head').processed == 1
-    assert harness.node.camera_counters('wrist').processed == 1
+    # Counted after its outputs went out: wait for the worker to get there.
+    assert harness.streams['head'].wait_for(
+        lambda: [harness.node.camera_counters(c).processed for c in ('head', 'wrist')] == [1, 1])
 
 
 def test_a_prompt_change_reaches_all_three_cameras(cameras_node):
@@ -180,6 +181,7 @@ def test_a_malformed_frame_on_one_camera_does_not_disturb_the_other(cameras_node
     assert head['mask'].width == 64
     assert harness.node.camera_counters('head').rejected == 0
     assert harness.send('wrist', rgb_frame(40, 30), 'wrist_optical')['mask'].width == 40
+    assert harness.streams['wrist'].wait_for(lambda: wrist_counters.processed == 1)
     statuses = {s.name.rsplit(': ', 1)[1]: s for s in harness.node.diagnostic_statuses()}
     assert statuses['camera head'].level == DiagnosticStatus.OK
     values = {kv.key: kv.value for kv in statuses['camera wrist'].values}
@@ -209,6 +211,8 @@ def test_diagnostics_give_the_engine_and_each_camera_a_status(cameras_node):
     harness.send('head', rgb_frame(48, 36), 'head_optical')
     harness.send('head', rgb_frame(48, 36, seed=5), 'head_optical')
     harness.send('wrist', rgb_frame(48, 36), 'wrist_optical')
+    assert harness.streams['wrist'].wait_for(
+        lambda: harness.node.camera_counters('wrist').processed == 1)
     statuses = harness.node.diagnostic_statuses()
     assert [s.name for s in statuses] == ['/clipseg: engine', '/clipseg: camera head',
                                           '/clipseg: camera wrist', '/clipseg: camera base']
@@ -219,6 +223,46 @@ def test_diagnostics_give_the_engine_and_each_camera_a_status(cameras_node):
     assert statuses[0].level == DiagnosticStatus.OK
     assert statuses[3].level == DiagnosticStatus.WARN  # the base camera sent nothing
     assert 'no camera frame' in statuses[3].message
+
+
+def test_a_batch_the_device_cannot_take_is_run_frame_by_frame(cameras_node):
+    """An inference failing for several frames at once (out of memory, say) falls back to one
+    frame at a time: every camera's frame is still processed, and no failure is counted."""
+    harness = cameras_node(['head', 'wrist'])
+    engine = harness.node._engine
+    real_segment = engine.segment_batch
+    batch_sizes = []
+
+    def no_batches(images, *args, **kwargs):
+        batch_sizes.append(len(images))
+        if len(images) > 1:
+            raise RuntimeError('CUDA out of memory (injected)')
+        time.sleep(0.3)  # holds the worker, so the next frames of both cameras wait together
+        return real_segment(images, *args, **kwargs)
+
+    engine.segment_batch = no_batches
+    streams = harness.streams
+    streams['head'].publish(encode_frame(rgb_frame(48, 36), 'rgb8'), frame_id='head_optical')
+    assert streams['head'].wait_for(lambda: len(batch_sizes) == 1, 10.0)
+    keys = {name: streams[name].publish(encode_frame(rgb_frame(40, 30, seed=4), 'rgb8'),
+                                        frame_id=f'{name}_optical')
+            for name in ('head', 'wrist')}
+    for name, key in keys.items():
+        assert streams[name].wait_outputs(key, names=('mask',)) is not None, name
+    assert 2 in batch_sizes, f'the two frames never waited together: {batch_sizes}'
+    assert [harness.node.camera_counters(c).failed for c in ('head', 'wrist')] == [0, 0]
+
+
+def test_diagnostics_name_the_cameras_before_configure(ros_context, tiny_model_dir):
+    node = ClipSegNode(context=ros_context, parameter_overrides=tiny_model_overrides(
+        tiny_model_dir, cameras=['head', 'wrist'], autostart=False))
+    try:
+        statuses = node.diagnostic_statuses()
+        assert [s.name for s in statuses] == ['/clipseg: engine', '/clipseg: camera head',
+                                              '/clipseg: camera wrist']
+        assert all(s.level == DiagnosticStatus.ERROR for s in statuses)  # not configured
+    finally:
+        node.destroy_node()
 
 
 @pytest.mark.parametrize('cameras, problem', [
