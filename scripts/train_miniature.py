@@ -15,6 +15,13 @@ CLIPSeg's loss, with three kinds of prompt mixed in every batch:
   the engine's ``image_prompt(text=...)`` does;
 * negatives: text or a support image of a kind absent from the scene, with an empty target.
 
+Two auxiliary losses, used in training only (nothing of them is saved): a linear read-out of
+each query patch's kind from the deepest encoder layer the decoder reads (shape is an
+arrangement of patches, which a from-scratch encoder otherwise learns long after colour), and a
+pull of each support-image embedding towards its kind's text embedding. The vision position
+embeddings start as 2D sines and cosines; a share of the query images is cropped to part of the
+frame, so objects are seen larger too.
+
 Each query image is encoded once and decoded for several prompts, as the engine does, so one
 encoder pass serves several masks. Writes a ``save_pretrained`` folder that
 ``ClipSegEngine(model=FOLDER, resolution=SIZE)`` loads.
@@ -43,10 +50,10 @@ import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 from transformers import CLIPSegConfig, CLIPSegForImageSegmentation  # noqa: E402
 
-from clipseg_ros.tiny_model import build_tokenizer, PREPROCESSOR_CONFIG  # noqa: E402
+from clipseg_ros.tools.tiny_model import build_tokenizer, PREPROCESSOR_CONFIG  # noqa: E402
 from clipseg_ros.tools.scenes import (  # noqa: E402
     all_kinds, COLOURS, phrase, render_scene, SHAPES)
-from clipseg_ros.visual_prompt import engineer_visual_prompt, resize_mask  # noqa: E402
+from clipseg_ros.visual_prompt import engineer_visual_prompt  # noqa: E402
 
 # Whole-word tokens for the vocabulary; 'star' before 'table' so that 'ta' does not split it.
 WORDS = ('star', 'triangle', 'circle', 'square', 'yellow', 'green', 'blue', 'red', 'table',
@@ -80,10 +87,10 @@ class Settings:
     projection_dim: int = 64
     max_text_tokens: int = 32
     complex_decoder: bool = True
-    scenes: int = 6000            # training scenes in the cache
+    scenes: int = 5000            # training scenes in the cache
     wide_share: float = 0.2       # share of 16:9 frames (the rest 4:3)
     render_width: int = 320       # 4:3 frames are rendered this wide, 16:9 ones 1.2x as wide
-    steps: int = 4000
+    steps: int = 2400
     batch: int = 16               # query images per step
     prompts_per_image: int = 4
     supports: int = 8             # support images (kinds) per step
@@ -93,12 +100,17 @@ class Settings:
     near_negative_share: float = 0.7  # of negatives sharing a shape or colour with the scene
     confuser_share: float = 0.6   # of training scenes made to hold look-alike kinds
     align_weight: float = 0.2     # auxiliary loss: support embedding -> its kind's text
-    lr: float = 2e-3
+    token_weight: float = 0.5     # auxiliary loss: kind of each query patch (training only)
+    position_init: float = 0.7    # scale of 2D sine position embeddings at init (0 = CLIP's)
+    local_attention_init: float = 0.0  # vision q/k projections start as this x identity
+    zoom_share: float = 0.3       # of query images cropped to part of the frame
+    zoom_min: float = 0.6         # smallest crop side, as a share of the frame's
+    lr: float = 1e-3
     warmup: float = 0.05
     weight_decay: float = 0.05
     target_gamma: float = 1.737   # soft target = coverage ** gamma (see MODEL_CARD.md)
     dice_weight: float = 0.0
-    threads: int = 2
+    threads: int = 1              # torch threads; the shipped model was trained with 1
 
 
 # ------------------------------------------------------------------------------ data
@@ -134,17 +146,20 @@ def confusers(seed: int, share: float) -> list[tuple[str, str]]:
     return [(shapes[0], colours[0]), (shapes[0], colours[1])]
 
 
-def render_item(args: tuple[int, int, int, int, int, float]) -> dict:
-    """Render one scene and reduce it to what training needs (runs in worker processes)."""
-    seed, width, height, size, out, confuser_share = args
+def render_item(args: tuple[int, int, int, int, float]) -> dict:
+    """
+    Render one scene and keep what training needs (runs in worker processes): the image
+    resized to a square ``side`` (twice the model input, so that zoomed crops stay sharp) and
+    each object's mask at that size, bit-packed.
+    """
+    seed, width, height, side, confuser_share = args
     torch.set_num_threads(1)
     scene = render_scene(seed, width, height, include=confusers(seed, confuser_share))
     kinds = np.array([KINDS.index(obj.kind) for obj in scene.objects], dtype=np.int8)
-    coverage = np.stack([cv2.resize(obj.mask.astype(np.float32), (out, out),
-                                    interpolation=cv2.INTER_AREA) for obj in scene.objects])
-    support_masks = np.stack([resize_mask(obj.mask, size) for obj in scene.objects])
-    return {'image': _resize_like_engine(scene.rgb, size), 'kinds': kinds,
-            'coverage': coverage.astype(np.float16), 'support_masks': support_masks}
+    masks = np.stack([cv2.resize(obj.mask.astype(np.float32), (side, side),
+                                 interpolation=cv2.INTER_AREA) >= 0.5 for obj in scene.objects])
+    return {'image': _resize_like_engine(scene.rgb, side), 'kinds': kinds,
+            'masks': np.packbits(masks.reshape(len(kinds), -1), axis=1)}
 
 
 def frame_size(settings: Settings, rng: np.random.Generator) -> tuple[int, int]:
@@ -161,9 +176,9 @@ class SceneCache:
 
     def __init__(self, items: list[dict]) -> None:
         self.images = np.stack([item['image'] for item in items])
+        self.side = self.images.shape[1]
         self.kinds = [item['kinds'] for item in items]
-        self.coverage = [item['coverage'] for item in items]
-        self.support_masks = [item['support_masks'] for item in items]
+        self.packed_masks = [item['masks'] for item in items]
         # For each kind, the (scene, object) pairs that show it: the support images.
         self.holders: list[list[tuple[int, int]]] = [[] for _ in KINDS]
         for scene, kinds in enumerate(self.kinds):
@@ -173,12 +188,17 @@ class SceneCache:
     def __len__(self) -> int:
         return len(self.images)
 
+    def masks(self, scene: int) -> np.ndarray:
+        """Return the (objects, side, side) bool masks of a scene."""
+        packed = self.packed_masks[scene]
+        return np.unpackbits(packed, axis=1, count=self.side * self.side).reshape(
+            len(packed), self.side, self.side).astype(bool)
+
 
 def build_cache(settings: Settings, seeds: list[int], log=print) -> SceneCache:
     """Render ``seeds`` in two worker processes (in order, so the cache is reproducible)."""
     rng = np.random.default_rng(settings.seed + 17)
-    out = output_side(settings)
-    jobs = [(seed, *frame_size(settings, rng), settings.size, out, settings.confuser_share)
+    jobs = [(seed, *frame_size(settings, rng), 2 * settings.size, settings.confuser_share)
             for seed in seeds]
     start = time.time()
     items = []
@@ -255,7 +275,46 @@ def build_model(settings: Settings):
     last = model.decoder.transposed_convolution
     last = last[-1] if isinstance(last, torch.nn.Sequential) else last
     torch.nn.init.constant_(last.bias, -3.0)
+    if settings.position_init > 0.0:
+        stem = model.clip.vision_model.embeddings
+        with torch.no_grad():
+            stem.position_embedding.weight.copy_(grid_positions(
+                settings.size // settings.patch, settings.vision_hidden, settings.position_init))
+    if settings.local_attention_init > 0.0:
+        # Queries and keys start as the (normalised) token itself: attention then favours
+        # tokens that look alike and lie close (the sine position terms), i.e. the rest of the
+        # same object, which is what a token needs to know its object's shape.
+        with torch.no_grad():
+            for layer in model.clip.vision_model.encoder.layers:
+                for projection in (layer.self_attn.q_proj, layer.self_attn.k_proj):
+                    projection.weight.copy_(settings.local_attention_init * torch.eye(
+                        settings.vision_hidden))
+                    projection.bias.zero_()
     return model, tokenizer
+
+
+def grid_positions(grid: int, dim: int, scale: float) -> torch.Tensor:
+    """
+    Return (grid * grid + 1, dim) position embeddings: 2D sines and cosines, class token zero.
+
+    CLIP's initialisation gives position embeddings a standard deviation of 0.02, far below
+    the patch features', so a ViT trained from scratch starts blind to where its patches are,
+    and learns colour (a per-patch feature) long before shape (an arrangement of patches).
+    Starting from sines and cosines of the row and column (still trained) fixes that.
+    """
+    quarter = dim // 4
+    frequencies = 1.0 / (100.0 ** (torch.arange(quarter, dtype=torch.float64) / quarter))
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64),
+                                torch.arange(grid, dtype=torch.float64), indexing='ij')
+    parts = []
+    for coordinate in (rows.reshape(-1), cols.reshape(-1)):
+        angles = coordinate[:, None] * frequencies[None, :]
+        parts += [torch.sin(angles), torch.cos(angles)]
+    table = torch.cat(parts, dim=1)
+    table = torch.cat([table, torch.zeros(len(table), dim - table.shape[1], dtype=table.dtype)],
+                      dim=1)
+    table = torch.cat([torch.zeros(1, dim, dtype=table.dtype), table])
+    return (scale * table).to(torch.float32)
 
 
 def encode_queries(model, pixels: torch.Tensor, settings: Settings) -> list[torch.Tensor]:
@@ -310,7 +369,7 @@ def support_prompt(cache: SceneCache, scene: int, index: int, size: int,
                    rng: np.random.Generator | None) -> np.ndarray:
     """The engineered (3, S, S) prompt image of object ``index`` of cache scene ``scene``."""
     image = cache.images[scene]
-    mask = cache.support_masks[scene][index]
+    mask = cache.masks(scene)[index]
     if rng is not None:
         code = int(rng.integers(4))
         image = np.clip(np.rint(jitter(rng, flip(image, code, (0, 1)))), 0, 255).astype(np.uint8)
@@ -325,12 +384,36 @@ def sample_batch(cache: SceneCache, settings: Settings, rng: np.random.Generator
     """Draw query images, prompts (text, support, blended; positive or negative) and targets."""
     out = output_side(settings)
     scenes = rng.choice(len(cache), settings.batch, replace=False)
-    images, targets, slots = [], [], []
+    images, targets, slots, patch_kinds = [], [], [], []
+    grid = settings.size // settings.patch
     for scene in scenes:
+        image, masks = cache.images[scene], cache.masks(scene)
+        if rng.random() < settings.zoom_share:
+            # Zoom in on part of the frame: objects appear larger, as in the support crops,
+            # which is where shape is learned first.
+            side = int(round(rng.uniform(settings.zoom_min, 1.0) * cache.side))
+            top, left = rng.integers(0, cache.side - side + 1, size=2)
+            image = image[top:top + side, left:left + side]
+            masks = masks[:, top:top + side, left:left + side]
+        image = _resize_like_engine(np.ascontiguousarray(image), settings.size)
+        coverage = np.stack([cv2.resize(mask.astype(np.float32), (out, out),
+                                        interpolation=cv2.INTER_AREA) for mask in masks])
+        # Objects cut out of the crop are absent from this sample.
+        seen = coverage.sum(axis=(1, 2)) >= 1.0
+        if not seen.any():
+            seen[int(coverage.sum(axis=(1, 2)).argmax())] = True
+        present = [int(k) for k, keep in zip(cache.kinds[scene], seen) if keep]
         code = int(rng.integers(4))
-        images.append(jitter(rng, flip(cache.images[scene], code, (0, 1))))
-        present = [int(k) for k in cache.kinds[scene]]
-        coverage = flip(cache.coverage[scene].astype(np.float32), code, (1, 2))
+        images.append(jitter(rng, flip(image, code, (0, 1))))
+        coverage = flip(coverage[seen], code, (1, 2))
+        # Share of each patch covered by each kind (class 0 = table): the token targets.
+        pooled = coverage.reshape(len(present), grid, out // grid, grid, out // grid).mean(
+            axis=(2, 4))
+        shares = np.zeros((len(KINDS) + 1, grid, grid), dtype=np.float32)
+        for index, kind in enumerate(present):
+            shares[kind + 1] += pooled[index]
+        shares[0] = np.clip(1.0 - shares[1:].sum(axis=0), 0.0, 1.0)
+        patch_kinds.append(shares / shares.sum(axis=0, keepdims=True))
         order = list(rng.permutation(len(present)))
         for slot in range(settings.prompts_per_image):
             if rng.random() < settings.negative_share:
@@ -368,6 +451,7 @@ def sample_batch(cache: SceneCache, settings: Settings, rng: np.random.Generator
         'texts': texts, 'modes': modes,
         'supports': torch.from_numpy(np.stack(support_images)),
         'support_kinds': torch.tensor(support_kinds),
+        'patch_kinds': torch.from_numpy(np.stack(patch_kinds)),
     }
 
 
@@ -397,6 +481,21 @@ def conditional(model, tokenizer, batch: dict,
     similarity = F.normalize(images, dim=-1) @ kinds_text.T * 10.0
     align = F.cross_entropy(similarity, batch['support_kinds'])
     return torch.stack(rows), align
+
+
+def token_loss(head: torch.nn.Linear, tokens: torch.Tensor,
+               shares: torch.Tensor) -> torch.Tensor:
+    """
+    Cross-entropy of a linear read-out of the deepest decoder-input tokens against the kind
+    shares of their patches.
+
+    Deep supervision, for training only (the head is not saved): every object of every query
+    image teaches the encoder what kind it is, where the mask loss teaches that only through
+    the objects a prompt names, so shape, the harder half of a kind, is learned sooner.
+    """
+    batch, classes, grid, _ = shares.shape
+    logits = head(tokens[:, 1:]).reshape(batch, grid, grid, classes).permute(0, 3, 1, 2)
+    return -(shares * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor, settings: Settings) -> torch.Tensor:
@@ -508,12 +607,14 @@ def write_model_folder(model, tokenizer, settings: Settings, out_dir: Path,
         stream.write('\n')
 
 
-def parse_args(argv: list[str] | None) -> tuple[Path, Settings, int, int]:
+def parse_args(argv: list[str] | None) -> tuple[Path, Settings, int, int, bool]:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('out_dir', type=Path, help='model folder to write')
     parser.add_argument('--validate-every', type=int, default=500,
                         help='steps between validation runs (0 = only at the end)')
     parser.add_argument('--validation-scenes', type=int, default=60)
+    parser.add_argument('--checkpoints', action='store_true',
+                        help='also write the model beside OUT_DIR at every validation')
     defaults = Settings()
     for item in fields(Settings):
         value = getattr(defaults, item.name)
@@ -528,11 +629,12 @@ def parse_args(argv: list[str] | None) -> tuple[Path, Settings, int, int]:
             parser.add_argument(flag, type=type(value), default=value)
     args = parser.parse_args(argv)
     settings = Settings(**{item.name: getattr(args, item.name) for item in fields(Settings)})
-    return args.out_dir, settings, args.validate_every, args.validation_scenes
+    return (args.out_dir, settings, args.validate_every, args.validation_scenes,
+            args.checkpoints)
 
 
 def main(argv: list[str] | None = None) -> int:
-    out_dir, settings, validate_every, validation_scenes = parse_args(argv)
+    out_dir, settings, validate_every, validation_scenes, checkpoints = parse_args(argv)
     torch.set_num_threads(settings.threads)
     start = time.time()
 
@@ -548,13 +650,15 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(settings.seed)
     model, tokenizer = build_model(settings)
     model.train()
+    head = torch.nn.Linear(settings.vision_hidden, len(KINDS) + 1)
     log(f'model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters')
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and 'embedding' not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2
                                                                and 'embedding' not in n)]
     optimiser = torch.optim.AdamW([{'params': decay, 'weight_decay': settings.weight_decay},
-                                   {'params': no_decay, 'weight_decay': 0.0}], lr=settings.lr,
-                                  betas=(0.9, 0.98))
+                                   {'params': no_decay + list(head.parameters()),
+                                    'weight_decay': 0.0}],
+                                  lr=settings.lr, betas=(0.9, 0.98))
     warmup = max(1, int(settings.warmup * settings.steps))
 
     def schedule(step: int) -> float:
@@ -575,17 +679,22 @@ def main(argv: list[str] | None = None) -> int:
         cond, align = conditional(model, tokenizer, batch, settings)
         logits = decode(model, activations, cond, settings.prompts_per_image)
         logits = logits.reshape(batch['targets'].shape)
-        loss = loss_fn(logits, batch['targets'], settings) + settings.align_weight * align
+        mask_loss = loss_fn(logits, batch['targets'], settings)
+        tokens = token_loss(head, activations[-1], batch['patch_kinds'])
+        loss = mask_loss + settings.align_weight * align + settings.token_weight * tokens
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(head.parameters()), 1.0)
         optimiser.step()
         scheduler.step()
-        running.append(float(loss.detach()))
+        running.append([float(mask_loss.detach()), float(align.detach()),
+                        float(tokens.detach())])
         if (step + 1) % 100 == 0:
             rate = (time.time() - train_start) / (step + 1)
             cpu = (time.process_time() - cpu_start) / (step + 1)
-            log(f'step {step + 1}/{settings.steps} loss {np.mean(running):.4f} '
+            mask_mean, align_mean, token_mean = np.mean(running, axis=0)
+            log(f'step {step + 1}/{settings.steps} loss: mask {mask_mean:.4f} '
+                f'align {align_mean:.3f} tokens {token_mean:.3f}, '
                 f'lr {scheduler.get_last_lr()[0]:.2e} {rate:.2f} s/step '
                 f'({cpu:.2f} CPU s/step)')
             running = []
@@ -593,6 +702,10 @@ def main(argv: list[str] | None = None) -> int:
             scores = validation(model, tokenizer)
             history.append({'step': step + 1, **scores})
             log(f'validation at step {step + 1}: {scores}')
+            if checkpoints:
+                write_model_folder(model, tokenizer, settings,
+                                   out_dir.with_name(f'{out_dir.name}.step{step + 1}'),
+                                   {'validation': history})
     train_seconds = time.time() - train_start
     scores = validation(model, tokenizer)
     history.append({'step': settings.steps, **scores})

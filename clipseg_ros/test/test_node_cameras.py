@@ -105,6 +105,20 @@ def test_two_cameras_each_get_their_own_outputs_and_headers(cameras_node):
         lambda: [harness.node.camera_counters(c).processed for c in ('head', 'wrist')] == [1, 1])
 
 
+def test_with_depth_each_camera_has_its_own_depth_inputs_and_3d_outputs(cameras_node):
+    harness = cameras_node(['head', 'wrist'], use_depth=True)
+    topics = dict(harness.node.get_topic_names_and_types())
+    for camera in ('head', 'wrist'):
+        assert topics[f'/{camera}/depth'] == ['sensor_msgs/msg/Image']
+        assert topics[f'/{camera}/camera_info'] == ['sensor_msgs/msg/CameraInfo']
+        assert topics[f'/{camera}/points'] == ['sensor_msgs/msg/PointCloud2']
+        assert topics[f'/{camera}/markers'] == ['visualization_msgs/msg/MarkerArray']
+    assert harness.node.camera('head').depth is not harness.node.camera('wrist').depth
+    # Without a depth image, each camera's segmentation still comes, marked without depth.
+    outputs = harness.send('wrist', rgb_frame(40, 30), 'wrist_optical')
+    assert not outputs['segmentation'].has_depth
+
+
 def test_a_prompt_change_reaches_all_three_cameras(cameras_node):
     cameras = ['head', 'wrist', 'base/left']
     harness = cameras_node(cameras)
