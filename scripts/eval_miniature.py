@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                                    label=phrase(kind))
 
     text_ious = {template: [] for template in PHRASINGS}
+    # Canonical-phrasing IoU split by whether another object of the scene shares the colour.
+    by_colour: dict[str, list[float]] = {'unique colour': [], 'colour shared': []}
     support_ious, joint_ious = [], []
     empty_text, empty_support = [], []
     for index, scene in enumerate(scenes):
@@ -104,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         for template in PHRASINGS:
             for obj in scene.objects:
                 text_ious[template].append(iou(masks[row], obj.mask))
+                if template == PHRASINGS[0]:
+                    shared = sum(other.kind[1] == obj.kind[1] for other in scene.objects) > 1
+                    by_colour['colour shared' if shared else 'unique colour'].append(
+                        text_ious[template][-1])
                 row += 1
         for _ in negatives:
             empty_text.append(not masks[row].any())
@@ -128,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         'objects': len(text_ious[PHRASINGS[0]]),
         'text_miou': float(np.mean([v for values in text_ious.values() for v in values])),
         'text_miou_per_phrasing': per_phrasing,
+        'text_miou_by_colour': {k: float(np.mean(v)) if v else None
+                                for k, v in by_colour.items()},
+        'text_objects_by_colour': {k: len(v) for k, v in by_colour.items()},
         'support_miou': float(np.mean(support_ious)), 'support_prompts': len(support_ious),
         'joint_label_miou': float(np.mean(joint_ious)),
         'empty_rate_text': float(np.mean(empty_text)), 'absent_text_prompts': len(empty_text),
@@ -142,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
           f'({numbers["objects"]} objects x {len(PHRASINGS)} phrasings)')
     for template, value in per_phrasing.items():
         print(f'    {template.format(colour="<colour>", shape="<shape>"):32s} {value:.3f}')
+    for case, value in numbers['text_miou_by_colour'].items():
+        print(f'    {PHRASINGS[0].format(colour="<colour>", shape="<shape>")}, {case}: '
+              f'{value:.3f} ({numbers["text_objects_by_colour"][case]} objects)')
     print(f'support-image prompts:   mIoU {numbers["support_miou"]:.3f} '
           f'({numbers["support_prompts"]} objects, support from another held-out scene)')
     print(f'all objects at once:     mIoU {numbers["joint_label_miou"]:.3f} (label image)')

@@ -6,10 +6,12 @@ truth (tools/scenes.py), at the node's default threshold and the model's own inp
 A colour channel swap in a conversion, a mask shifted or flipped on the way back to the camera's
 size, a support-image prompt that finds the wrong object: each breaks these tests. Each check
 is the mean over six fixed scenes (seeds 0-5, each with the two named kinds among three
-objects). The bars are below what the shipped model reaches on these scenes (its MODEL_CARD.md
-has its accuracy): the first model, trained for 1,000 steps, reaches a mean IoU of 0.68 for the
-named object here, so the bar is 0.6 until a better-trained model meets the 0.7 asked for; a
-channel swap or a shifted mask drops these far below it.
+objects, the third green or yellow). The shipped model tells colours apart far better than
+shapes of one colour (MODEL_CARD.md: held-out mIoU by case), so no scene holds a second object
+of a named kind's colour: the tests then measure the node's path, not the model's weak spot.
+The shipped model reaches a mean IoU of 0.95 for the named object on these scenes; the bars are
+the 0.7 asked of the node (0.8 where the model has the margin), and a red/blue channel swap or a
+shifted mask drops them far below.
 """
 
 import array
@@ -24,9 +26,14 @@ import pytest
 from sensor_msgs.msg import CompressedImage
 
 MINI_MODEL = 'package://clipseg_ros/models/clipseg_shapes_mini'
-MIN_IOU = 0.6            # text prompts: the named object's mask against the ground truth
-MIN_OTHER_IOU = 0.6      # the other named kind, after the prompts changed
-MIN_SUPPORT_IOU = 0.5    # a support image from another scene (the model's weaker path)
+MIN_IOU = 0.8            # text prompts: the named object's mask against the ground truth
+MIN_OTHER_IOU = 0.8      # the other named kind, after the prompts changed
+MIN_SUPPORT_IOU = 0.7    # a support image from another scene
+# An absent kind: most of the frame a prompt may mark (almost empty; the present kind gets 2-13%)
+MAX_ABSENT_SHARE = 0.002
+DISTRACTOR_COLOURS = ('green', 'yellow')  # the third object of a scene
+# What many camera drivers publish; the encodings test compares the others with it and rgb8.
+CAMERA_ENCODING = 'bgr8'
 KIND = ('square', 'blue')
 OTHER_KIND = ('circle', 'red')
 SEEDS = range(6)
@@ -39,7 +46,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def scenes(width: int = 640, height: int = 480, **kwargs):
     return [render_scene(seed, width, height, num_objects=3, include=[KIND, OTHER_KIND],
-                         **kwargs) for seed in SEEDS]
+                         colours=DISTRACTOR_COLOURS, **kwargs) for seed in SEEDS]
 
 
 def mini_node(context, **overrides) -> RunningNode:
@@ -53,7 +60,8 @@ def labels_of(harness: RunningNode, msg) -> np.ndarray:
 
 def first_prompt_ious(harness: RunningNode, scenes_, *kinds) -> list[list[float]]:
     """Per kind, the IoU of the first prompt's mask with that kind's object, scene by scene."""
-    masks = [labels_of(harness, encode_frame(scene.rgb, 'rgb8')) == 1 for scene in scenes_]
+    masks = [labels_of(harness, encode_frame(scene.rgb, CAMERA_ENCODING)) == 1
+             for scene in scenes_]
     return [[iou(mask, scene.mask_of(*kind)) for mask, scene in zip(masks, scenes_)]
             for kind in kinds]
 
@@ -84,9 +92,10 @@ def test_the_named_object_is_found_the_same_in_every_raw_encoding(node, vga_scen
     for scene in vga_scenes:
         reference = labels_of(node, encode_frame(scene.rgb, 'rgb8'))
         ious.append(iou(reference == 1, scene.mask_of(*KIND)))
-        for encoding in ('bgr8', 'rgba8', 'bgra8'):
-            np.testing.assert_array_equal(
-                labels_of(node, encode_frame(scene.rgb, encoding)), reference, encoding)
+        for encoding in ('bgr8', 'rgba8', 'bgra8'):  # each on its own against the truth too
+            labels = labels_of(node, encode_frame(scene.rgb, encoding))
+            ious.append(iou(labels == 1, scene.mask_of(*KIND)))
+            np.testing.assert_array_equal(labels, reference, encoding)
     assert np.mean(ious) >= MIN_IOU, ious
 
 
@@ -99,7 +108,8 @@ def test_the_named_object_is_found_in_compressed_frames(ros_context, vga_scenes,
         harness.close()
     raw = mini_node(ros_context)
     try:
-        reference = [labels_of(raw, encode_frame(scene.rgb, 'rgb8')) for scene in vga_scenes]
+        reference = [labels_of(raw, encode_frame(scene.rgb, CAMERA_ENCODING))
+                     for scene in vga_scenes]
     finally:
         raw.close()
     ious = [iou(labels == 1, scene.mask_of(*KIND)) for labels, scene in zip(found, vga_scenes)]
@@ -122,6 +132,8 @@ def test_new_prompts_move_the_mask_to_the_newly_named_object(node, vga_scenes):
 def test_a_support_image_from_another_scene_finds_the_same_kind(node, vga_scenes):
     support_scene = render_scene(50, 640, 480, num_objects=2, include=[KIND])
     request = SetImagePrompt.Request(label='like this')
+    # The support picture comes from elsewhere (an operator's photo, rgb8), the frames from the
+    # camera: a channel swap on one side only must not go unnoticed.
     request.image = encode_frame(support_scene.rgb, 'rgb8')
     request.mask = encode_frame(
         np.repeat(support_scene.mask_of(*KIND)[:, :, None].astype(np.uint8) * 255, 3, 2),
@@ -135,40 +147,37 @@ def test_a_support_image_from_another_scene_finds_the_same_kind(node, vga_scenes
 
 def test_segment_service_agrees_with_the_camera_path(node, vga_scenes):
     scene = vga_scenes[0]
-    camera_labels = labels_of(node, encode_frame(scene.rgb, 'rgb8'))
-    response = node.call('segment', Segment.Request(image=encode_frame(scene.rgb, 'bgr8')))
+    camera_labels = labels_of(node, encode_frame(scene.rgb, CAMERA_ENCODING))
+    response = node.call('segment', Segment.Request(image=encode_frame(scene.rgb, 'rgba8')))
     assert response.success, response.message
     np.testing.assert_array_equal(image_to_array(response.mask), camera_labels)
     latest = node.call('segment', Segment.Request())  # the latest camera frame
     np.testing.assert_array_equal(image_to_array(latest.mask), camera_labels)
 
 
-def test_an_object_that_is_not_there_gets_far_less_mask_than_one_that_is(ros_context):
-    """
-    Absent kinds are not masked as if present: on scenes without stars, 'yellow star' gets at
-    most half the area the present kind gets (the shipped model still marks some pixels).
-    """
+def test_an_object_that_is_not_there_leaves_the_mask_almost_empty(ros_context):
+    """On scenes without yellow objects, 'yellow star' marks (almost) nothing."""
     harness = mini_node(ros_context, prompts=['yellow star', phrase(KIND)])
     try:
         absent, present = [], []
         for seed in SEEDS:
             scene = render_scene(seed, 640, 480, num_objects=3, include=[KIND],
-                                 shapes=('circle', 'square', 'triangle'))
-            assert ('star', 'yellow') not in scene.kinds()
-            labels = labels_of(harness, encode_frame(scene.rgb, 'rgb8'))
+                                 colours=('red', 'blue', 'green'))
+            assert all(colour != 'yellow' for _, colour in scene.kinds())
+            labels = labels_of(harness, encode_frame(scene.rgb, CAMERA_ENCODING))
             absent.append((labels == 1).mean())
             present.append((labels == 2).mean())
     finally:
         harness.close()
-    assert np.mean(absent) < 0.5 * np.mean(present), (absent, present)
-    assert max(absent) < 0.05, absent
+    assert max(absent) <= MAX_ABSENT_SHARE, absent
+    assert min(present) > 10 * MAX_ABSENT_SHARE, present  # the present kind is marked
 
 
 def test_outputs_at_1280x720_line_up_with_the_ground_truth(node):
     ious = []
     misplaced = {'4 px right': [], '4 px down': [], 'mirrored': [], 'upside down': []}
     for scene in scenes(1280, 720):
-        mask = labels_of(node, encode_frame(scene.rgb, 'rgb8')) == 1
+        mask = labels_of(node, encode_frame(scene.rgb, CAMERA_ENCODING)) == 1
         truth = scene.mask_of(*KIND)
         assert mask.shape == truth.shape == (720, 1280)
         ious.append(iou(mask, truth))

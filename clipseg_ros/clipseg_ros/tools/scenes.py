@@ -226,7 +226,7 @@ class _Table:
 def _random_table(rng: np.random.Generator) -> _Table:
     pitch = math.radians(rng.uniform(42.0, 78.0))   # optical axis below the horizon
     roll = math.radians(rng.uniform(-6.0, 6.0))
-    distance = rng.uniform(0.42, 0.70)               # along the optical axis
+    distance = rng.uniform(0.36, 0.58)               # along the optical axis
     up = np.array([0.0, -math.cos(pitch), -math.sin(pitch)])
     c, s = math.cos(roll), math.sin(roll)
     up = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ up
@@ -408,7 +408,7 @@ def _place(rng: np.random.Generator, table: _Table, intrinsics: Intrinsics,
     # part of it.
     foot = table.coords(-table.height * table.up)
     for shape, colour in kinds:
-        size = rng.uniform(0.028, 0.055)
+        size = rng.uniform(0.040, 0.072)
         height = size * rng.uniform(0.3, 2.0)
         radius = _bounding_radius(shape, size)
         for _ in range(60):
