@@ -144,7 +144,9 @@ def test_centroid_matches_the_back_projected_visible_mask():
             rows, cols = np.nonzero(valid)
             points = s.intrinsics.back_project(cols, rows, s.depth_m[rows, cols])
             error = np.linalg.norm(points.mean(axis=0) - obj.centroid_3d)
-            assert error < 0.004, (seed, obj.kind, error)
+            # Depth holes (edges, blobs) move the mean of what the sensor sees: by a small
+            # share of the object's size.
+            assert error < 0.1 * obj.size_m, (seed, obj.kind, error, obj.size_m)
             assert obj.centroid_3d[2] > 0.2
             # The centroid projects inside the object's box in the image.
             u, v = s.intrinsics.project(obj.centroid_3d)[0]
