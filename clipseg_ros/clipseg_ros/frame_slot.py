@@ -127,9 +127,14 @@ class FrameScheduler:
         return list(self._order)
 
     def set_cameras(self, names: Sequence[str]) -> None:
-        """Serve these cameras; a camera served before keeps its counters (lifetime totals)."""
+        """
+        Serve these cameras (at configure); a camera served before keeps its counters (lifetime
+        totals) but no frame: one an image callback offered while a cleanup ran is stale.
+        """
         with self._ready:
             self._slots = {name: self._slots.get(name) or CameraSlot() for name in names}
+            for slot in self._slots.values():
+                slot.pending = slot.latest = None
             self._order = list(names)
             self._turn = 0
 

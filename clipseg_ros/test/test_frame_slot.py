@@ -186,6 +186,7 @@ def test_each_camera_keeps_its_own_latest_frame_and_counters(recorder):
     worker.set_cameras(['wrist', 'head', 'base'])  # a reconfigure keeps lifetime totals
     assert worker.cameras == ['wrist', 'head', 'base']
     assert worker.counters('head').received == 7 and worker.counters('base').received == 0
+    assert worker.latest('head') is None  # but no frame from before it
     worker.set_cameras(['base'])
     assert worker.cameras == ['base']
     with pytest.raises(KeyError):
