@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -320,8 +321,10 @@ def test_installed_node_gives_the_named_objects_3d_centroid(ros_context, launche
         frame = encode_frame(scene.rgb, 'rgb8')
         # A subscription matched on our side may not have matched on the node's yet, and a
         # sample sent then is lost, reliable or not: send depth, info and frame again (new
-        # stamp) until the node paired them.
-        for _ in range(5):
+        # stamp), half a second apart, until the node paired them.
+        for attempt in range(60):
+            if attempt:
+                time.sleep(0.5)
             stamp = node.get_clock().now().to_msg()
             depth_msg.header.stamp, depth_msg.header.frame_id = stamp, 'rgbd_color_optical'
             info.header = depth_msg.header
