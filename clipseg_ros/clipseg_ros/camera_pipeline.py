@@ -57,10 +57,7 @@ class CameraPipeline:
         counters.receive_times.append(now)
         self.last_frame_time = now
         try:
-            if isinstance(msg, CompressedImage):
-                conversions.validate_compressed(msg, self._max_pixels())
-            else:
-                conversions.validate_image(msg, self._max_pixels())
+            conversions.validate_frame(msg, self._max_pixels())
         except ImageConversionError as error:
             counters.rejected += 1
             self.warn('frame', f'dropping camera frame: {error}')

@@ -225,6 +225,14 @@ def image_to_array(msg: Image) -> np.ndarray:
     return pixels.reshape(shape)
 
 
+def validate_frame(msg: Image | CompressedImage, max_pixels: int) -> None:
+    """Check a camera frame, raw or compressed, before anything is allocated for it."""
+    if isinstance(msg, CompressedImage):
+        validate_compressed(msg, max_pixels)
+    else:
+        validate_image(msg, max_pixels)
+
+
 def frame_to_rgb(msg: Image | CompressedImage, max_pixels: int) -> np.ndarray:
     """A camera frame, raw or compressed, as an (H, W, 3) uint8 RGB array."""
     if isinstance(msg, CompressedImage):
