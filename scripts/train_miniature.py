@@ -15,6 +15,11 @@ CLIPSeg's loss, with three kinds of prompt mixed in every batch:
   the engine's ``image_prompt(text=...)`` does;
 * negatives: text or a support image of a kind absent from the scene, with an empty target.
 
+Most training scenes are made to hold look-alikes (two shapes of one colour, or one shape in
+two colours), and the pixels of the objects a prompt does not name can weigh more in the mask
+loss (``--lookalike-weight``): telling a red circle from a red square is what the model learns
+last.
+
 Two auxiliary losses, used in training only (nothing of them is saved): a linear read-out of
 each query patch's kind from the deepest encoder layer the decoder reads (shape is an
 arrangement of patches, which a from-scratch encoder otherwise learns long after colour), and a
@@ -99,6 +104,8 @@ class Settings:
     negative_share: float = 0.3
     near_negative_share: float = 0.7  # of negatives sharing a shape or colour with the scene
     confuser_share: float = 0.6   # of training scenes made to hold look-alike kinds
+    same_colour_share: float = 0.6  # of those look-alike pairs that share a colour (else shape)
+    lookalike_weight: float = 1.0  # mask-loss weight of the pixels of objects not named
     align_weight: float = 0.2     # auxiliary loss: support embedding -> its kind's text
     token_weight: float = 0.5     # auxiliary loss: kind of each query patch (training only)
     position_init: float = 0.7    # scale of 2D sine position embeddings at init (0 = CLIP's)
@@ -131,30 +138,32 @@ def output_side(settings: Settings) -> int:
     return settings.size
 
 
-def confusers(seed: int, share: float) -> list[tuple[str, str]]:
+def confusers(seed: int, share: float, same_colour: float) -> list[tuple[str, str]]:
     """
-    Kinds a training scene must hold so that look-alikes meet: two shapes of one colour, or
-    one shape in two colours (``share`` of the scenes; the others are left to chance).
+    Kinds a training scene must hold so that look-alikes meet: two shapes of one colour (a
+    ``same_colour`` share of them), or one shape in two colours (``share`` of the scenes; the
+    others are left to chance).
     """
     rng = np.random.default_rng([seed, 7])
     if rng.random() >= share:
         return []
     shapes = [str(v) for v in rng.choice(SHAPES, 2, replace=False)]
     colours = [str(v) for v in rng.choice(COLOURS, 2, replace=False)]
-    if rng.random() < 0.6:
+    if rng.random() < same_colour:
         return [(shapes[0], colours[0]), (shapes[1], colours[0])]
     return [(shapes[0], colours[0]), (shapes[0], colours[1])]
 
 
-def render_item(args: tuple[int, int, int, int, float]) -> dict:
+def render_item(args: tuple[int, int, int, int, float, float]) -> dict:
     """
     Render one scene and keep what training needs (runs in worker processes): the image
     resized to a square ``side`` (twice the model input, so that zoomed crops stay sharp) and
     each object's mask at that size, bit-packed.
     """
-    seed, width, height, side, confuser_share = args
+    seed, width, height, side, confuser_share, same_colour_share = args
     torch.set_num_threads(1)
-    scene = render_scene(seed, width, height, include=confusers(seed, confuser_share))
+    scene = render_scene(seed, width, height,
+                         include=confusers(seed, confuser_share, same_colour_share))
     kinds = np.array([KINDS.index(obj.kind) for obj in scene.objects], dtype=np.int8)
     masks = np.stack([cv2.resize(obj.mask.astype(np.float32), (side, side),
                                  interpolation=cv2.INTER_AREA) >= 0.5 for obj in scene.objects])
@@ -195,18 +204,29 @@ class SceneCache:
             len(packed), self.side, self.side).astype(bool)
 
 
-def build_cache(settings: Settings, seeds: list[int], log=print) -> SceneCache:
-    """Render ``seeds`` in two worker processes (in order, so the cache is reproducible)."""
+def build_cache(settings: Settings, seeds: list[int], log=print,
+                workers: int = 2) -> SceneCache:
+    """
+    Render ``seeds`` in ``workers`` processes, or in this one for ``workers`` <= 1 (in order
+    either way, so the cache is the same).
+    """
     rng = np.random.default_rng(settings.seed + 17)
-    jobs = [(seed, *frame_size(settings, rng), 2 * settings.size, settings.confuser_share)
-            for seed in seeds]
+    jobs = [(seed, *frame_size(settings, rng), 2 * settings.size, settings.confuser_share,
+             settings.same_colour_share) for seed in seeds]
     start = time.time()
     items = []
-    with get_context('fork').Pool(2) as pool:
-        for index, item in enumerate(pool.imap(render_item, jobs, chunksize=16)):
+
+    def collect(rendered) -> None:
+        for index, item in enumerate(rendered):
             items.append(item)
             if (index + 1) % 1000 == 0:
                 log(f'rendered {index + 1}/{len(jobs)} scenes, {time.time() - start:.0f} s')
+
+    if workers <= 1:
+        collect(map(render_item, jobs))
+    else:
+        with get_context('fork').Pool(workers) as pool:
+            collect(pool.imap(render_item, jobs, chunksize=16))
     return SceneCache(items)
 
 
@@ -361,8 +381,9 @@ def text_features(model, tokenizer, texts: list[str], settings: Settings) -> tor
     """Text embeddings as the engine computes them, with gradients."""
     batch = tokenizer(texts, padding=True, truncation=True, max_length=settings.max_text_tokens,
                       return_tensors='pt')
-    return model.clip.get_text_features(input_ids=batch['input_ids'],
-                                        attention_mask=batch['attention_mask']).pooler_output
+    return model.clip.get_text_features(
+        input_ids=batch['input_ids'].to(model.device),
+        attention_mask=batch['attention_mask'].to(model.device)).pooler_output
 
 
 def support_prompt(cache: SceneCache, scene: int, index: int, size: int,
@@ -380,11 +401,26 @@ def support_prompt(cache: SceneCache, scene: int, index: int, size: int,
                                   rescale_factor=PREPROCESSOR_CONFIG['rescale_factor'])
 
 
+def lookalike_weights(coverage: np.ndarray, named: int, weight: float) -> np.ndarray:
+    """
+    Per-pixel mask-loss weights of one prompt: ``weight`` on the objects it does not name
+    (``named`` = -1 for a negative), 1 on the table and the named object.
+
+    The table is most of every frame and easy; the objects a prompt does not name are few
+    pixels, and they are where a model that reads colour alone is wrong (a red square
+    marked for 'red circle').
+    """
+    others = np.delete(coverage, named, axis=0) if named >= 0 else coverage
+    share = np.clip(others.sum(axis=0), 0.0, 1.0) if len(others) else \
+        np.zeros(coverage.shape[1:], dtype=np.float32)
+    return (1.0 + (weight - 1.0) * share).astype(np.float32)
+
+
 def sample_batch(cache: SceneCache, settings: Settings, rng: np.random.Generator) -> dict:
     """Draw query images, prompts (text, support, blended; positive or negative) and targets."""
     out = output_side(settings)
     scenes = rng.choice(len(cache), settings.batch, replace=False)
-    images, targets, slots, patch_kinds = [], [], [], []
+    images, targets, weights, slots, patch_kinds = [], [], [], [], []
     grid = settings.size // settings.patch
     for scene in scenes:
         image, masks = cache.images[scene], cache.masks(scene)
@@ -424,11 +460,13 @@ def sample_batch(cache: SceneCache, settings: Settings, rng: np.random.Generator
                 pool = near if near and rng.random() < settings.near_negative_share else absent
                 slots.append(int(pool[int(rng.integers(len(pool)))]))
                 targets.append(np.zeros((out, out), dtype=np.float32))
+                weights.append(lookalike_weights(coverage, -1, settings.lookalike_weight))
             else:
                 index = int(order[slot % len(order)]) if slot < len(order) else \
                     int(rng.integers(len(present)))
                 slots.append(present[index])
                 targets.append(coverage[index] ** settings.target_gamma)
+                weights.append(lookalike_weights(coverage, index, settings.lookalike_weight))
     # Support images for a random set of kinds this step, each from a random holder scene.
     support_kinds = [int(k) for k in rng.choice(len(KINDS), settings.supports, replace=False)]
     support_images, support_of = [], {}
@@ -448,6 +486,7 @@ def sample_batch(cache: SceneCache, settings: Settings, rng: np.random.Generator
     return {
         'pixels': torch.from_numpy(normalise(np.stack(images))),
         'targets': torch.from_numpy(np.stack(targets)),
+        'weights': torch.from_numpy(np.stack(weights)),
         'texts': texts, 'modes': modes,
         'supports': torch.from_numpy(np.stack(support_images)),
         'support_kinds': torch.tensor(support_kinds),
@@ -498,9 +537,17 @@ def token_loss(head: torch.nn.Linear, tokens: torch.Tensor,
     return -(shares * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
-def loss_fn(logits: torch.Tensor, targets: torch.Tensor, settings: Settings) -> torch.Tensor:
-    """Binary cross-entropy with logits on the masks, plus an optional soft Dice term."""
-    loss = F.binary_cross_entropy_with_logits(logits, targets)
+def loss_fn(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+            settings: Settings) -> torch.Tensor:
+    """
+    Binary cross-entropy with logits on the masks (look-alike pixels weighted), plus an
+    optional soft Dice term.
+    """
+    if settings.lookalike_weight == 1.0:
+        loss = F.binary_cross_entropy_with_logits(logits, targets)
+    else:
+        loss = (F.binary_cross_entropy_with_logits(logits, targets, reduction='none')
+                * weights).sum() / weights.sum()
     if settings.dice_weight > 0.0:
         probs = torch.sigmoid(logits).flatten(1)
         flat = targets.flatten(1)
@@ -544,7 +591,8 @@ class Validation:
         empty = []
         pair = 0
         for i, scene in enumerate(self.scenes):
-            activations = encode_queries(model, self.pixels[i:i + 1], settings)
+            activations = encode_queries(model, self.pixels[i:i + 1].to(model.device),
+                                         settings)
             kinds = [obj.kind for obj in scene.objects]
             absent = [k for k in KINDS if k not in kinds][:2]
             texts = [phrase(k) for k in kinds + absent]
@@ -560,14 +608,15 @@ class Validation:
                         rescale_factor=cfg['rescale_factor']))
             if supports:
                 conds.append(model.clip.get_image_features(
-                    pixel_values=torch.from_numpy(np.stack(supports))).pooler_output)
+                    pixel_values=torch.from_numpy(np.stack(supports)).to(model.device)
+                ).pooler_output)
             cond = torch.cat(conds)
             logits = model.decoder([a.expand(len(cond), -1, -1) for a in activations],
                                    cond).logits.reshape(len(cond), 1, *([output_side(settings)]
                                                                         * 2))
             probs = F.interpolate(torch.sigmoid(logits), size=(480, 640), mode='bilinear',
                                   align_corners=False)[:, 0] >= 0.3
-            probs = probs.numpy()
+            probs = probs.cpu().numpy()
             for j, obj in enumerate(scene.objects):
                 ious['text'].append(_iou(probs[j], obj.mask))
             for j in range(len(absent)):
@@ -607,7 +656,7 @@ def write_model_folder(model, tokenizer, settings: Settings, out_dir: Path,
         stream.write('\n')
 
 
-def parse_args(argv: list[str] | None) -> tuple[Path, Settings, int, int, bool]:
+def parse_args(argv: list[str] | None) -> tuple[Path, Settings, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('out_dir', type=Path, help='model folder to write')
     parser.add_argument('--validate-every', type=int, default=500,
@@ -615,6 +664,8 @@ def parse_args(argv: list[str] | None) -> tuple[Path, Settings, int, int, bool]:
     parser.add_argument('--validation-scenes', type=int, default=60)
     parser.add_argument('--checkpoints', action='store_true',
                         help='also write the model beside OUT_DIR at every validation')
+    parser.add_argument('--workers', type=int, default=2,
+                        help='processes rendering the scenes (no effect on the weights)')
     defaults = Settings()
     for item in fields(Settings):
         value = getattr(defaults, item.name)
@@ -629,23 +680,15 @@ def parse_args(argv: list[str] | None) -> tuple[Path, Settings, int, int, bool]:
             parser.add_argument(flag, type=type(value), default=value)
     args = parser.parse_args(argv)
     settings = Settings(**{item.name: getattr(args, item.name) for item in fields(Settings)})
-    return (args.out_dir, settings, args.validate_every, args.validation_scenes,
-            args.checkpoints)
+    return args.out_dir, settings, args
 
 
-def main(argv: list[str] | None = None) -> int:
-    out_dir, settings, validate_every, validation_scenes, checkpoints = parse_args(argv)
-    torch.set_num_threads(settings.threads)
-    start = time.time()
-
-    def log(message: str) -> None:
-        print(f'[{time.time() - start:7.1f} s] {message}', flush=True)
-
-    log(f'settings: {asdict(settings)}')
-    seeds = [TRAIN_SEED_BASE + settings.seed * 100_000 + i for i in range(settings.scenes)]
-    cache = build_cache(settings, seeds, log)
-    log(f'cache: {len(cache)} scenes, {cache.images.nbytes / 1e6:.0f} MB of images')
-    validation = Validation(settings, validation_scenes)
+def train(settings: Settings, cache: SceneCache, validation: Validation, log=print,
+          validate_every: int = 500, checkpoint=None) -> tuple[object, object, dict]:
+    """
+    Train a fresh model on ``cache``; return (model, tokenizer, summary). ``checkpoint(model,
+    tokenizer, history, step)`` is called after each intermediate validation when given.
+    """
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     model, tokenizer = build_model(settings)
@@ -679,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
         cond, align = conditional(model, tokenizer, batch, settings)
         logits = decode(model, activations, cond, settings.prompts_per_image)
         logits = logits.reshape(batch['targets'].shape)
-        mask_loss = loss_fn(logits, batch['targets'], settings)
+        mask_loss = loss_fn(logits, batch['targets'], batch['weights'], settings)
         tokens = token_loss(head, activations[-1], batch['patch_kinds'])
         loss = mask_loss + settings.align_weight * align + settings.token_weight * tokens
         optimiser.zero_grad(set_to_none=True)
@@ -702,10 +745,8 @@ def main(argv: list[str] | None = None) -> int:
             scores = validation(model, tokenizer)
             history.append({'step': step + 1, **scores})
             log(f'validation at step {step + 1}: {scores}')
-            if checkpoints:
-                write_model_folder(model, tokenizer, settings,
-                                   out_dir.with_name(f'{out_dir.name}.step{step + 1}'),
-                                   {'validation': history})
+            if checkpoint is not None:
+                checkpoint(model, tokenizer, history, step + 1)
     train_seconds = time.time() - train_start
     scores = validation(model, tokenizer)
     history.append({'step': settings.steps, **scores})
@@ -713,12 +754,35 @@ def main(argv: list[str] | None = None) -> int:
     model.eval()
     summary = {'train_seconds': round(train_seconds, 1),
                'train_cpu_seconds': round(time.process_time() - cpu_start, 1),
-               'total_seconds': round(time.time() - start, 1),
                'validation': history, 'torch': torch.__version__,
                'cpu_count': os.cpu_count()}
+    return model, tokenizer, summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    out_dir, settings, options = parse_args(argv)
+    torch.set_num_threads(settings.threads)
+    start = time.time()
+
+    def log(message: str) -> None:
+        print(f'[{time.time() - start:7.1f} s] {message}', flush=True)
+
+    def checkpoint(model, tokenizer, history, step) -> None:
+        write_model_folder(model, tokenizer, settings,
+                           out_dir.with_name(f'{out_dir.name}.step{step}'),
+                           {'validation': history})
+
+    log(f'settings: {asdict(settings)}')
+    seeds = [TRAIN_SEED_BASE + settings.seed * 100_000 + i for i in range(settings.scenes)]
+    cache = build_cache(settings, seeds, log, options.workers)
+    log(f'cache: {len(cache)} scenes, {cache.images.nbytes / 1e6:.0f} MB of images')
+    validation = Validation(settings, options.validation_scenes)
+    model, tokenizer, summary = train(settings, cache, validation, log, options.validate_every,
+                                      checkpoint=checkpoint if options.checkpoints else None)
+    summary['total_seconds'] = round(time.time() - start, 1)
     write_model_folder(model, tokenizer, settings, out_dir, summary)
-    log(f'wrote {out_dir} (training {train_seconds / 60:.1f} min, '
-        f'total {(time.time() - start) / 60:.1f} min)')
+    log(f'wrote {out_dir} (training {summary["train_seconds"] / 60:.1f} min, '
+        f'total {summary["total_seconds"] / 60:.1f} min)')
     return 0
 
 
