@@ -108,6 +108,7 @@ class Settings:
     lookalike_weight: float = 1.0  # mask-loss weight of the pixels of objects not named
     align_weight: float = 0.2     # auxiliary loss: support embedding -> its kind's text
     token_weight: float = 0.5     # auxiliary loss: kind of each query patch (training only)
+    token_focus: float = 0.0      # extra weight of object patches in that loss (0 = uniform)
     position_init: float = 0.7    # scale of 2D sine position embeddings at init (0 = CLIP's)
     local_attention_init: float = 0.0  # vision q/k projections start as this x identity
     zoom_share: float = 0.3       # of query images cropped to part of the frame
@@ -522,19 +523,25 @@ def conditional(model, tokenizer, batch: dict,
     return torch.stack(rows), align
 
 
-def token_loss(head: torch.nn.Linear, tokens: torch.Tensor,
-               shares: torch.Tensor) -> torch.Tensor:
+def token_loss(head: torch.nn.Linear, tokens: torch.Tensor, shares: torch.Tensor,
+               focus: float = 0.0) -> torch.Tensor:
     """
     Cross-entropy of a linear read-out of the deepest decoder-input tokens against the kind
     shares of their patches.
 
     Deep supervision, for training only (the head is not saved): every object of every query
     image teaches the encoder what kind it is, where the mask loss teaches that only through
-    the objects a prompt names, so shape, the harder half of a kind, is learned sooner.
+    the objects a prompt names, so shape, the harder half of a kind, is learned sooner. A
+    ``focus`` > 0 weighs each patch by 1 + focus x its object share: most patches are table,
+    which is learned first and then only dilutes the loss.
     """
     batch, classes, grid, _ = shares.shape
     logits = head(tokens[:, 1:]).reshape(batch, grid, grid, classes).permute(0, 3, 1, 2)
-    return -(shares * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    per_patch = -(shares * F.log_softmax(logits, dim=1)).sum(dim=1)
+    if focus == 0.0:
+        return per_patch.mean()
+    weights = 1.0 + focus * (1.0 - shares[:, 0])
+    return (per_patch * weights).sum() / weights.sum()
 
 
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
@@ -723,7 +730,7 @@ def train(settings: Settings, cache: SceneCache, validation: Validation, log=pri
         logits = decode(model, activations, cond, settings.prompts_per_image)
         logits = logits.reshape(batch['targets'].shape)
         mask_loss = loss_fn(logits, batch['targets'], batch['weights'], settings)
-        tokens = token_loss(head, activations[-1], batch['patch_kinds'])
+        tokens = token_loss(head, activations[-1], batch['patch_kinds'], settings.token_focus)
         loss = mask_loss + settings.align_weight * align + settings.token_weight * tokens
         optimiser.zero_grad(set_to_none=True)
         loss.backward()

@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from clipseg_ros.engine import ClipSegEngine
 from clipseg_ros.tools.scenes import render_scene
@@ -94,3 +95,21 @@ def test_a_few_steps_write_a_folder_the_engine_loads(trainer, tmp_path) -> None:
     scene = render_scene(5, 640, 480)
     result = engine.segment(scene.rgb, engine.text_prompts(['red circle']), threshold=0.3)
     assert result.labels.shape == (480, 640)
+
+
+def test_token_focus_weighs_object_patches(trainer) -> None:
+    head = torch.nn.Linear(2, 3, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[4.0, 0.0], [0.0, 4.0], [0.0, 0.0]]))
+    # Four patches (2 x 2 grid) plus the class token; every token reads as class 0 (table).
+    tokens = torch.tensor([[[0.0, 0.0]] + [[1.0, 0.0]] * 4])
+    shares = torch.zeros(1, 3, 2, 2)
+    shares[0, 0] = 1.0
+    shares[0, 0, 0, 0] = 0.0
+    shares[0, 1, 0, 0] = 1.0     # one object patch, read wrongly as table
+    uniform = trainer.token_loss(head, tokens, shares)
+    focused = trainer.token_loss(head, tokens, shares, focus=3.0)
+    wrong = -torch.log_softmax(torch.tensor([4.0, 0.0, 0.0]), dim=0)[1]
+    right = -torch.log_softmax(torch.tensor([4.0, 0.0, 0.0]), dim=0)[0]
+    assert float(uniform) == pytest.approx(float(wrong + 3 * right) / 4)
+    assert float(focused) == pytest.approx(float(4 * wrong + 3 * right) / 7)
