@@ -382,9 +382,8 @@ def text_features(model, tokenizer, texts: list[str], settings: Settings) -> tor
     """Text embeddings as the engine computes them, with gradients."""
     batch = tokenizer(texts, padding=True, truncation=True, max_length=settings.max_text_tokens,
                       return_tensors='pt')
-    return model.clip.get_text_features(
-        input_ids=batch['input_ids'].to(model.device),
-        attention_mask=batch['attention_mask'].to(model.device)).pooler_output
+    return model.clip.get_text_features(input_ids=batch['input_ids'],
+                                        attention_mask=batch['attention_mask']).pooler_output
 
 
 def support_prompt(cache: SceneCache, scene: int, index: int, size: int,
@@ -598,8 +597,7 @@ class Validation:
         empty = []
         pair = 0
         for i, scene in enumerate(self.scenes):
-            activations = encode_queries(model, self.pixels[i:i + 1].to(model.device),
-                                         settings)
+            activations = encode_queries(model, self.pixels[i:i + 1], settings)
             kinds = [obj.kind for obj in scene.objects]
             absent = [k for k in KINDS if k not in kinds][:2]
             texts = [phrase(k) for k in kinds + absent]
@@ -615,15 +613,14 @@ class Validation:
                         rescale_factor=cfg['rescale_factor']))
             if supports:
                 conds.append(model.clip.get_image_features(
-                    pixel_values=torch.from_numpy(np.stack(supports)).to(model.device)
-                ).pooler_output)
+                    pixel_values=torch.from_numpy(np.stack(supports))).pooler_output)
             cond = torch.cat(conds)
             logits = model.decoder([a.expand(len(cond), -1, -1) for a in activations],
                                    cond).logits.reshape(len(cond), 1, *([output_side(settings)]
                                                                         * 2))
             probs = F.interpolate(torch.sigmoid(logits), size=(480, 640), mode='bilinear',
                                   align_corners=False)[:, 0] >= 0.3
-            probs = probs.cpu().numpy()
+            probs = probs.numpy()
             for j, obj in enumerate(scene.objects):
                 ious['text'].append(_iou(probs[j], obj.mask))
             for j in range(len(absent)):
