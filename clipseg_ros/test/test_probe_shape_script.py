@@ -2,32 +2,23 @@
 scripts/probe_shape.py, the linear probes behind the model card's account of why the miniature
 model misses objects whose colour another object shares.
 
-The script is loaded from the checkout after the installed ``clipseg_ros`` is imported, so the
-tests keep using the installed package; the model is the installed miniature model.
+The script is loaded from the checkout (``checkout_scripts``), so the tests keep using the
+installed package; the model is the installed miniature model.
 """
 
-import importlib.util
 from pathlib import Path
-import sys
 
+from checkout_scripts import load_script
 from clipseg_ros.model_loading import resolve_package_url
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / 'scripts' / 'probe_shape.py'
 MINI_MODEL = Path(resolve_package_url('package://clipseg_ros/models/clipseg_shapes_mini'))
 
 
 @pytest.fixture(scope='module')
 def prober():
-    saved_path = list(sys.path)
-    spec = importlib.util.spec_from_file_location('probe_shape', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = saved_path
-    return module
+    return load_script('probe_shape')
 
 
 def test_the_probe_reads_a_label_that_the_features_hold(prober) -> None:

@@ -2,35 +2,23 @@
 scripts/train_miniature.py, which built the shipped miniature model: its look-alike weights, its
 confuser scenes, and a few training steps end to end into a folder the engine loads.
 
-The script is not part of the installed package; it is loaded from the checkout, and only after
-the installed ``clipseg_ros`` is imported, so the tests keep using the installed package.
+The script is not part of the installed package; it is loaded from the checkout
+(``checkout_scripts``), so the tests keep using the installed package.
 """
 
-import importlib.util
 import json
-from pathlib import Path
-import sys
 
+from checkout_scripts import load_script
+from clipseg_ros.engine import ClipSegEngine
+from clipseg_ros.tools.scenes import render_scene
 import numpy as np
 import pytest
 import torch
 
-from clipseg_ros.engine import ClipSegEngine
-from clipseg_ros.tools.scenes import render_scene
-
-SCRIPT = Path(__file__).resolve().parents[2] / 'scripts' / 'train_miniature.py'
-
 
 @pytest.fixture(scope='module')
 def trainer():
-    saved_path = list(sys.path)
-    spec = importlib.util.spec_from_file_location('train_miniature', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = saved_path
-    return module
+    return load_script('train_miniature')
 
 
 def _coverage() -> np.ndarray:
