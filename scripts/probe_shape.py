@@ -30,7 +30,8 @@ import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 from transformers import CLIPSegConfig, CLIPSegForImageSegmentation  # noqa: E402
 
-from clipseg_ros.model_loading import PreprocessConfig  # noqa: E402
+from clipseg_ros.engine import ClipSegEngine  # noqa: E402
+from clipseg_ros.model_loading import load_pretrained, PreprocessConfig  # noqa: E402
 from clipseg_ros.tools.scenes import COLOURS, render_scene, SHAPES  # noqa: E402
 
 # Seeds the training script keeps for evaluation (scripts/train_miniature.py EVAL_SEED_BASE).
@@ -43,24 +44,17 @@ def load(model_dir: Path, untrained: bool):
     if untrained:
         torch.manual_seed(0)
         return CLIPSegForImageSegmentation(CLIPSegConfig.from_pretrained(str(model_dir))).eval()
-    return CLIPSegForImageSegmentation.from_pretrained(str(model_dir),
-                                                       use_safetensors=True).eval()
+    return load_pretrained(str(model_dir), torch.float32)[0].eval()
 
 
-def scene_patches(model, preprocess: PreprocessConfig, rgb: np.ndarray, objects: list,
+def scene_patches(model, engine: ClipSegEngine, rgb: np.ndarray, objects: list,
                   patch: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """
     Per layer, the (N, hidden) tokens of the patches one object mostly covers, and the shape
     and colour indices of those objects.
     """
-    size = preprocess.size
-    pixels = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).to(torch.float32)
-    # Resized as the engine resizes camera frames (bilinear, antialiased).
-    pixels = F.interpolate(pixels, size=(size, size), mode='bilinear', align_corners=False,
-                           antialias=True).round().clamp(0, 255)
-    mean = torch.tensor(preprocess.mean).view(1, 3, 1, 1)
-    std = torch.tensor(preprocess.std).view(1, 3, 1, 1)
-    pixels = (pixels * preprocess.rescale_factor - mean) / std
+    size = engine.resolution
+    pixels = engine.preprocess(rgb)
     with torch.no_grad():
         hidden = model.clip.vision_model(pixel_values=pixels, output_hidden_states=True,
                                          interpolate_pos_encoding=True).hidden_states
@@ -98,12 +92,15 @@ def probe(model_dir: Path, scenes: int = 200, width: int = 640, height: int = 48
           untrained: bool = False) -> dict:
     """Return the probe accuracies per encoder layer and the majority-class shares."""
     model = load(model_dir, untrained)
-    preprocess = PreprocessConfig.from_file(model_dir / 'preprocessor_config.json')
+    # The node's own resizing and normalisation, so the probe sees what the node feeds the model
+    # (the engine holds a second copy of the trained weights, unused here).
+    engine = ClipSegEngine(str(model_dir), device='cpu', resolution=PreprocessConfig.from_file(
+        model_dir / 'preprocessor_config.json').size)
     patch = model.config.vision_config.patch_size
     per_scene = []
     for index in range(scenes):
         scene = render_scene(EVAL_SEED_BASE + index, width, height)
-        per_scene.append(scene_patches(model, preprocess, scene.rgb, scene.objects, patch))
+        per_scene.append(scene_patches(model, engine, scene.rgb, scene.objects, patch))
     # Split by scene, so that no object has patches on both sides.
     split = (2 * scenes) // 3
     train, test = per_scene[:split], per_scene[split:]
