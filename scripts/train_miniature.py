@@ -460,13 +460,16 @@ def sample_batch(cache: SceneCache, settings: Settings, rng: np.random.Generator
                 pool = near if near and rng.random() < settings.near_negative_share else absent
                 slots.append(int(pool[int(rng.integers(len(pool)))]))
                 targets.append(np.zeros((out, out), dtype=np.float32))
-                weights.append(lookalike_weights(coverage, -1, settings.lookalike_weight))
+                named = -1
             else:
                 index = int(order[slot % len(order)]) if slot < len(order) else \
                     int(rng.integers(len(present)))
                 slots.append(present[index])
                 targets.append(coverage[index] ** settings.target_gamma)
-                weights.append(lookalike_weights(coverage, index, settings.lookalike_weight))
+                named = index
+            # Weight 1 is the plain mean; no weight maps are built for it.
+            if settings.lookalike_weight != 1.0:
+                weights.append(lookalike_weights(coverage, named, settings.lookalike_weight))
     # Support images for a random set of kinds this step, each from a random holder scene.
     support_kinds = [int(k) for k in rng.choice(len(KINDS), settings.supports, replace=False)]
     support_images, support_of = [], {}
@@ -486,7 +489,7 @@ def sample_batch(cache: SceneCache, settings: Settings, rng: np.random.Generator
     return {
         'pixels': torch.from_numpy(normalise(np.stack(images))),
         'targets': torch.from_numpy(np.stack(targets)),
-        'weights': torch.from_numpy(np.stack(weights)),
+        'weights': torch.from_numpy(np.stack(weights)) if weights else None,
         'texts': texts, 'modes': modes,
         'supports': torch.from_numpy(np.stack(support_images)),
         'support_kinds': torch.tensor(support_kinds),
@@ -543,13 +546,13 @@ def token_loss(head: torch.nn.Linear, tokens: torch.Tensor, shares: torch.Tensor
     return (per_patch * weights).sum() / weights.sum()
 
 
-def loss_fn(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+def loss_fn(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None,
             settings: Settings) -> torch.Tensor:
     """
-    Binary cross-entropy with logits on the masks (look-alike pixels weighted), plus an
-    optional soft Dice term.
+    Binary cross-entropy with logits on the masks (look-alike pixels weighted when ``weights``
+    is given), plus an optional soft Dice term.
     """
-    if settings.lookalike_weight == 1.0:
+    if weights is None:
         loss = F.binary_cross_entropy_with_logits(logits, targets)
     else:
         loss = (F.binary_cross_entropy_with_logits(logits, targets, reduction='none')
