@@ -18,10 +18,10 @@ import statistics
 import sys
 
 try:
-    from clipseg_ros.engine import ClipSegEngine
+    from clipseg_ros.core.engine import ClipSegEngine
 except ImportError:  # a source checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'clipseg_ros'))
-    from clipseg_ros.engine import ClipSegEngine
+    from clipseg_ros.core.engine import ClipSegEngine
 from clipseg_ros.tools.tiny_model import build_random_model, PREPROCESSOR_CONFIG
 from engine_bench import interleaved_times, PROMPTS  # bench/ is the script's folder
 import numpy as np

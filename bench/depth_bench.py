@@ -14,9 +14,9 @@ import argparse
 import json
 import time
 
-from clipseg_ros.depth_targets import (
+from clipseg_ros.core.depth_targets import (
     CameraModel, depth_in_metres, labelled_points, prompt_targets)
-from clipseg_ros.engine import ClipSegEngine
+from clipseg_ros.core.engine import ClipSegEngine
 from clipseg_ros.tools.scenes import render_scene
 from clipseg_ros.tools.tiny_model import build_random_model, PREPROCESSOR_CONFIG
 import numpy as np

@@ -24,10 +24,10 @@ import time
 from typing import Callable, Optional, Sequence
 
 try:
-    from clipseg_ros.engine import ClipSegEngine
+    from clipseg_ros.core.engine import ClipSegEngine
 except ImportError:  # running from a source checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'clipseg_ros'))
-    from clipseg_ros.engine import ClipSegEngine
+    from clipseg_ros.core.engine import ClipSegEngine
 from clipseg_ros.tools.tiny_model import build_random_model, PREPROCESSOR_CONFIG
 import numpy as np
 import torch

@@ -12,7 +12,7 @@ import tempfile
 
 import numpy as np
 
-from clipseg_ros.engine import ClipSegEngine
+from clipseg_ros.core.engine import ClipSegEngine
 from clipseg_ros.tools.tiny_model import write_tiny_model
 
 

@@ -24,18 +24,18 @@ import threading
 import time
 from pathlib import Path
 
+from clipseg_ros_interfaces.srv import SetTextPrompts
 import numpy as np
 import rclpy
-import torch
-from clipseg_ros_interfaces.srv import SetTextPrompts
 from rclpy.executors import SingleThreadedExecutor
+import torch
 
+from clipseg_ros.core.depth_targets import CameraModel
+from clipseg_ros.core.engine import ClipSegEngine
+from clipseg_ros.core.options import set_cpu_threads
 from clipseg_ros.tools.drive import (
     CameraStream, percentile_ms, rgb_image_msg, start_node_process, stop_node_process,
     synthetic_frame, use_large_image_profile)
-from clipseg_ros.depth_targets import CameraModel
-from clipseg_ros.engine import ClipSegEngine
-from clipseg_ros.options import set_cpu_threads
 from clipseg_ros.tools.scenes import render_scene
 from clipseg_ros.tools.tiny_model import write_random_model
 from depth_bench import three_d_step  # bench/ is the script's folder

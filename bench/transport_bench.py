@@ -36,10 +36,10 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from sensor_msgs.msg import Image
 
+from clipseg_ros.core.engine import ClipSegEngine
 from clipseg_ros.tools.drive import (
     CameraStream, installed_node_command, percentile_ms, rgb_image_msg, stop_node_process,
     synthetic_frame, use_large_image_profile)
-from clipseg_ros.engine import ClipSegEngine
 from clipseg_ros.tools.tiny_model import write_tiny_model
 
 OUTPUT_NAMES = ('mask', 'confidence', 'segmentation')

@@ -20,11 +20,11 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 
 from clipseg_ros.conversions import image_to_array
+from clipseg_ros.core.engine import ClipSegEngine
+from clipseg_ros.core.model_loading import DEFAULT_MODEL, ModelLoadError
 from clipseg_ros.tools.drive import (
     CameraStream, percentile_ms, rgb_image_msg, start_node_process, stop_node_process,
     synthetic_frame, use_large_image_profile)
-from clipseg_ros.engine import ClipSegEngine
-from clipseg_ros.model_loading import DEFAULT_MODEL, ModelLoadError
 from clipseg_ros.tools.scenes import phrase, render_scene
 
 MINI_MODEL = 'package://clipseg_ros/models/clipseg_shapes_mini'

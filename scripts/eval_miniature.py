@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'clipseg_ros'))
 
 import torch  # noqa: E402
 
-from clipseg_ros.engine import ClipSegEngine, PreprocessConfig  # noqa: E402
+from clipseg_ros.core.engine import ClipSegEngine, PreprocessConfig  # noqa: E402
 from clipseg_ros.tools.scenes import (  # noqa: E402
     all_kinds, COLOURS, phrase, PHRASINGS, render_scene, SHAPES)
 

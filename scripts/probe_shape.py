@@ -30,8 +30,8 @@ import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 from transformers import CLIPSegConfig, CLIPSegForImageSegmentation  # noqa: E402
 
-from clipseg_ros.engine import ClipSegEngine  # noqa: E402
-from clipseg_ros.model_loading import load_pretrained, PreprocessConfig  # noqa: E402
+from clipseg_ros.core.engine import ClipSegEngine  # noqa: E402
+from clipseg_ros.core.model_loading import load_pretrained, PreprocessConfig  # noqa: E402
 from clipseg_ros.tools.scenes import COLOURS, render_scene, SHAPES  # noqa: E402
 
 # Seeds the training script keeps for evaluation (scripts/train_miniature.py EVAL_SEED_BASE).

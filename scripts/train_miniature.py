@@ -10,7 +10,7 @@ CLIPSeg's loss, with three kinds of prompt mixed in every batch:
 * text naming an object in the scene, in several phrasings ('red circle', 'the red circle',
   'a photo of a red circle', ...);
 * a support image: another scene holding an object of the same kind, engineered into a prompt
-  image by the package's own :func:`clipseg_ros.visual_prompt.engineer_visual_prompt` (so the
+  image by the package's own :func:`clipseg_ros.core.visual_prompt.engineer_visual_prompt` (so the
   one-shot path is trained as the engine uses it), sometimes blended with the text embedding as
   the engine's ``image_prompt(text=...)`` does;
 * negatives: text or a support image of a kind absent from the scene, with an empty target.
@@ -55,10 +55,10 @@ import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 from transformers import CLIPSegConfig, CLIPSegForImageSegmentation  # noqa: E402
 
-from clipseg_ros.tools.tiny_model import build_tokenizer, PREPROCESSOR_CONFIG  # noqa: E402
+from clipseg_ros.core.visual_prompt import engineer_visual_prompt  # noqa: E402
 from clipseg_ros.tools.scenes import (  # noqa: E402
     all_kinds, COLOURS, phrase, render_scene, SHAPES)
-from clipseg_ros.visual_prompt import engineer_visual_prompt  # noqa: E402
+from clipseg_ros.tools.tiny_model import build_tokenizer, PREPROCESSOR_CONFIG  # noqa: E402
 
 # Whole-word tokens for the vocabulary; 'star' before 'table' so that 'ta' does not split it.
 WORDS = ('star', 'triangle', 'circle', 'square', 'yellow', 'green', 'blue', 'red', 'table',

@@ -8,7 +8,7 @@ from collections import deque
 from dataclasses import dataclass
 import threading
 
-from clipseg_ros.depth_targets import (
+from clipseg_ros.core.depth_targets import (
     CameraModel, DEPTH_ENCODINGS, depth_in_metres, prompt_targets, PromptTargets)
 import numpy as np
 

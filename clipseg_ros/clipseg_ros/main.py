@@ -7,7 +7,7 @@ import ctypes
 import ctypes.util
 from collections.abc import Callable
 
-from clipseg_ros.engine import ClipSegEngine
+from clipseg_ros.core.engine import ClipSegEngine
 from clipseg_ros.node import ClipSegNode
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor

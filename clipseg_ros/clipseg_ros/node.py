@@ -17,10 +17,10 @@ from clipseg_ros import conversions
 from clipseg_ros.camera_names import camera_names_problem
 from clipseg_ros.camera_pipeline import CameraPipeline
 from clipseg_ros.conversions import ImageConversionError
+from clipseg_ros.core.engine import ClipSegEngine
+from clipseg_ros.core.options import set_cpu_threads
 from clipseg_ros.diagnostics import CameraHealth, EngineHealth, node_statuses
-from clipseg_ros.engine import ClipSegEngine
 from clipseg_ros.frame_slot import FrameCounters, FrameScheduler, Job
-from clipseg_ros.options import set_cpu_threads
 from clipseg_ros.parameters import (
     CONFIGURE_TIME_PARAMETERS, declare_parameters, NodeConfiguration, parameter_problem)
 from clipseg_ros.prompt_services import PromptBook, PromptServices, ServiceContext

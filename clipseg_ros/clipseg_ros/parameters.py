@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from clipseg_ros.camera_names import camera_names_problem
-from clipseg_ros.model_loading import DEFAULT_MODEL
-from clipseg_ros.options import (
+from clipseg_ros.core.model_loading import DEFAULT_MODEL
+from clipseg_ros.core.options import (
     check_compile_mode, check_device_name, check_dtype_name, check_resolution,
     cpu_thread_count, MAX_RESOLUTION, MODEL_RESOLUTION, RESOLUTION_STEP)
-from clipseg_ros.prompts import MAX_PROMPTS
+from clipseg_ros.core.prompts import MAX_PROMPTS
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 MAX_PROMPT_CHARACTERS = 300

@@ -13,9 +13,9 @@ from typing import Any
 
 from clipseg_ros import conversions
 from clipseg_ros.conversions import ImageConversionError
-from clipseg_ros.engine import ClipSegEngine
+from clipseg_ros.core.engine import ClipSegEngine
+from clipseg_ros.core.prompts import Prompt
 from clipseg_ros.parameters import MAX_PROMPT_CHARACTERS, validate_text_prompts
-from clipseg_ros.prompts import Prompt
 from clipseg_ros.publishers import PromptSet, segmentation_msg
 import numpy as np
 

@@ -5,14 +5,14 @@ overlay and Segmentation message, each with the camera frame's header.
 
 from dataclasses import dataclass
 
-from clipseg_ros import conversions
-from clipseg_ros.depth_input import PairedTargets
-from clipseg_ros.depth_targets import labelled_points
-from clipseg_ros.engine import SegmentationResult
-from clipseg_ros.prompts import Prompt
-from clipseg_ros.overlay import PALETTE, render_overlay
-from clipseg_ros_interfaces.msg import Segmentation
 from builtin_interfaces.msg import Time
+from clipseg_ros import conversions
+from clipseg_ros.core.depth_targets import labelled_points
+from clipseg_ros.core.overlay import PALETTE, render_overlay
+from clipseg_ros.core.prompts import Prompt
+from clipseg_ros.core.results import SegmentationResult
+from clipseg_ros.depth_input import PairedTargets
+from clipseg_ros_interfaces.msg import Segmentation
 from geometry_msgs.msg import Point, Vector3
 import numpy as np
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy

@@ -2,7 +2,7 @@
 An independent torch implementation of CLIPSeg's visual prompt recipe, for the tests.
 
 Written from the recipe's description (the reference code's ``crop_blur_highlight352``
-mode, with the documented choices of :mod:`clipseg_ros.visual_prompt`), not from the package's
+mode, with the documented choices of :mod:`clipseg_ros.core.visual_prompt`), not from the package's
 helpers: torch's interpolate, pad and conv2d do the work, and the blur kernel is built from the
 Gaussian formula.
 

@@ -8,9 +8,9 @@ with holes. The scenes put the camera 0.3 to 0.9 m from the objects.
 
 import array
 
-from clipseg_ros.depth_input import DepthPairing, PairedTargets
-from clipseg_ros.depth_targets import (
+from clipseg_ros.core.depth_targets import (
     CameraModel, depth_in_metres, labelled_points, prompt_targets, PromptTargets)
+from clipseg_ros.depth_input import DepthPairing, PairedTargets
 from clipseg_ros.tools.scenes import render_scene
 import numpy as np
 import pytest

@@ -15,9 +15,10 @@ import shutil
 import string
 import threading
 
-from clipseg_ros.engine import ClipSegEngine, SegmentationResult
-from clipseg_ros.model_loading import PreprocessConfig
-from clipseg_ros.prompts import Prompt
+from clipseg_ros.core.engine import ClipSegEngine
+from clipseg_ros.core.model_loading import PreprocessConfig
+from clipseg_ros.core.prompts import Prompt
+from clipseg_ros.core.results import SegmentationResult
 from clipseg_ros.tools.tiny_model import write_tiny_model
 import numpy as np
 from prompt_reference import reference_visual_prompt
@@ -513,7 +514,7 @@ def test_resolution_zero_is_the_models_own_input_size(tiny_model_dir, tmp_path) 
 
 def test_gpu_fast_paths_fall_back_to_eager_on_cpu(tiny_model_dir, frame, caplog) -> None:
     plain = ClipSegEngine(str(tiny_model_dir), device='cpu')
-    with caplog.at_level(logging.WARNING, logger='clipseg_ros.engine'):
+    with caplog.at_level(logging.WARNING, logger='clipseg_ros.core.engine'):
         engine = ClipSegEngine(str(tiny_model_dir), device='cpu', compile_mode='cuda_graphs')
     assert engine.compile_mode == 'none'
     assert "compile_mode 'cuda_graphs' needs CUDA" in caplog.text
@@ -571,7 +572,7 @@ def test_concurrent_use_from_threads_is_consistent(engine, frame) -> None:
 
 def test_text_cache_is_bounded_least_recently_used_first(tiny_model_dir: Path,
                                                          monkeypatch) -> None:
-    from clipseg_ros import prompts as prompts_module
+    from clipseg_ros.core import prompts as prompts_module
     monkeypatch.setattr(prompts_module, 'TEXT_CACHE_SIZE', 3)
     small = ClipSegEngine(model=str(tiny_model_dir), device='cpu')
     small.text_prompts(['one', 'two', 'three'])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipseg_ros.engine import ClipSegEngine
+from clipseg_ros.core.engine import ClipSegEngine
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason='no CUDA device on this machine: GPU fast path not run')
@@ -69,7 +69,7 @@ def test_fast_paths_match_eager(tiny_model_dir, mode):
 
 
 def test_statistics_computed_on_the_gpu_match_numpy(tiny_model_dir):
-    from clipseg_ros.region_stats import region_stats
+    from clipseg_ros.core.region_stats import region_stats
     engine = ClipSegEngine(model=str(tiny_model_dir), device='cuda', dtype='float32')
     prompts = engine.text_prompts(PROMPTS)
     for frame in frames():

@@ -9,8 +9,8 @@ import textwrap
 import threading
 import time
 
-from clipseg_ros import frame_maps
-from clipseg_ros.engine import ClipSegEngine
+from clipseg_ros.core import frame_maps
+from clipseg_ros.core.engine import ClipSegEngine
 import numpy as np
 import pytest
 import torch
@@ -105,7 +105,7 @@ def test_inference_time_excludes_waiting_for_the_engine(engine):
 MEMORY_PROBE = textwrap.dedent('''
     import resource, sys
     import numpy as np
-    from clipseg_ros.engine import ClipSegEngine
+    from clipseg_ros.core.engine import ClipSegEngine
     engine = ClipSegEngine(sys.argv[1], device='cpu', resolution=64)
     prompts = engine.text_prompts([f'prompt {i}' for i in range(16)])
     small = np.zeros((64, 64, 3), dtype=np.uint8)

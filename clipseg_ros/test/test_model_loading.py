@@ -14,8 +14,8 @@ import os
 import pickle
 import shutil
 
-from clipseg_ros.engine import ClipSegEngine
-from clipseg_ros.model_loading import (
+from clipseg_ros.core.engine import ClipSegEngine
+from clipseg_ros.core.model_loading import (
     check_transformers_version, DEFAULT_MODEL, MIN_TRANSFORMERS_VERSION, ModelLoadError,
     PreprocessConfig)
 from clipseg_ros.tools.tiny_model import build_random_model, PREPROCESSOR_CONFIG

@@ -3,16 +3,16 @@
 import platform
 import time
 
-import numpy as np
-import pytest
-import torch
 from clipseg_ros_interfaces.srv import Segment, SetImagePrompt, SetTextPrompts
 from diagnostic_msgs.msg import DiagnosticStatus
+import numpy as np
+import pytest
 from rclpy.lifecycle import TransitionCallbackReturn
 from sensor_msgs.msg import CompressedImage, Image
+import torch
 
-from clipseg_ros import options
 from clipseg_ros.conversions import image_to_array
+from clipseg_ros.core import options
 from clipseg_ros.main import keep_freed_memory
 from clipseg_ros.node import ClipSegNode
 from node_harness import RunningNode, encode_frame, rgb_frame, tiny_model_overrides

@@ -8,7 +8,7 @@ import json
 import threading
 import time
 
-from clipseg_ros.engine import ClipSegEngine
+from clipseg_ros.core.engine import ClipSegEngine
 from clipseg_ros.node import ClipSegNode
 from clipseg_ros.tools.tiny_model import build_tokenizer, PREPROCESSOR_CONFIG, tiny_config
 from diagnostic_msgs.msg import DiagnosticStatus

@@ -2,10 +2,10 @@
 
 import logging
 
-from clipseg_ros import options as options_module
-from clipseg_ros.engine import ClipSegEngine
-from clipseg_ros.model_loading import ModelLoadError
-from clipseg_ros.options import cpu_thread_count, set_cpu_threads
+from clipseg_ros.core import options as options_module
+from clipseg_ros.core.engine import ClipSegEngine
+from clipseg_ros.core.model_loading import ModelLoadError
+from clipseg_ros.core.options import cpu_thread_count, set_cpu_threads
 import pytest
 import torch
 
@@ -41,7 +41,7 @@ def test_unknown_option_strings_list_the_allowed_values(tiny_model_dir, kwargs,
 def test_auto_options_pick_cpu_float32_here(tiny_model_dir, caplog) -> None:
     if torch.cuda.is_available():
         pytest.skip('this machine has CUDA')
-    with caplog.at_level(logging.WARNING, logger='clipseg_ros.options'):
+    with caplog.at_level(logging.WARNING, logger='clipseg_ros.core.options'):
         engine = ClipSegEngine(str(tiny_model_dir))
     assert engine.device.type == 'cpu' and engine.dtype == torch.float32
     assert 'CUDA is not available' in caplog.text

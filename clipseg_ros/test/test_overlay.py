@@ -1,7 +1,7 @@
 """The operator overlay: colours over labelled pixels only, a distinct colour per prompt."""
 
-from clipseg_ros.overlay import PALETTE, render_overlay
-from clipseg_ros.region_stats import region_stats
+from clipseg_ros.core.overlay import PALETTE, render_overlay
+from clipseg_ros.core.region_stats import region_stats
 import numpy as np
 
 

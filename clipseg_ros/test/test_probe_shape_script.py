@@ -9,7 +9,7 @@ installed package; the model is the installed miniature model.
 from pathlib import Path
 
 from checkout_scripts import load_script
-from clipseg_ros.model_loading import resolve_package_url
+from clipseg_ros.core.model_loading import resolve_package_url
 import numpy as np
 import pytest
 

@@ -1,6 +1,6 @@
 """Region statistics against straightforward per-label computations, on the host and in torch."""
 
-from clipseg_ros.region_stats import label_histograms, region_stats, stats_from_label_histograms
+from clipseg_ros.core.region_stats import label_histograms, region_stats, stats_from_label_histograms
 import numpy as np
 import pytest
 import torch

@@ -9,7 +9,7 @@ The script is not part of the installed package; it is loaded from the checkout
 import json
 
 from checkout_scripts import load_script
-from clipseg_ros.engine import ClipSegEngine
+from clipseg_ros.core.engine import ClipSegEngine
 from clipseg_ros.tools.scenes import render_scene
 import numpy as np
 import pytest

@@ -12,7 +12,7 @@ there would show as an error of order 1, far above it.
 
 import tracemalloc
 
-from clipseg_ros.visual_prompt import (
+from clipseg_ros.core.visual_prompt import (
     engineer_visual_prompt, nearest_indices, pad_to_square, resize_mask, widened_box)
 import numpy as np
 from prompt_reference import reference_visual_prompt

@@ -14,7 +14,6 @@ Typical use::
 """
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 import gc
 import logging
 import numbers
@@ -22,46 +21,22 @@ import threading
 import time
 from typing import Any
 
-from clipseg_ros.cuda_graphs import PinnedUpload
-from clipseg_ros.frame_maps import labels_at_frame_size
-from clipseg_ros.model_loading import (
+from clipseg_ros.core.model_loading import (
     check_transformers_version, DEFAULT_MODEL, describe_error, load_pretrained, ModelLoadError,
     PreprocessConfig)
-from clipseg_ros.network import SharedEncoderNetwork
-from clipseg_ros.options import (
+from clipseg_ros.core.network import SharedEncoderNetwork
+from clipseg_ros.core.options import (
     check_compile_mode, check_resolution, effective_compile_mode, resolve_device,
     resolve_dtype)
-from clipseg_ros.prompts import check_prompts, check_texts, Prompt, TextEmbeddingCache
-from clipseg_ros.region_stats import (
-    label_histograms, region_stats, RegionStats, stats_from_label_histograms)
-from clipseg_ros.rgb_images import check_rgb_image
-from clipseg_ros.visual_prompt import engineer_visual_prompt
+from clipseg_ros.core.preprocess import FramePreprocessor
+from clipseg_ros.core.prompts import check_prompts, check_texts, Prompt, TextEmbeddingCache
+from clipseg_ros.core.results import frame_maps_to_host, host_result, SegmentationResult
+from clipseg_ros.core.rgb_images import check_rgb_image
+from clipseg_ros.core.visual_prompt import engineer_visual_prompt
 import numpy as np
 import torch
-from torch.nn.functional import interpolate
 
 _LOGGER = logging.getLogger(__name__)
-
-
-@dataclass
-class SegmentationResult:
-    """
-    Result of :meth:`ClipSegEngine.segment` for a frame of size H x W and N prompts.
-
-    ``labels`` is (H, W) uint8: 0 = background, k = 1-based index of the prompt with the highest
-    probability at that pixel when that probability is >= the threshold. ``confidence`` is that
-    highest probability (over all prompts), (H, W) float32. ``max_confidence`` is (N,) float32,
-    each prompt's maximum over the image. ``stats`` holds each prompt's pixel count, box,
-    centroid and mean confidence in ``labels``. ``probabilities`` is (N, H, W) float32 when
-    requested.
-    """
-
-    labels: np.ndarray
-    confidence: np.ndarray
-    max_confidence: np.ndarray
-    stats: RegionStats
-    probabilities: np.ndarray | None
-    inference_seconds: float
 
 
 def check_unit_interval(name: str, value: float) -> float:
@@ -79,16 +54,6 @@ def _resolve_options(device: str, dtype: str, resolution: int,
     torch_dtype = resolve_dtype(dtype, torch_device)
     check_resolution(resolution)
     return torch_device, torch_dtype, check_compile_mode(compile_mode)
-
-
-def to_host(tensors: list[torch.Tensor], device: torch.device) -> list[np.ndarray]:
-    """Copy tensors to numpy; on CUDA with a single synchronisation for all of them."""
-    if device.type == 'cuda':
-        copies = [t.to('cpu', non_blocking=True) for t in tensors]
-        torch.cuda.current_stream(device).synchronize()
-    else:
-        copies = tensors
-    return [t.numpy() for t in copies]
 
 
 class ClipSegEngine:
@@ -155,10 +120,8 @@ class ClipSegEngine:
         if self._resolution != preprocess.size:
             _LOGGER.info('running at %d px; the processor config of %s says %d px',
                          self._resolution, model_name, preprocess.size)
-        self._mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1)
-        self._std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)
+        self._frame_preprocessor = FramePreprocessor(preprocess, device, dtype)
         self._text_cache = TextEmbeddingCache(self._encode_texts)
-        self._upload = PinnedUpload(device)
 
     # ------------------------------------------------------------------ properties
 
@@ -240,7 +203,7 @@ class ClipSegEngine:
         Return a prompt from a support image and an optional object mask.
 
         The support image is engineered as the checkpoint was trained (see
-        :mod:`clipseg_ros.visual_prompt`: resize and normalise, background blurred and pulled
+        :mod:`clipseg_ros.core.visual_prompt`: resize and normalise, background blurred and pulled
         to the mean colour, crop to the widened mask box, square pad, resize) and embedded with
         the CLIP image encoder. With ``text``, the embedding is
         ``(1 - text_weight) * image + text_weight * text``. The label defaults to ``text``, or
@@ -306,32 +269,12 @@ class ClipSegEngine:
             pixel_values = torch.cat([self._preprocess(image_rgb, pinned=index == 0)
                                       for index, image_rgb in enumerate(images_rgb)])
             probabilities = self._network.probabilities(pixel_values, embeddings)
-            host_maps = []
-            for image_rgb, frame_probabilities in zip(images_rgb, probabilities):
-                height, width = image_rgb.shape[:2]
-                maps = labels_at_frame_size(frame_probabilities, height, width, threshold,
-                                            return_probabilities)
-                outputs = {'labels': maps.labels, 'confidence': maps.confidence,
-                           'max_confidence': maps.max_confidence}
-                if self._device.type == 'cuda':
-                    # On the GPU the statistics cost microseconds and only small tables travel.
-                    outputs.update(label_histograms(maps.labels, maps.confidence, len(prompts)))
-                if return_probabilities:
-                    outputs['probabilities'] = maps.probabilities
-                host_maps.append(dict(zip(outputs, to_host(list(outputs.values()),
-                                                           self._device))))
+            host_maps = [
+                frame_maps_to_host(frame_probabilities, *image_rgb.shape[:2], threshold,
+                                   len(prompts), return_probabilities, self._device)
+                for image_rgb, frame_probabilities in zip(images_rgb, probabilities)]
         elapsed = time.perf_counter() - start
-        results = []
-        for host in host_maps:
-            if 'row_counts' in host:
-                stats = stats_from_label_histograms(host)
-            else:  # on the CPU, numpy's bincount beats torch's scatter
-                stats = region_stats(host['labels'], host['confidence'], len(prompts))
-            results.append(SegmentationResult(
-                labels=host['labels'], confidence=host['confidence'],
-                max_confidence=host['max_confidence'], stats=stats,
-                probabilities=host.get('probabilities'), inference_seconds=elapsed))
-        return results
+        return [host_result(host, len(prompts), elapsed) for host in host_maps]
 
     def preprocess(self, image_rgb: np.ndarray) -> torch.Tensor:
         """
@@ -346,18 +289,7 @@ class ClipSegEngine:
             return self._preprocess(image_rgb, pinned=False)
 
     def _preprocess(self, image_rgb: np.ndarray, pinned: bool) -> torch.Tensor:
-        frame = self._upload(image_rgb, pinned)
-        height, width = frame.shape[:2]
-        size = self._resolution
-        # Resize in float32 whatever the model dtype: it is cheap and keeps half-precision
-        # rounding out of the interpolation; the result is cast once at the end.
-        pixels = frame.permute(2, 0, 1).unsqueeze(0).to(torch.float32)
-        if (height, width) != (size, size):
-            pixels = interpolate(pixels, size=(size, size), mode='bilinear',
-                                 align_corners=False,
-                                 antialias=height > size or width > size)
-        pixels = (pixels * self._preprocess_config.rescale_factor - self._mean) / self._std
-        return pixels.to(self._dtype)
+        return self._frame_preprocessor(image_rgb, self._resolution, pinned)
 
     # ------------------------------------------------------------------ resources
 
@@ -375,7 +307,7 @@ class ClipSegEngine:
             self._text_cache.clear()
             self._network.forget_shapes()
             self._network.model = None
-            self._upload.clear()
+            self._frame_preprocessor.clear()
             gc.collect()
             if self._device.type == 'cuda':
                 torch.cuda.empty_cache()

@@ -7,7 +7,7 @@ import logging
 import os
 import re
 
-from clipseg_ros.model_loading import ModelLoadError
+from clipseg_ros.core.model_loading import ModelLoadError
 import numpy as np
 import torch
 

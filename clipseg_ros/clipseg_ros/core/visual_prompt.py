@@ -35,7 +35,7 @@ import math
 import numbers
 from collections.abc import Sequence
 
-from clipseg_ros.rgb_images import check_rgb_image
+from clipseg_ros.core.rgb_images import check_rgb_image
 import cv2
 import numpy as np
 

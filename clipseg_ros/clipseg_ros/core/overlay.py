@@ -2,7 +2,7 @@
 
 from collections.abc import Sequence
 
-from clipseg_ros.region_stats import RegionStats
+from clipseg_ros.core.region_stats import RegionStats
 import cv2
 import numpy as np
 

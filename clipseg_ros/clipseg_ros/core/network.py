@@ -9,8 +9,8 @@ prompt embeddings as one batch. transformers' own forward refuses one image with
 import inspect
 from typing import Any
 
-from clipseg_ros.cuda_graphs import CudaGraphCache
-from clipseg_ros.model_loading import ModelLoadError
+from clipseg_ros.core.cuda_graphs import CudaGraphCache
+from clipseg_ros.core.model_loading import ModelLoadError
 import torch
 
 
