@@ -14,7 +14,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
 
 # Image-sized buffers are allocated and freed for every frame. With glibc's defaults the freed
-# memory goes back to the kernel and is faulted in again on the next frame (README, "Design");
+# memory goes back to the kernel and is faulted in again on the next frame (docs/design.md);
 # the same advice as ROS 2's real-time guidance. RSS then stays at its high-water mark.
 MALLOC_MMAP_THRESHOLD_BYTES = 64 << 20
 MALLOC_TRIM_THRESHOLD_BYTES = 256 << 20
@@ -77,7 +77,7 @@ def main(args=None, engine_factory: Callable[..., ClipSegEngine] = ClipSegEngine
         refuse(error)
     # Inference on camera frames has a thread of its own (the worker); the executor runs the
     # other callbacks. rclpy's MultiThreadedExecutor starved a pass-through node at 30 Hz
-    # (README, "Design"), so this one is single-threaded.
+    # (docs/design.md), so this one is single-threaded.
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:

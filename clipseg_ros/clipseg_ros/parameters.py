@@ -82,7 +82,7 @@ SPECS = (
     ParameterSpec('max_rate_hz', 0.0, 'Upper bound on processed frames per second of each '
                   'camera; 0 = as fast as the model allows', float_range=(0.0, 1000.0)),
     ParameterSpec('batch_cameras', True, 'Frames waiting from several cameras go through the '
-                  'model as one batch (faster than one by one: README, "Several cameras")'),
+                  'model as one batch (faster than one by one: docs/cameras.md)'),
     ParameterSpec('publish_overlay', True, 'Publish the rgb8 overlay image for operators'),
     ParameterSpec('max_prompts', 16, 'Most prompts accepted at once',
                   integer_range=(1, MAX_PROMPTS, 1)),

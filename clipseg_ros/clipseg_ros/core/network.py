@@ -92,7 +92,7 @@ class SharedEncoderNetwork:
         Interpolate the position embeddings for a size x size input, once per size.
 
         transformers re-interpolates them (bicubic) on every forward, which dominated a
-        float16 frame on the GPU (README, "GPU"). Done here, outside the CUDA graph, whose
+        float16 frame on the GPU (docs/results.md, "GPU"). Done here, outside the CUDA graph, whose
         recorded inputs change only with the input size (which also changes its key).
         """
         if self._positions is not None and self._positions_size == size:

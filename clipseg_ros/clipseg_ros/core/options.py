@@ -13,7 +13,7 @@ import torch
 
 DEVICE_CHOICES = ('auto', 'cpu', 'cuda', 'cuda:N')
 DTYPE_CHOICES = ('auto', 'float32', 'float16', 'bfloat16')
-# auto = cuda_graphs on CUDA, none on the CPU (README, "GPU": why torch.compile is not offered).
+# auto = cuda_graphs on CUDA, none on the CPU (docs/results.md, "GPU": why torch.compile is not offered).
 COMPILE_MODES = ('auto', 'none', 'cuda_graphs')
 RESOLUTION_STEP = 16
 MIN_RESOLUTION = 64
@@ -112,7 +112,7 @@ def cpu_thread_count(requested: int) -> int:
 
     The spare core is for the executor, DDS and the camera driver: torch's thread team waits at
     every operator for its slowest member, so one preempted thread stalls the whole frame. Below
-    4 cores a spare core costs more throughput than it saves in latency (README, "Design").
+    4 cores a spare core costs more throughput than it saves in latency (docs/design.md).
     """
     if isinstance(requested, bool) or not isinstance(requested, (int, np.integer)) or \
             requested < 0:

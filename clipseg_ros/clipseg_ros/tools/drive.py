@@ -29,7 +29,7 @@ def use_large_image_profile() -> None:
     """Give this process (and node processes it starts) the profile the launch file gives.
 
     Call before rclpy.init. The camera side needs it as much as the node: large best-effort
-    frames cross between processes whole only with it (README, "Large images"). A profile
+    frames cross between processes whole only with it (docs/robots.md, "Large images"). A profile
     already set in the environment wins, as in the launch file.
     """
     os.environ.update(launch_args.node_environment(os.environ, use_profile=True))
