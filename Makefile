@@ -39,7 +39,7 @@ JUNIT_XML ?= $(LOG_BASE)/pytest-junit.xml
 BENCH_ARGS ?=
 ENV := source ./env.sh $(ROS_DISTRO)
 
-ENGINE_TESTS := $(addprefix clipseg_ros/test/,test_engine.py test_model_loading.py \
+ENGINE_TESTS := $(addprefix clipseg_ros/test/,test_engine.py test_engine_inputs.py test_model_loading.py \
 	test_frame_maps.py test_visual_prompt.py)
 
 .PHONY: setup test test-transformers-floor demo bench bench-node bench-depth bench-cameras bench-transport fuzz soak clean
