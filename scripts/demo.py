@@ -53,7 +53,8 @@ def choose_model(requested: str) -> tuple[str, bool]:
             # An offline hub client retries for half a minute before giving up: don't ask it.
             raise ModelLoadError(f"the hub is unreachable and '{requested}' is not a local "
                                  'folder (pass --model DIR or set CLIPSEG_MODEL)')
-        ClipSegEngine(model=requested, device='cpu').release()
+        # torch: loading is what is checked; the node converts for OpenVINO itself.
+        ClipSegEngine(model=requested, device='cpu', backend='torch').release()
         print(f'demo: using model {requested}')
         return requested, False
     except (ModelLoadError, ValueError, OSError) as error:

@@ -55,13 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--resolution', type=int, default=0,
                         help='engine input size (default: the size in the model folder)')
     parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--backend', default='torch',
+                        help='auto, torch or openvino (default: torch, as the model card)')
+    parser.add_argument('--dtype', default='float32', help='auto, float32 or bfloat16')
     parser.add_argument('--json', type=Path, help='also write the numbers to this file')
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.time()
     size = args.resolution or PreprocessConfig.from_file(
         args.model_dir / 'preprocessor_config.json').size
-    engine = ClipSegEngine(str(args.model_dir), device='cpu', resolution=size)
+    engine = ClipSegEngine(str(args.model_dir), device='cpu', resolution=size,
+                           backend=args.backend, dtype=args.dtype)
     kinds = all_kinds(SHAPES, COLOURS)
     scenes = [render_scene(EVAL_SEED_BASE + i, args.width, args.height)
               for i in range(args.scenes)]
@@ -129,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     per_phrasing = {t: float(np.mean(v)) for t, v in text_ious.items()}
     numbers = {
         'model': str(args.model_dir), 'resolution': size, 'scenes': args.scenes,
+        'backend': engine.backend, 'dtype': str(engine.dtype).replace('torch.', ''),
         'seeds': [EVAL_SEED_BASE, EVAL_SEED_BASE + args.scenes - 1],
         'frame': [args.width, args.height], 'threshold': args.threshold,
         'objects': len(text_ious[PHRASINGS[0]]),

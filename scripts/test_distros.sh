@@ -17,14 +17,20 @@ for distro in "$@"; do
     else
         status=FAILED failed=1
     fi
-    # Counts from pytest's junit report (passed failed skipped errors); none if pytest never ran.
-    if counts=$(python3 - "$reports/$distro.xml" 2>/dev/null <<'PY'
+    # Counts from pytest's junit reports (passed failed skipped errors): the suite's and the
+    # OpenVINO node tests' (Makefile); none if pytest never ran.
+    if counts=$(python3 - "$reports/$distro.xml" "$reports/$distro-openvino.xml" 2>/dev/null <<'PY'
+import os
 import sys
 import xml.etree.ElementTree as ET
-suite = ET.parse(sys.argv[1]).getroot()
-suite = suite.find('testsuite') if suite.tag == 'testsuites' else suite
-tests, failures, errors, skipped = (int(suite.get(k, 0)) for k in ('tests', 'failures', 'errors', 'skipped'))
-print(tests - failures - errors - skipped, failures, skipped, errors)
+totals = [0, 0, 0, 0]
+for path in [sys.argv[1]] + [p for p in sys.argv[2:] if os.path.exists(p)]:
+    suite = ET.parse(path).getroot()
+    suite = suite.find('testsuite') if suite.tag == 'testsuites' else suite
+    tests, failures, errors, skipped = (int(suite.get(k, 0)) for k in ('tests', 'failures', 'errors', 'skipped'))
+    for i, value in enumerate((tests - failures - errors - skipped, failures, skipped, errors)):
+        totals[i] += value
+print(*totals)
 PY
     ); then
         read -r passed failures skipped errors <<<"$counts"

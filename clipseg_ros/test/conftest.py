@@ -6,6 +6,15 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope='session', autouse=True)
+def compiled_model_cache_in_temp(tmp_path_factory: pytest.TempPathFactory):
+    """Engines with the default compiled_model_cache ('auto': under $XDG_CACHE_HOME) write
+    into a folder of the test session, not the user's cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv('XDG_CACHE_HOME', str(tmp_path_factory.mktemp('xdg_cache')))
+        yield
+
+
 @pytest.fixture(scope='session')
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder holding a tiny random CLIPSeg model in save_pretrained format (built once)."""

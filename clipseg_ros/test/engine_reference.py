@@ -76,7 +76,9 @@ def reference_text_inputs(folder: Path, texts: list[str]) -> dict:
 
 @pytest.fixture(scope='module')
 def engine(tiny_model_dir: Path) -> ClipSegEngine:
-    return ClipSegEngine(model=str(tiny_model_dir), device='cpu', dtype='float32')
+    # The torch path these tests check against transformers (test_backends.py: the others).
+    return ClipSegEngine(model=str(tiny_model_dir), device='cpu', dtype='float32',
+                         backend='torch')
 
 
 @pytest.fixture(scope='module')

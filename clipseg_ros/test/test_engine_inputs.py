@@ -222,7 +222,8 @@ def test_numpy_scalars_are_accepted_as_numbers(engine, frame) -> None:
 
 
 def test_resolution_can_change_live(tiny_model_dir, reference) -> None:
-    engine = ClipSegEngine(str(tiny_model_dir), device='cpu', resolution=352)
+    engine = ClipSegEngine(str(tiny_model_dir), device='cpu', resolution=352, dtype='float32',
+                           backend='torch')
     frame = np.random.default_rng(9).integers(0, 256, (240, 320, 3), dtype=np.uint8)
     prompts = engine.text_prompts(TEXTS)
     engine.segment(frame, prompts)  # caches the 352 px position embeddings, which must not stay
@@ -266,9 +267,10 @@ def test_resolution_zero_is_the_models_own_input_size(tiny_model_dir, tmp_path) 
 
 
 def test_gpu_fast_paths_fall_back_to_eager_on_cpu(tiny_model_dir, frame, caplog) -> None:
-    plain = ClipSegEngine(str(tiny_model_dir), device='cpu')
+    plain = ClipSegEngine(str(tiny_model_dir), device='cpu', backend='torch')
     with caplog.at_level(logging.WARNING, logger='clipseg_ros.core.engine'):
-        engine = ClipSegEngine(str(tiny_model_dir), device='cpu', compile_mode='cuda_graphs')
+        engine = ClipSegEngine(str(tiny_model_dir), device='cpu', compile_mode='cuda_graphs',
+                               backend='torch')
     assert engine.compile_mode == 'none'
     assert "compile_mode 'cuda_graphs' needs CUDA" in caplog.text
     np.testing.assert_array_equal(
@@ -280,7 +282,8 @@ def test_from_model_matches_the_folder_engine(tiny_model_dir, engine, frame) -> 
     model = CLIPSegForImageSegmentation.from_pretrained(tiny_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     config = json.loads((tiny_model_dir / 'preprocessor_config.json').read_text())
-    built = ClipSegEngine.from_model(model, tokenizer, config, device='cpu')
+    built = ClipSegEngine.from_model(model, tokenizer, config, device='cpu', dtype='float32',
+                                     backend='torch')
     assert built.preprocess_config == PreprocessConfig.from_dict(config)
     ours = built.segment(frame, built.text_prompts(TEXTS), return_probabilities=True)
     theirs = engine.segment(frame, engine.text_prompts(TEXTS), return_probabilities=True)

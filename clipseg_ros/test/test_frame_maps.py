@@ -40,8 +40,12 @@ def whole_frame_reference(probabilities: torch.Tensor, height: int, width: int,
     (2, 40, 30, 7),             # one row a slab; output smaller than the maps
     (1, 64, 64, 1 << 22),       # identity size
 ])
-def test_slab_resize_equals_resizing_the_whole_frame(monkeypatch, count, height, width, slab):
+@pytest.mark.parametrize('interpolate_kernels', [True, False], ids=['cpu-kernels', 'gathers'])
+def test_slab_resize_equals_resizing_the_whole_frame(monkeypatch, count, height, width, slab,
+                                                     interpolate_kernels):
     monkeypatch.setattr(frame_maps, 'SLAB_ELEMENTS', slab)
+    # Both resizing paths on this machine: torch's kernels (the CPU's) and the gathers (CUDA's).
+    monkeypatch.setattr(frame_maps, 'resize_with_interpolate', lambda device: interpolate_kernels)
     generator = torch.Generator().manual_seed(count)
     probabilities = torch.rand(count, 64, 64, generator=generator)
     maps = frame_maps.labels_at_frame_size(probabilities, height, width, 0.5, True)
@@ -64,7 +68,10 @@ def test_slab_resize_equals_resizing_the_whole_frame(monkeypatch, count, height,
 
 def test_threshold_one_labels_nothing_even_where_probability_rounds_to_one(tiny_model_dir):
     """Logits beyond ~17 give a float32 sigmoid of exactly 1.0; threshold 1 still means none."""
-    engine = ClipSegEngine(str(tiny_model_dir), device='cpu', resolution=64)
+    # The torch back end: the test edits the torch weights after loading, which a network
+    # converted at construction (openvino) would not see.
+    engine = ClipSegEngine(str(tiny_model_dir), device='cpu', resolution=64, backend='torch',
+                           dtype='float32')
     with torch.no_grad():
         # Every logit exactly 60.0: the last layer outputs its bias alone.
         engine._model.decoder.transposed_convolution[-1].weight.zero_()

@@ -3,6 +3,7 @@
 import logging
 
 from clipseg_ros.core import options as options_module
+from clipseg_ros.core.cpu_features import CpuFeatures
 from clipseg_ros.core.engine import ClipSegEngine
 from clipseg_ros.core.model_loading import ModelLoadError
 from clipseg_ros.core.options import cpu_thread_count, set_cpu_threads
@@ -17,10 +18,14 @@ def test_cuda_without_cuda_is_explained(tiny_model_dir) -> None:
             ClipSegEngine(str(tiny_model_dir), device=device)
 
 
+# A CPU without bfloat16 arithmetic (test_backends.py covers one with it).
+NO_BFLOAT16 = CpuFeatures('fake CPU without AMX or AVX-512 BF16', frozenset({'avx2'}))
+
+
 @pytest.mark.parametrize('dtype', ['float16', 'bfloat16'])
 def test_half_precision_on_cpu_is_refused(tiny_model_dir, dtype) -> None:
     with pytest.raises(ValueError, match='float32'):
-        ClipSegEngine(str(tiny_model_dir), device='cpu', dtype=dtype)
+        ClipSegEngine(str(tiny_model_dir), device='cpu', dtype=dtype, cpu_features=NO_BFLOAT16)
 
 
 @pytest.mark.parametrize('kwargs, message', [
@@ -38,11 +43,12 @@ def test_unknown_option_strings_list_the_allowed_values(tiny_model_dir, kwargs,
         ClipSegEngine(**arguments)
 
 
-def test_auto_options_pick_cpu_float32_here(tiny_model_dir, caplog) -> None:
+def test_auto_options_pick_cpu_float32_without_native_bfloat16(
+        tiny_model_dir, caplog) -> None:
     if torch.cuda.is_available():
         pytest.skip('this machine has CUDA')
     with caplog.at_level(logging.WARNING, logger='clipseg_ros.core.options'):
-        engine = ClipSegEngine(str(tiny_model_dir))
+        engine = ClipSegEngine(str(tiny_model_dir), cpu_features=NO_BFLOAT16)
     assert engine.device.type == 'cpu' and engine.dtype == torch.float32
     assert 'CUDA is not available' in caplog.text
     assert engine.compile_mode == 'none' and 'needs CUDA' not in caplog.text  # auto: no noise

@@ -21,13 +21,12 @@ import threading
 import time
 from typing import Any
 
+from clipseg_ros.core.backends import build_network, resolve_runtime, Runtime
+from clipseg_ros.core.cpu_features import CpuFeatures
 from clipseg_ros.core.model_loading import (
     check_transformers_version, DEFAULT_MODEL, describe_error, load_pretrained, ModelLoadError,
     PreprocessConfig)
-from clipseg_ros.core.network import SharedEncoderNetwork
-from clipseg_ros.core.options import (
-    check_compile_mode, check_resolution, effective_compile_mode, resolve_device,
-    resolve_dtype)
+from clipseg_ros.core.options import check_resolution
 from clipseg_ros.core.preprocess import FramePreprocessor
 from clipseg_ros.core.prompts import check_prompts, check_texts, Prompt, TextEmbeddingCache
 from clipseg_ros.core.results import frame_maps_to_host, host_result, SegmentationResult
@@ -47,15 +46,6 @@ def check_unit_interval(name: str, value: float) -> float:
     return float(value)
 
 
-def _resolve_options(device: str, dtype: str, resolution: int,
-                     compile_mode: str) -> tuple[torch.device, torch.dtype, str]:
-    """Check the engine's options; return the torch device and dtype and the compile mode."""
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
-    check_resolution(resolution)
-    return torch_device, torch_dtype, check_compile_mode(compile_mode)
-
-
 class ClipSegEngine:
     """
     CLIPSeg segmentation of RGB frames for any number of text or image prompts.
@@ -64,45 +54,55 @@ class ClipSegEngine:
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str = 'auto', dtype: str = 'auto',
-                 resolution: int = 0, compile_mode: str = 'auto') -> None:
+                 resolution: int = 0, compile_mode: str = 'auto', backend: str = 'auto',
+                 compiled_model_cache: str | None = 'auto',
+                 cpu_features: CpuFeatures | None = None) -> None:
         """
-        Load ``model`` (hub id or ``save_pretrained`` folder) onto ``device``.
+        Load ``model`` (hub id or ``save_pretrained`` folder) onto ``device``, computed by
+        ``backend`` (auto, torch, openvino) in ``dtype``; ``compiled_model_cache``: folder of
+        converted models ('auto': the user's cache folder; '' or None: none); ``cpu_features``
+        default to this machine's (see :mod:`clipseg_ros.core.backends`).
 
         Raises ValueError for invalid arguments and ModelLoadError when the model cannot be
         loaded (the message names the model, the cause and the fix).
         """
-        torch_device, torch_dtype, mode = _resolve_options(device, dtype, resolution,
-                                                           compile_mode)
+        runtime, mode = resolve_runtime(device, dtype, backend, resolution, compile_mode,
+                                        cpu_features)
         check_transformers_version()
-        network, tokenizer, preprocess = load_pretrained(model, torch_dtype)
-        self._setup(network, tokenizer, preprocess, torch_device, torch_dtype, resolution, mode,
-                    model)
+        network, tokenizer, preprocess = load_pretrained(model, runtime.tensor_dtype)
+        self._setup(network, tokenizer, preprocess, runtime, resolution, mode, model,
+                    compiled_model_cache)
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any,
                    preprocess: PreprocessConfig | Mapping[str, Any],
                    device: str = 'auto', dtype: str = 'auto', resolution: int = 0,
                    compile_mode: str = 'auto',
-                   model_name: str = 'in-memory model') -> 'ClipSegEngine':
+                   model_name: str = 'in-memory model', backend: str = 'auto',
+                   compiled_model_cache: str | None = 'auto',
+                   cpu_features: CpuFeatures | None = None) -> 'ClipSegEngine':
         """
         Build an engine around an already constructed ``CLIPSegForImageSegmentation``.
 
         ``preprocess`` is a :class:`PreprocessConfig` or a processor-config dictionary. The
         model is moved to the device and dtype in place. Used by benchmarks and tests.
         """
-        torch_device, torch_dtype, mode = _resolve_options(device, dtype, resolution,
-                                                           compile_mode)
+        runtime, mode = resolve_runtime(device, dtype, backend, resolution, compile_mode,
+                                        cpu_features)
         if not isinstance(preprocess, PreprocessConfig):
             preprocess = PreprocessConfig.from_dict(preprocess)
         engine = cls.__new__(cls)
-        engine._setup(model, tokenizer, preprocess, torch_device, torch_dtype, resolution, mode,
-                      model_name)
+        engine._setup(model, tokenizer, preprocess, runtime, resolution, mode, model_name,
+                      compiled_model_cache)
         return engine
 
     def _setup(self, model: Any, tokenizer: Any, preprocess: PreprocessConfig,
-               device: torch.device, dtype: torch.dtype, resolution: int, compile_mode: str,
-               model_name: str) -> None:
+               runtime: Runtime, resolution: int, compile_mode: str, model_name: str,
+               compiled_model_cache: str | None) -> None:
         self._lock = threading.RLock()
+        self._runtime = runtime
+        # _dtype: the torch side's tensors (float32 under OpenVINO, which applies the precision)
+        device, dtype = runtime.device, runtime.tensor_dtype
         self._device, self._dtype, self._model_name = device, dtype, model_name
         self._preprocess_config = preprocess
         try:
@@ -113,13 +113,13 @@ class ClipSegEngine:
         self._tokenizer = tokenizer
         self._embedding_size = int(model.config.projection_dim)
         self._max_text_tokens = int(model.config.text_config.max_position_embeddings)
-        self._network = SharedEncoderNetwork(
-            self._model, model_name,
-            use_cuda_graphs=effective_compile_mode(compile_mode, device) == 'cuda_graphs')
+        self._network = build_network(self._model, model_name, runtime, compile_mode,
+                                      compiled_model_cache)
         self._resolution = self.check_model_resolution(resolution)
         if self._resolution != preprocess.size:
             _LOGGER.info('running at %d px; the processor config of %s says %d px',
                          self._resolution, model_name, preprocess.size)
+        self._network.prepare(self._resolution)  # OpenVINO converts here, not at frame one
         self._frame_preprocessor = FramePreprocessor(preprocess, device, dtype)
         self._text_cache = TextEmbeddingCache(self._encode_texts)
 
@@ -127,7 +127,11 @@ class ClipSegEngine:
 
     # Fixed at construction: read-only views of what the engine was built with.
     device = property(lambda self: self._device, doc='Device the model runs on.')
-    dtype = property(lambda self: self._dtype, doc='Floating-point type of weights and prompts.')
+    dtype = property(lambda self: self._runtime.dtype,
+                     doc='Floating-point type the network computes in.')
+    backend = property(lambda self: self._runtime.backend, doc="'torch' or 'openvino'.")
+    runtime_summary = property(lambda self: self._runtime.summary(),
+                               doc='Back end, precision and CPU features, in one line.')
     model_name = property(lambda self: self._model_name,
                           doc='Hub id or folder the model was loaded from.')
     embedding_size = property(lambda self: self._embedding_size,

@@ -6,6 +6,7 @@ a slab of rows at a time so memory does not grow with prompts x pixels. torch, n
 from dataclasses import dataclass
 
 import torch
+from torch.nn.functional import interpolate
 
 # Elements of one (prompts x rows x width) slab when probability maps are brought to the
 # frame's size: the slabs' temporaries stay at tens of MB for any prompt count and frame size.
@@ -39,6 +40,12 @@ def _bilinear_taps(out_size: int, in_size: int,
     return first, second, position - first.to(torch.float32)
 
 
+def resize_with_interpolate(device: torch.device) -> bool:
+    """Whether slabs are resized by torch's interpolate kernels (on the CPU, where they are
+    several times faster than the gathers; CUDA keeps the gathers)."""
+    return device.type == 'cpu'
+
+
 def labels_at_frame_size(probabilities: torch.Tensor, height: int, width: int,
                          threshold: float, keep_probabilities: bool) -> FrameMaps:
     """
@@ -61,14 +68,24 @@ def labels_at_frame_size(probabilities: torch.Tensor, height: int, width: int,
             if keep_probabilities else None)
     slab_rows = max(1, SLAB_ELEMENTS // (count * width))
     label_nothing = threshold >= 1.0
+    on_cpu = resize_with_interpolate(device)
     for top in range(0, height, slab_rows):
         rows = slice(top, min(top + slab_rows, height))
-        weight = row_weight[rows].view(1, -1, 1)
-        # Rows first, then columns: (N, slab, r) -> (N, slab, W).
-        blended = probabilities[:, row_first[rows]] * (1.0 - weight) + \
-            probabilities[:, row_second[rows]] * weight
-        slab = blended[:, :, column_first] * (1.0 - column_weight) + \
-            blended[:, :, column_second] * column_weight
+        if on_cpu and rows.stop - rows.start == height:
+            # One slab for the whole frame: torch's own kernel does it all.
+            slab = interpolate(probabilities.unsqueeze(0), size=(height, width),
+                               mode='bilinear', align_corners=False).squeeze(0)
+        else:
+            weight = row_weight[rows].view(1, -1, 1)
+            # Rows first, then columns: (N, slab, r) -> (N, slab, W).
+            blended = probabilities[:, row_first[rows]] * (1.0 - weight) + \
+                probabilities[:, row_second[rows]] * weight
+            if on_cpu:  # torch's linear kernel samples the columns as the taps do
+                slab = interpolate(blended.view(1, -1, columns_in), size=width, mode='linear',
+                                   align_corners=False).view(count, -1, width)
+            else:
+                slab = blended[:, :, column_first] * (1.0 - column_weight) + \
+                    blended[:, :, column_second] * column_weight
         best_value, best_index = slab.max(dim=0)
         confidence[rows] = best_value
         if label_nothing:

@@ -48,6 +48,10 @@ class SharedEncoderNetwork:
         self._update_positions(pixel_values.shape[-1])
         return self.graphs(pixel_values, embeddings)
 
+    def prepare(self, size: int) -> None:
+        """Have what a size x size input needs ready (the interpolated positions)."""
+        self._update_positions(size)
+
     def encode(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """Run the vision encoder up to the last extracted layer; return its activations."""
         vision = self.model.clip.vision_model

@@ -7,6 +7,7 @@ import logging
 import os
 import re
 
+from clipseg_ros.core.cpu_features import CpuFeatures, host_cpu_features
 from clipseg_ros.core.model_loading import ModelLoadError
 import numpy as np
 import torch
@@ -84,15 +85,28 @@ def resolve_device(device: str) -> torch.device:
     raise AssertionError(f'check_device_name let {device!r} through')  # unreachable
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """Turn a dtype string into a torch dtype for ``device``; half precision needs CUDA."""
+def resolve_dtype(dtype: str, device: torch.device,
+                  cpu: CpuFeatures | None = None) -> torch.dtype:
+    """
+    Turn a dtype string into a torch dtype for ``device``. auto: float16 on CUDA; on the CPU
+    bfloat16 where it computes bfloat16 natively (``cpu``, default this machine's), else
+    float32. float16 needs CUDA, bfloat16 CUDA or such a CPU.
+    """
     name = check_dtype_name(dtype)
+    if device.type == 'cuda':
+        return torch.float16 if name == 'auto' else _DTYPES[name]
+    cpu = cpu or host_cpu_features()
     if name == 'auto':
-        return torch.float16 if device.type == 'cuda' else torch.float32
-    if device.type != 'cuda' and name != 'float32':
+        return torch.bfloat16 if cpu.native_bfloat16 else torch.float32
+    if name == 'bfloat16' and not cpu.native_bfloat16:
         raise ValueError(
-            f"dtype '{dtype}' is not supported on the CPU (half precision is slow or missing "
-            "there): use dtype 'float32' or 'auto'")
+            f"dtype 'bfloat16' needs a CPU that computes it natively (AMX or AVX-512 BF16); "
+            f'{cpu.summary()} would emulate it, slower than float32: use dtype \'float32\' '
+            "or 'auto'")
+    if name == 'float16':
+        raise ValueError(
+            "dtype 'float16' is not supported on the CPU (slow or missing there): use dtype "
+            "'float32', 'bfloat16' on a CPU with AMX or AVX-512 BF16, or 'auto'")
     return _DTYPES[name]
 
 

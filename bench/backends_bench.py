@@ -1,0 +1,154 @@
+"""
+Frames per second of the engine on each CPU back end and precision, side by side.
+
+The full-size CLIPSeg architecture (random weights, built in memory) segments the same 640x480
+frames on every configuration this machine offers: torch and OpenVINO (when installed), each in
+float32 and, where the CPU computes it natively, bfloat16. For 1, 4 and 13 prompts and 1 and 4
+camera frames per call (``segment_batch``), configurations are timed in turn, round after round,
+so drifts in the machine's load hit them alike. End to end: ``engine.segment_batch`` with
+preprocessing, the network, and the maps resized to the frame with labels and statistics; the
+network's own share is timed too, so the rest is what pre- and post-processing cost. Medians,
+and the fastest round of each (on a machine shared with other work, the least disturbed). Also
+the largest probability difference to torch float32 on the same frames. Checks that each engine
+runs the back end and precision it is listed under and that each call ran the network once.
+Example: ``python bench/backends_bench.py --repeats 5``; the last line is one JSON object.
+"""
+
+import argparse
+import json
+from pathlib import Path
+import statistics
+import sys
+import tempfile
+import time
+
+try:
+    from clipseg_ros.core.engine import ClipSegEngine
+except ImportError:  # running from a source checkout without the package installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'clipseg_ros'))
+    from clipseg_ros.core.engine import ClipSegEngine
+from clipseg_ros.core.backends import openvino_version
+from clipseg_ros.core.cpu_features import host_cpu_features
+from clipseg_ros.tools.tiny_model import build_random_model, PREPROCESSOR_CONFIG
+import numpy as np
+import torch
+
+PROMPTS = (
+    'a person', 'a chair', 'a table', 'a cup', 'a bottle', 'a laptop', 'a door', 'a window',
+    'a potted plant', 'a backpack', 'a robot arm', 'a cardboard box', 'the floor',
+)
+
+
+def configurations() -> list[tuple[str, str]]:
+    """(backend, dtype) pairs this machine runs natively, torch float32 first."""
+    precisions = ['float32'] + (['bfloat16'] if host_cpu_features().native_bfloat16 else [])
+    backends = ['torch'] + (['openvino'] if openvino_version() else [])
+    return [(backend, dtype) for backend in backends for dtype in precisions]
+
+
+class NetworkTimer:
+    """Wraps an engine's network: counts its calls and adds up the time spent in it."""
+
+    def __init__(self, engine: ClipSegEngine) -> None:
+        self.network = engine._network
+        self.calls, self.seconds = 0, 0.0
+        inner = self.network.probabilities
+
+        def timed(pixel_values, embeddings):
+            start = time.perf_counter()
+            result = inner(pixel_values, embeddings)
+            self.seconds += time.perf_counter() - start
+            self.calls += 1
+            return result
+        self.network.probabilities = timed
+
+
+def build_engine(size: str, backend: str, dtype: str, cache: str) -> ClipSegEngine:
+    model, tokenizer = build_random_model(size, seed=0)
+    engine = ClipSegEngine.from_model(model, tokenizer, PREPROCESSOR_CONFIG, device='cpu',
+                                      dtype=dtype, backend=backend,
+                                      compiled_model_cache=cache,
+                                      resolution=0 if size == 'full' else 64)
+    # Check that the engine runs what it is listed as.
+    if engine.backend != backend or engine.dtype != getattr(torch, dtype):
+        raise RuntimeError(f'asked for {backend} {dtype}, got {engine.runtime_summary}')
+    return engine
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--size', choices=('full', 'tiny'), default='full')
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--prompts', default='1,4,13')
+    parser.add_argument('--cameras', default='1,4')
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cpu = host_cpu_features()
+    print(f'CPU: {cpu.summary()}; {args.threads} threads; torch {torch.__version__}, '
+          f'OpenVINO {openvino_version() or "not installed"}')
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(4)]
+    prompt_counts = [int(n) for n in args.prompts.split(',')]
+    camera_counts = [int(n) for n in args.cameras.split(',')]
+    with tempfile.TemporaryDirectory() as cache:
+        engines = {config: build_engine(args.size, *config, cache) for config in configurations()}
+        timers = {config: NetworkTimer(engine) for config, engine in engines.items()}
+        rows = []
+        for cameras in camera_counts:
+            for count in prompt_counts:
+                batch = frames[:cameras]
+                prompts = {config: engine.text_prompts(list(PROMPTS[:count]))
+                           for config, engine in engines.items()}
+                times = {config: [] for config in engines}
+                network = {config: [] for config in engines}
+                outputs = {}
+                for round_index in range(args.repeats + 1):  # round 0 warms up
+                    for config, engine in engines.items():
+                        timer = timers[config]
+                        calls, inside = timer.calls, timer.seconds
+                        start = time.perf_counter()
+                        results = engine.segment_batch(batch, prompts[config],
+                                                       return_probabilities=round_index == 0)
+                        elapsed = time.perf_counter() - start
+                        if timer.calls != calls + 1:
+                            raise RuntimeError(f'{config}: the network ran {timer.calls - calls} '
+                                               'times for one batch')
+                        if round_index == 0:
+                            outputs[config] = np.stack([r.probabilities for r in results])
+                        else:
+                            times[config].append(elapsed)
+                            network[config].append(timer.seconds - inside)
+                baseline = statistics.median(times[('torch', 'float32')])
+                # The fastest round too: on a shared machine it is the least disturbed one.
+                best_baseline = min(times[('torch', 'float32')])
+                for config in engines:
+                    median = statistics.median(times[config])
+                    rows.append({
+                        'backend': config[0], 'dtype': config[1], 'cameras': cameras,
+                        'prompts': count, 'frames_per_s': cameras / median,
+                        'ms_per_call': 1e3 * median,
+                        'network_ms': 1e3 * statistics.median(network[config]),
+                        'vs_torch_float32': baseline / median,
+                        'best_ms': 1e3 * min(times[config]),
+                        'best_network_ms': 1e3 * min(network[config]),
+                        'best_vs_torch_float32': best_baseline / min(times[config]),
+                        'max_probability_difference': float(np.abs(
+                            outputs[config] - outputs[('torch', 'float32')]).max())})
+    print(f"{'back end':<9} {'dtype':<9} {'cams':>4} {'prompts':>7} {'frames/s':>9} "
+          f"{'ms/call':>8} {'network':>8} {'pre+post':>8} {'vs torch f32':>12} {'max diff':>9} "
+          f"{'best ms':>8} {'best net':>8} {'best vs f32':>11}")
+    for row in rows:
+        print(f"{row['backend']:<9} {row['dtype']:<9} {row['cameras']:>4} {row['prompts']:>7} "
+              f"{row['frames_per_s']:>9.2f} {row['ms_per_call']:>8.1f} "
+              f"{row['network_ms']:>8.1f} {row['ms_per_call'] - row['network_ms']:>8.1f} "
+              f"{row['vs_torch_float32']:>11.2f}x {row['max_probability_difference']:>9.2g} "
+              f"{row['best_ms']:>8.1f} {row['best_network_ms']:>8.1f} "
+              f"{row['best_vs_torch_float32']:>10.2f}x")
+    print(json.dumps({'cpu': cpu.summary(), 'threads': args.threads, 'size': args.size,
+                      'rows': rows}))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
