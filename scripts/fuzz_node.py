@@ -1,8 +1,11 @@
 """Fuzz the installed clipseg node: N seeded malformed frames and service requests, then a check.
 
 The node runs as its own process (as launch starts it) so a crash is a dead process, not a test
-exception.  Prints sent / rejected / crashed counts; exits non-zero if the node died or stopped
-answering correctly.  `make fuzz` runs 10,000 inputs.
+exception, with use_depth on and every object setting at its most demanding (instances of one
+pixel, tracks reported at once): every 8th input is a valid frame paired with an odd depth image
+(none valid, NaN, inf, huge jumps, noise) that must be answered.  Prints sent / rejected /
+crashed counts; exits non-zero if the node died or stopped answering correctly.  `make fuzz`
+runs 10,000 inputs.
 """
 
 import argparse
@@ -19,7 +22,8 @@ import rclpy
 from clipseg_ros_interfaces.srv import Segment, SetImagePrompt, SetTextPrompts
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
-from sensor_msgs.msg import CompressedImage
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from clipseg_ros.tools import fuzz
 from clipseg_ros.tools.drive import (
@@ -36,6 +40,29 @@ def call(client, request, timeout: float = 30.0):
     return future.result()
 
 
+def send_with_odd_depth(camera, depth_pub, info_pub, rng, compressed: bool, index: int):
+    """A valid frame with an odd depth image and camera_info of its stamp; its segmentation."""
+    width, height = (int(n) for n in rng.integers(8, 72, 2))
+    stamp = camera.node.get_clock().now().to_msg()
+    depth = fuzz.odd_depth_image(rng, width, height)
+    info = CameraInfo(width=width, height=height)
+    info.k = [float(rng.uniform(10, 500)), 0.0, width / 2, 0.0, float(rng.uniform(10, 500)),
+              height / 2, 0.0, 0.0, 1.0]
+    depth.header.stamp = info.header.stamp = stamp
+    depth.header.frame_id = info.header.frame_id = 'camera_optical'
+    info_pub.publish(info)
+    depth_pub.publish(depth)
+    time.sleep(0.01)  # the depth first: the node pairs a frame with a depth image it has
+    frame = synthetic_frame(width, height, index)
+    if compressed:
+        good = CompressedImage(format='png')
+        good.data = cv2.imencode('.png', frame)[1].tobytes()
+    else:
+        good = rgb_image_msg(frame)
+    outputs = camera.wait_outputs(camera.publish(good, stamp=stamp), names=('segmentation',))
+    return outputs['segmentation'] if outputs is not None else None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--count', type=int, default=10000)
@@ -48,17 +75,22 @@ def main() -> int:
     process = start_node_process(
         {'model': str(model), 'device': 'cpu', 'resolution': '64',
          'input_transport': args.transport, 'qos_reliability': 'reliable',
-         'prompts': '["mug"]'}, '/fuzz_camera/image', log_path, namespace='/fuzz')
+         'prompts': '["mug"]', 'use_depth': 'true', 'min_instance_pixels': '1',
+         'track_min_frames': '1', 'max_instances_per_prompt': '255'},
+        '/fuzz_camera/image', log_path, namespace='/fuzz')
     rclpy.init()
     node = rclpy.create_node('clipseg_fuzzer')
     compressed = args.transport == 'compressed'
     camera = CameraStream(node, '/fuzz_camera/image', output_namespace='/fuzz',
-                          compressed=compressed)
+                          compressed=compressed, keep_outputs=True)
     clients = {
         'text': node.create_client(SetTextPrompts, '/fuzz/clipseg/set_text_prompts'),
         'image': node.create_client(SetImagePrompt, '/fuzz/clipseg/set_image_prompt'),
         'segment': node.create_client(Segment, '/fuzz/clipseg/segment'),
     }
+    reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    depth_pub = node.create_publisher(Image, '/fuzz/depth', reliable)
+    info_pub = node.create_publisher(CameraInfo, '/fuzz/camera_info', reliable)
     diagnostics = {}
     node.create_subscription(DiagnosticArray, '/diagnostics', lambda msg: diagnostics.update(
         {kv.key: kv.value for kv in msg.status[0].values}) if msg.status else None, 10)
@@ -68,7 +100,8 @@ def main() -> int:
     spinner.start()
     rng = np.random.default_rng(args.seed)
     counts = {'frames_sent': 0, 'requests_sent': 0, 'requests_refused': 0,
-              'requests_accepted': 0, 'requests_unanswered': 0}
+              'requests_accepted': 0, 'requests_unanswered': 0, 'depth_frames_sent': 0,
+              'depth_frames_unanswered': 0, 'instances': 0}
     crashed = 0
     try:
         # Services answer from start-up; the camera subscription exists once the model loaded.
@@ -85,6 +118,15 @@ def main() -> int:
             if process.poll() is not None:
                 crashed = 1
                 break
+            if index % 8 == 0:
+                answered = send_with_odd_depth(camera, depth_pub, info_pub, rng, compressed,
+                                               index)
+                counts['depth_frames_sent'] += 1
+                if answered is None:
+                    counts['depth_frames_unanswered'] += 1
+                else:
+                    counts['instances'] += len(answered.instances)
+                continue
             if index % 2 == 0:
                 camera.publish(fuzz.malformed_compressed(rng) if compressed
                                else fuzz.malformed_image(rng))
@@ -122,15 +164,20 @@ def main() -> int:
         node.destroy_node()
         rclpy.try_shutdown()
     rejected = int(diagnostics.get('frames_rejected', 0)) + counts['requests_refused']
-    print(f"fuzz: sent {counts['frames_sent'] + counts['requests_sent']} inputs "
-          f"({counts['frames_sent']} {args.transport} frames, {counts['requests_sent']} service "
-          f"requests) in {elapsed:.0f} s; rejected {rejected} "
+    sent = counts['frames_sent'] + counts['requests_sent'] + counts['depth_frames_sent']
+    print(f"fuzz: sent {sent} inputs ({counts['frames_sent']} malformed {args.transport} "
+          f"frames, {counts['requests_sent']} service requests, "
+          f"{counts['depth_frames_sent']} valid frames with odd depth) in {elapsed:.0f} s; "
+          f"rejected {rejected} "
           f"({diagnostics.get('frames_rejected', '?')} frames as counted by the node, "
           f"{counts['requests_refused']} requests); accepted requests "
           f"{counts['requests_accepted']}; unanswered {counts['requests_unanswered']}; "
           f"crashed {crashed}; healthy afterwards {healthy}; node exit code {exit_code}; "
-          f"RSS {rss_start / 2**20:.0f} -> {rss_end / 2**20:.0f} MiB")
-    return 0 if not crashed and healthy and counts['requests_unanswered'] == 0 else 1
+          f"RSS {rss_start / 2**20:.0f} -> {rss_end / 2**20:.0f} MiB; valid frames with odd "
+          f"depth {counts['depth_frames_sent']} ({counts['depth_frames_unanswered']} "
+          f"unanswered, {counts['instances']} instances in their answers)")
+    return 0 if not crashed and healthy and counts['requests_unanswered'] == 0 \
+        and counts['depth_frames_unanswered'] == 0 else 1
 
 
 if __name__ == '__main__':

@@ -187,8 +187,9 @@ def _byte_array(pixels: np.ndarray) -> array.array:
 
 
 def array_to_image(pixels: np.ndarray, encoding: str, header=None) -> Image:
-    """Build a sensor_msgs/Image from an array: mono8 / rgb8 (uint8) or 32FC1 (float32)."""
-    expected = {'mono8': (np.uint8, 2), 'rgb8': (np.uint8, 3), '32FC1': (np.float32, 2)}
+    """Build a sensor_msgs/Image from an array: mono8 / rgb8 (uint8), mono16, 32FC1 (float32)."""
+    expected = {'mono8': (np.uint8, 2), 'rgb8': (np.uint8, 3), '32FC1': (np.float32, 2),
+                'mono16': (np.uint16, 2)}
     if encoding not in expected:
         raise ValueError(f"cannot publish encoding '{encoding}'")
     dtype, ndim = expected[encoding]
@@ -209,8 +210,9 @@ def array_to_image(pixels: np.ndarray, encoding: str, header=None) -> Image:
 
 
 def image_to_array(msg: Image) -> np.ndarray:
-    """Inverse of array_to_image for mono8, rgb8 and 32FC1 (used by clients and tests)."""
-    layouts = {'mono8': (np.uint8, 1), 'rgb8': (np.uint8, 3), '32FC1': (np.float32, 1)}
+    """Inverse of array_to_image for mono8, rgb8, mono16 and 32FC1 (clients and tests)."""
+    layouts = {'mono8': (np.uint8, 1), 'rgb8': (np.uint8, 3), '32FC1': (np.float32, 1),
+               'mono16': (np.uint16, 1)}
     if msg.encoding not in layouts:
         raise ImageConversionError(f"unsupported encoding '{msg.encoding}'")
     dtype, channels = layouts[msg.encoding]
@@ -219,7 +221,7 @@ def image_to_array(msg: Image) -> np.ndarray:
         raise ImageConversionError('image data does not match its width, height and step')
     rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)
     pixels = np.ascontiguousarray(rows[:, :row_bytes]).view(dtype)
-    if msg.is_bigendian != int(not np.little_endian) and dtype == np.float32:
+    if msg.is_bigendian != int(not np.little_endian) and dtype != np.uint8:
         pixels = pixels.byteswap()
     shape = (msg.height, msg.width, 3) if channels == 3 else (msg.height, msg.width)
     return pixels.reshape(shape)

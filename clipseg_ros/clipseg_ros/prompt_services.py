@@ -56,6 +56,9 @@ class ServiceContext:
     # The 3D targets of a segmented frame from a camera's depth (camera, header, labels,
     # prompt count); None where that camera does not use depth.
     depth_targets: Callable[[str, Any, np.ndarray, int], Any]
+    # The instances of a segmented image (camera, header, result, paired, prompt set,
+    # with_tracks): with_tracks gives that camera's track ids, for its latest frame.
+    objects: Callable[..., Any] | None = None
 
 
 def always_answers(handler):
@@ -182,7 +185,13 @@ class PromptServices:
         # 3D when the camera received a depth image of this stamp (its latest frame's, say).
         paired = self.context.depth_targets(camera, header, result.labels,
                                             len(prompt_set.prompts))
-        response.segmentation = segmentation_msg(header, result, prompt_set, threshold, paired)
+        objects = None
+        if self.context.objects is not None:
+            # Track ids only for the camera's latest frame with the prompts in force.
+            latest = len(request.image.data) == 0 and len(request.prompts) == 0
+            objects = self.context.objects(camera, header, result, paired, prompt_set, latest)
+        response.segmentation = segmentation_msg(header, result, prompt_set, threshold, paired,
+                                                 objects)
         response.mask = conversions.array_to_image(result.labels, 'mono8', header)
         response.confidence = conversions.array_to_image(result.confidence, '32FC1', header)
         response.success = True

@@ -7,11 +7,13 @@ from dataclasses import dataclass
 
 from builtin_interfaces.msg import Time
 from clipseg_ros import conversions
-from clipseg_ros.core.depth_targets import labelled_points
+from clipseg_ros.core.depth_targets import instance_points
 from clipseg_ros.core.overlay import PALETTE, render_overlay
 from clipseg_ros.core.prompts import Prompt
 from clipseg_ros.core.results import SegmentationResult
 from clipseg_ros.depth_input import PairedTargets
+from clipseg_ros.object_messages import instance_msgs, object_markers
+from clipseg_ros.objects import FrameObjects
 from clipseg_ros_interfaces.msg import Segmentation
 from geometry_msgs.msg import Point, Vector3
 import numpy as np
@@ -45,7 +47,8 @@ class PromptSet:
 
 
 def segmentation_msg(header: Header, result: SegmentationResult, prompt_set: PromptSet,
-                     threshold: float, paired: PairedTargets | None = None) -> Segmentation:
+                     threshold: float, paired: PairedTargets | None = None,
+                     objects: FrameObjects | None = None) -> Segmentation:
     """Return the Segmentation message of one result (3D fields when depth was paired)."""
     stats = result.stats
     msg = Segmentation(header=header, prompt_version=prompt_set.version,
@@ -67,6 +70,8 @@ def segmentation_msg(header: Header, result: SegmentationResult, prompt_set: Pro
         msg.extent_min_3d = [_point(row) for row in targets.extent_min]
         msg.extent_max_3d = [_point(row) for row in targets.extent_max]
         msg.depth_pixel_count = [int(n) for n in targets.valid_pixels]
+    if objects is not None:
+        msg.instances = instance_msgs(objects, prompt_set.labels)
     return msg
 
 
@@ -74,21 +79,26 @@ def _point(row: np.ndarray) -> Point:
     return Point(x=float(row[0]), y=float(row[1]), z=float(row[2]))
 
 
-# x, y, z float32 and the prompt's 1-based label as uint8, padded to 16 bytes a point.
-POINT_DTYPE = np.dtype({'names': ['x', 'y', 'z', 'label'],
-                        'formats': ['<f4', '<f4', '<f4', 'u1'],
-                        'offsets': [0, 4, 8, 12], 'itemsize': 16})
+# x, y, z float32, the prompt's 1-based label as uint8 and the point's instance (k = the k-th
+# instance of the Segmentation message, 0 = none) as uint16, in 16 bytes a point.
+POINT_DTYPE = np.dtype({'names': ['x', 'y', 'z', 'label', 'instance'],
+                        'formats': ['<f4', '<f4', '<f4', 'u1', '<u2'],
+                        'offsets': [0, 4, 8, 12, 14], 'itemsize': 16})
 POINT_FIELDS = [PointField(name='x', offset=0, datatype=PointField.FLOAT32, count=1),
                 PointField(name='y', offset=4, datatype=PointField.FLOAT32, count=1),
                 PointField(name='z', offset=8, datatype=PointField.FLOAT32, count=1),
-                PointField(name='label', offset=12, datatype=PointField.UINT8, count=1)]
+                PointField(name='label', offset=12, datatype=PointField.UINT8, count=1),
+                PointField(name='instance', offset=14, datatype=PointField.UINT16, count=1)]
 
 
-def point_cloud_msg(header: Header, points: np.ndarray, labels: np.ndarray) -> PointCloud2:
-    """An unorganised PointCloud2 of (M, 3) points with their labels (only valid points)."""
+def point_cloud_msg(header: Header, points: np.ndarray, labels: np.ndarray,
+                    instances: np.ndarray | None = None) -> PointCloud2:
+    """An unorganised PointCloud2 of (M, 3) points with labels and instances (valid only)."""
     cloud = np.zeros(len(points), dtype=POINT_DTYPE)
     cloud['x'], cloud['y'], cloud['z'] = points[:, 0], points[:, 1], points[:, 2]
     cloud['label'] = labels
+    if instances is not None:
+        cloud['instance'] = instances
     msg = PointCloud2(header=header, height=1, width=len(points), fields=POINT_FIELDS,
                       is_bigendian=False, point_step=POINT_DTYPE.itemsize,
                       row_step=POINT_DTYPE.itemsize * len(points), is_dense=True)
@@ -134,12 +144,14 @@ class ResultPublishers:
         """``prefix``: the camera's topic prefix ('' or 'name/'), relative like the names."""
         self._node = node
         topics = [('mask', Image), ('confidence', Image), ('overlay', Image),
-                  ('segmentation', Segmentation)]
+                  ('segmentation', Segmentation), ('instances', Image)]
         if with_depth:
             topics += [('points', PointCloud2), ('markers', MarkerArray)]
         self._publishers = {
             name: node.create_lifecycle_publisher(message_type, prefix + name, OUTPUT_QOS)
             for name, message_type in topics}
+        # Track ids with markers in rviz now; None while markers are per prompt.
+        self._marker_tracks: set[int] | None = None
 
     def _wanted(self, name: str) -> bool:
         publisher = self._publishers.get(name)
@@ -147,9 +159,10 @@ class ResultPublishers:
 
     def publish(self, header: Header, image_rgb: np.ndarray, result: SegmentationResult,
                 prompt_set: PromptSet, threshold: float, with_overlay: bool,
-                paired: PairedTargets | None = None, point_decimation: int = 1) -> None:
+                paired: PairedTargets | None = None, point_decimation: int = 1,
+                objects: FrameObjects | None = None) -> None:
         publishers = self._publishers
-        segmentation = segmentation_msg(header, result, prompt_set, threshold, paired)
+        segmentation = segmentation_msg(header, result, prompt_set, threshold, paired, objects)
         # Outputs nobody listens to are not built: the overlay alone costs milliseconds.
         if self._wanted('mask'):
             publishers['mask'].publish(conversions.array_to_image(result.labels, 'mono8', header))
@@ -157,17 +170,36 @@ class ResultPublishers:
             publishers['confidence'].publish(
                 conversions.array_to_image(result.confidence, '32FC1', header))
         publishers['segmentation'].publish(segmentation)
+        if objects is not None and self._wanted('instances'):
+            publishers['instances'].publish(
+                conversions.array_to_image(objects.instances.image, 'mono16', header))
         if with_overlay and self._wanted('overlay'):
             overlay = render_overlay(image_rgb, result.labels, result.stats, prompt_set.labels)
             publishers['overlay'].publish(conversions.array_to_image(overlay, 'rgb8', header))
         if paired is None or paired.depth_m is None:
             return
         if self._wanted('points'):
-            points, labels = labelled_points(result.labels, paired.depth_m, paired.camera,
-                                             point_decimation)
-            publishers['points'].publish(point_cloud_msg(header, points, labels))
+            points, labels, owners = instance_points(
+                result.labels, objects.instances.image if objects is not None else None,
+                paired.depth_m, paired.camera, point_decimation)
+            publishers['points'].publish(point_cloud_msg(header, points, labels, owners))
         if self._wanted('markers'):
-            publishers['markers'].publish(markers_msg(header, paired, prompt_set.labels))
+            publishers['markers'].publish(self._markers(header, paired, prompt_set, objects,
+                                                        segmentation))
+
+    def _markers(self, header: Header, paired: PairedTargets, prompt_set: PromptSet,
+                 objects: FrameObjects | None, segmentation: Segmentation) -> MarkerArray:
+        """Per tracked object while any instance has a track id, else per prompt."""
+        tracking = objects is not None and any(i.track_id for i in segmentation.instances)
+        if not tracking and not self._marker_tracks:
+            self._marker_tracks = None
+            return markers_msg(header, paired, prompt_set.labels)
+        first = self._marker_tracks is None  # per-prompt markers may still be shown
+        markers, self._marker_tracks = object_markers(header, segmentation.instances,
+                                                      self._marker_tracks or set())
+        if first:
+            markers.insert(0, Marker(header=header, action=Marker.DELETEALL))
+        return MarkerArray(markers=markers)
 
     def destroy(self) -> None:
         for publisher in self._publishers.values():

@@ -139,8 +139,11 @@ def test_points_and_markers_when_subscribed(depth_node, scene):
             lambda: {'points', 'markers'} <= set(harness.extra), 10)
     cloud = harness.extra['points']
     assert cloud.header.frame_id == 'camera_optical' and cloud.point_step == 16
-    assert [f.name for f in cloud.fields] == ['x', 'y', 'z', 'label']
+    assert [f.name for f in cloud.fields] == ['x', 'y', 'z', 'label', 'instance']
     points = np.frombuffer(bytes(cloud.data), dtype=np.float32).reshape(-1, 4)[:, :3]
+    # Each point's instance: 0 (none) or k, the k-th instance of the segmentation message.
+    owners = np.frombuffer(bytes(cloud.data), dtype=np.uint16).reshape(-1, 8)[:, 7]
+    assert owners.max() >= 1 and (owners > 0).mean() > 0.5
     expected = int((scene.depth_m[::2, ::2] > 0).sum())
     assert cloud.width == len(points) == expected
     assert np.isfinite(points).all() and (points[:, 2] > 0).all()

@@ -17,6 +17,7 @@ shifted mask drops them far below.
 import array
 
 from clipseg_ros.conversions import image_to_array
+from clipseg_ros.tools.scene_sequences import several_of_a_kind
 from clipseg_ros.tools.scenes import phrase, render_scene
 from clipseg_ros_interfaces.srv import Segment, SetImagePrompt, SetTextPrompts
 import cv2
@@ -189,3 +190,49 @@ def test_outputs_at_1280x720_line_up_with_the_ground_truth(node):
     # A shift or flip on the way back to the frame's size would fit a moved truth better.
     for how, moved in misplaced.items():
         assert np.mean(moved) < np.mean(ious), (how, moved, ious)
+
+
+def box_iou(box, mask: np.ndarray) -> float:
+    """IoU of a RegionOfInterest with the bounding box of a mask."""
+    rows, columns = np.nonzero(mask)
+    truth = (columns.min(), rows.min(), columns.max() + 1, rows.max() + 1)
+    found = (box.x_offset, box.y_offset, box.x_offset + box.width, box.y_offset + box.height)
+    width = min(found[2], truth[2]) - max(found[0], truth[0])
+    height = min(found[3], truth[3]) - max(found[1], truth[1])
+    inter = max(width, 0) * max(height, 0)
+    area = (found[2] - found[0]) * (found[3] - found[1]) + (truth[2] - truth[0]) * (
+        truth[3] - truth[1])
+    return inter / (area - inter)
+
+
+@pytest.mark.parametrize('count', [2, 3])
+def test_several_objects_of_the_named_kind_are_as_many_instances(node, count):
+    """
+    Two or three red circles (no other red object) under the prompt 'red circle': the node's
+    segmentation lists that many instances of the prompt, each on its own circle (its pixel
+    centroid inside that circle's mask, its box close to the circle's), every circle found.
+    """
+    kind = ('circle', 'red')
+    response = node.call('text', SetTextPrompts.Request(prompts=[phrase(kind)]))
+    assert response.success, response.message
+    box_ious = []
+    for seed in range(3):
+        scene = several_of_a_kind(seed, count).scene
+        circles = [item for item in scene.objects if item.kind == kind]
+        assert len(circles) == count
+        assert not any(colour == 'red' for shape, colour in scene.kinds() if shape != 'circle')
+        outputs = node.send_and_wait(encode_frame(scene.rgb, CAMERA_ENCODING))
+        instances = [entry for entry in outputs['segmentation'].instances
+                     if entry.seen_this_frame and entry.prompt_index == 0]
+        assert len(instances) == count, (seed, [(i.pixel_count, i.score) for i in instances])
+        owners = []
+        for instance in instances:
+            u, v = int(round(instance.centroid.x)), int(round(instance.centroid.y))
+            inside = [k for k, item in enumerate(circles) if item.mask[v, u]]
+            assert len(inside) == 1, (seed, u, v, 'an instance on no circle')
+            owners.append(inside[0])
+            box_ious.append(box_iou(instance.box, circles[inside[0]].mask))
+            assert instance.label == phrase(kind)
+        assert sorted(owners) == list(range(count)), (seed, owners)
+    print(f'{count} of a kind: box IoU mean {np.mean(box_ious):.2f}, min {min(box_ious):.2f}')
+    assert np.mean(box_ious) >= 0.7 and min(box_ious) >= 0.5, box_ious

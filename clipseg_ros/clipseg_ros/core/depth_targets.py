@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-# Statistics of a prompt with more valid pixels than this use an even subsample of them: the
+# Statistics of a prompt with more valid pixels than this use a random subsample of them: the
 # median and percentiles of a few thousand surface points are as good as of all of them.
 MAX_POINTS_PER_PROMPT = 4096
 EXTENT_PERCENTILES = (5.0, 95.0)
+EXTENT_FRACTIONS = tuple(p / 100.0 for p in EXTENT_PERCENTILES)
 DEPTH_ENCODINGS = ('16UC1', 'mono16', '32FC1')
 
 
@@ -101,7 +102,7 @@ def back_project(flat_index: np.ndarray, z: np.ndarray, camera: CameraModel) -> 
 def _members(labels: np.ndarray, depth: np.ndarray,
              prompt_count: int) -> tuple[list[np.ndarray], np.ndarray]:
     """
-    Flat indices of each prompt's pixels with valid depth (an even subsample when very many),
+    Flat indices of each prompt's pixels with valid depth (a random subsample when very many),
     and how many there are.
     """
     index = np.flatnonzero((labels > 0) & np.isfinite(depth))
@@ -109,8 +110,81 @@ def _members(labels: np.ndarray, depth: np.ndarray,
     counts = np.bincount(owner, minlength=prompt_count + 1)[1:prompt_count + 1]
     order = index[np.argsort(owner, kind='stable')]
     groups = np.split(order, np.cumsum(counts)[:-1])
-    return [group[::-(-group.size // MAX_POINTS_PER_PROMPT)] if group.size else group
-            for group in groups], counts
+    return [subsample(group) for group in groups], counts
+
+
+# Where in its run subsample() picks: random, drawn once (a generator per call costs more than
+# the rest of a small instance's statistics), so a frame always gives the same result.
+_PLACES_IN_RUN = np.random.default_rng(0).random(MAX_POINTS_PER_PROMPT)
+
+
+def subsample(group: np.ndarray, limit: int = MAX_POINTS_PER_PROMPT) -> np.ndarray:
+    """
+    At most ``limit`` (<= MAX_POINTS_PER_PROMPT) of a group's flat indices: one at a random
+    place in each of as many equal runs (stratified). A plain stride in raster order would
+    visit the same few columns on every row and bias the statistics on a tilted surface; a
+    plain random choice would be noisier than the runs.
+    """
+    if group.size <= limit:
+        return group
+    run = group.size / limit
+    offsets = (np.arange(limit) + _PLACES_IN_RUN[:limit]) * run
+    return group[np.minimum(offsets.astype(np.int64), group.size - 1)]
+
+
+def sample_mask(mask: np.ndarray, count: int,
+                limit: int = MAX_POINTS_PER_PROMPT) -> tuple[np.ndarray, np.ndarray]:
+    """
+    Rows and columns of at most ``limit`` of the ``count`` pixels of a (H, W) bool mask.
+
+    A mask of at least 4 x ``limit`` pixels is sampled on a jittered grid: one random pixel
+    in every s x s cell (s^2 about count / limit), kept where it is in the mask, so that rows
+    and columns are stratified alike and the cost follows the grid, not the mask; then
+    :func:`subsample` takes the rest, in runs of a few cells. Alone, its runs in raster order
+    would span a hundred pixels of a row at 1024 points, and their random places would move
+    the mean column by a pixel or more.
+    """
+    if count < 4 * limit:
+        return np.divmod(subsample(np.flatnonzero(mask), limit), mask.shape[1])
+    height, width = mask.shape
+    step = int(np.sqrt(count / limit))
+    rng = np.random.default_rng(count)  # the same frame gives the same result
+    tops, lefts = np.arange(0, height, step)[:, None], np.arange(0, width, step)[None, :]
+    rows = tops + rng.integers(0, step, (tops.size, lefts.size))
+    columns = lefts + rng.integers(0, step, (tops.size, lefts.size))
+    inside = (rows < height) & (columns < width)
+    rows, columns = rows[inside], columns[inside]
+    kept = mask[rows, columns]
+    rows, columns = rows[kept], columns[kept]
+    picked = subsample(np.arange(rows.size), limit)
+    return rows[picked], columns[picked]
+
+
+def axis_quantiles(points: np.ndarray, fractions: tuple[float, ...]) -> np.ndarray:
+    """
+    (len(fractions), 3) quantiles of (M, 3) points per axis (M > 0), interpolated as
+    np.percentile's default, each from one np.partition instead of a sort.
+    """
+    return row_quantiles(np.ascontiguousarray(points.T), fractions)
+
+
+def row_quantiles(rows: np.ndarray, fractions: tuple[float, ...]) -> np.ndarray:
+    """:func:`axis_quantiles` of (3, M) rows: x, y, z."""
+    # One kth per partition of contiguous rows: numpy partitions across the rows of an (M, 3)
+    # array, or at several kth at once, many times slower.
+    last = rows.shape[1] - 1
+    result = np.empty((len(fractions), rows.shape[0]))
+    for index, fraction in enumerate(fractions):
+        position = fraction * last
+        low = int(np.floor(position))
+        weight = position - low
+        if weight == 0.0:
+            result[index] = np.partition(rows, low, axis=1)[:, low]
+            continue
+        parted = np.partition(rows, low + 1, axis=1)
+        below = parted[:, :low + 1].max(axis=1)   # the low-th smallest
+        result[index] = below + (parted[:, low + 1] - below) * weight
+    return result
 
 
 def prompt_targets(labels: np.ndarray, depth_m: np.ndarray, camera: CameraModel,
@@ -136,11 +210,11 @@ def prompt_targets(labels: np.ndarray, depth_m: np.ndarray, camera: CameraModel,
         core, count = (inner[prompt], inner_counts[prompt]) if inner[prompt].size else \
             (whole[prompt], whole_counts[prompt])
         points = back_project(core, depth[core], camera)
-        targets.centroids[prompt] = np.median(points, axis=0)
+        targets.centroids[prompt] = axis_quantiles(points, (0.5,))[0]
         targets.valid_pixels[prompt] = count
         points = back_project(whole[prompt], depth[whole[prompt]], camera)
-        targets.extent_min[prompt], targets.extent_max[prompt] = np.percentile(
-            points, EXTENT_PERCENTILES, axis=0)
+        targets.extent_min[prompt], targets.extent_max[prompt] = axis_quantiles(
+            points, EXTENT_FRACTIONS)
     return targets
 
 
@@ -150,10 +224,24 @@ def labelled_points(labels: np.ndarray, depth_m: np.ndarray, camera: CameraModel
     Every ``decimation``-th row and column's labelled pixels with valid depth, back-projected:
     (M, 3) float32 points and their (M,) uint8 labels.
     """
+    points, point_labels, _ = instance_points(labels, None, depth_m, camera, decimation)
+    return points, point_labels
+
+
+def instance_points(labels: np.ndarray, instances: np.ndarray | None, depth_m: np.ndarray,
+                    camera: CameraModel,
+                    decimation: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """
+    :func:`labelled_points`, and each point's value in the ``instances`` image: (M,) uint16,
+    0 where the pixel is in no instance (or ``instances`` is None).
+    """
     step = max(1, int(decimation))
     sub_labels = labels[::step, ::step]
     sub_depth = depth_m[::step, ::step]
     rows, columns = np.nonzero((sub_labels > 0) & np.isfinite(sub_depth))
     z = sub_depth[rows, columns].astype(np.float64)
     flat = (rows * step) * camera.width + columns * step
-    return back_project(flat, z, camera).astype(np.float32), sub_labels[rows, columns]
+    owners = (instances[::step, ::step][rows, columns].astype(np.uint16) if instances is not None
+              else np.zeros(len(rows), np.uint16))
+    return (back_project(flat, z, camera).astype(np.float32), sub_labels[rows, columns],
+            owners)

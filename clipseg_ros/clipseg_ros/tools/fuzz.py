@@ -107,3 +107,71 @@ def malformed_segment_request(rng: np.random.Generator) -> Segment.Request:
     if rng.random() < 0.3:
         request.camera = random_text(rng)  # almost always a camera the node does not serve
     return request
+
+
+# ---------------------------------------------------------------------------- objects
+
+
+def random_labels(rng: np.random.Generator, height: int, width: int,
+                  prompt_count: int) -> np.ndarray:
+    """A label image with 0..prompt_count: empty, one label, blocks, noise or many specks."""
+    kind = rng.integers(6)
+    if kind == 0:
+        return np.zeros((height, width), np.uint8)
+    if kind == 1:
+        return np.full((height, width), int(rng.integers(1, prompt_count + 1)), np.uint8)
+    if kind == 2:  # pixel noise: thousands of 8-connected specks
+        return rng.integers(0, prompt_count + 1, (height, width)).astype(np.uint8)
+    if kind == 3:  # isolated specks on a grid, the most components a size allows
+        labels = np.zeros((height, width), np.uint8)
+        labels[::2, ::2] = rng.integers(1, prompt_count + 1)
+        return labels
+    cell = int(rng.integers(2, 24))
+    blocks = rng.integers(0, prompt_count + 1, (-(-height // cell), -(-width // cell)))
+    labels = np.kron(blocks, np.ones((cell, cell), np.int64))[:height, :width]
+    return labels.astype(np.uint8)
+
+
+def odd_depth_m(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """(H, W) float32 metres as depth_in_metres gives them: NaN where invalid, odd elsewhere."""
+    kind = rng.integers(6)
+    if kind == 0:
+        return np.full((height, width), np.nan, np.float32)  # no valid reading at all
+    if kind == 1:  # huge jumps between neighbours
+        depth = np.where(rng.random((height, width)) < 0.5, 0.05, 9.99)
+    elif kind == 2:
+        depth = rng.uniform(0.0, 10.0, (height, width))
+    elif kind == 3:  # a constant plane: every instance at one depth
+        depth = np.full((height, width), rng.uniform(0.01, 10.0))
+    elif kind == 4:  # extreme but finite values
+        depth = rng.choice([1e-30, 1e-6, 3e38, 1.0], (height, width))
+    else:
+        depth = np.full((height, width), 1.0) + np.cumsum(rng.normal(0, 0.05, width))[None, :]
+    depth = depth.astype(np.float32)
+    depth[rng.random((height, width)) < rng.uniform(0.0, 0.9)] = np.nan
+    return depth
+
+
+def odd_depth_image(rng: np.random.Generator, width: int, height: int) -> Image:
+    """A well-formed depth Image (16UC1 mm or 32FC1 m) with odd values: all invalid, NaN, inf,
+    negative, huge jumps, noise."""
+    kind = rng.integers(5)
+    if kind == 0:
+        depth = np.zeros((height, width))
+    elif kind == 1:
+        depth = np.where(rng.random((height, width)) < 0.5, 0.1, 50.0)
+    elif kind == 2:
+        depth = rng.choice([np.nan, np.inf, -np.inf, -1.0, 0.0, 0.5, 1e30], (height, width))
+    elif kind == 3:
+        depth = rng.uniform(0.0, 12.0, (height, width))
+    else:
+        depth = np.full((height, width), rng.uniform(0.2, 3.0))
+    if rng.random() < 0.5:
+        with np.errstate(invalid='ignore'):
+            millimetres = np.nan_to_num(depth * 1000.0, nan=0.0, posinf=65535, neginf=0.0)
+        data, encoding = np.clip(millimetres, 0, 65535).astype(np.uint16), '16UC1'
+    else:
+        data, encoding = depth.astype(np.float32), '32FC1'
+    msg = Image(width=width, height=height, encoding=encoding, step=width * data.itemsize)
+    msg.data = _byte_array(data.tobytes())
+    return msg

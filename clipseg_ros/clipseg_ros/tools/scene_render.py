@@ -186,7 +186,9 @@ def object_albedo(rng: np.random.Generator, colour: str) -> tuple[int, int, int]
 
 
 @dataclass
-class _Placed:
+class Placed:
+    """One object as placed on the table (tools.scene_sequences builds them too)."""
+
     shape: str
     colour: str
     size: float
@@ -212,9 +214,9 @@ def table_point_at(table: _Table, intrinsics: Intrinsics, u: float, v: float) ->
 
 
 def place(rng: np.random.Generator, table: _Table, intrinsics: Intrinsics,
-          kinds: list[tuple[str, str]]) -> list[_Placed]:
+          kinds: list[tuple[str, str]]) -> list[Placed]:
     """Put the objects on the table without overlapping; some touch to make occlusions."""
-    placed: list[_Placed] = []
+    placed: list[Placed] = []
     # Where the camera stands over the table: neighbours placed on that side of an object hide
     # part of it.
     foot = table.coords(-table.height * table.up)
@@ -245,14 +247,14 @@ def place(rng: np.random.Generator, table: _Table, intrinsics: Intrinsics,
                 continue
             if all(np.linalg.norm(centre - p.centre)
                    >= radius + _bounding_radius(p.shape, p.size) + 0.001 for p in placed):
-                placed.append(_Placed(shape, colour, size, height, rng.uniform(0, 2 * np.pi),
-                                      centre))
+                placed.append(Placed(shape, colour, size, height, rng.uniform(0, 2 * np.pi),
+                                     centre))
                 break
     return placed
 
 
 def render_depths(table: _Table, intrinsics: Intrinsics, rays: np.ndarray,
-                  placed: list[_Placed]) -> tuple[np.ndarray, np.ndarray, list]:
+                  placed: list[Placed]) -> tuple[np.ndarray, np.ndarray, list]:
     """
     Cast every object: per-object depth maps over the frame (inf = miss) and entry normals.
 
@@ -284,7 +286,7 @@ def render_depths(table: _Table, intrinsics: Intrinsics, rays: np.ndarray,
     return table_depth, per_object
 
 
-def shadow_mask(table: _Table, intrinsics: Intrinsics, placed: list[_Placed],
+def shadow_mask(table: _Table, intrinsics: Intrinsics, placed: list[Placed],
                 light: np.ndarray) -> np.ndarray:
     """Return the (H, W) float32 soft shadow of all objects on the table, in [0, 1]."""
     shadow = np.zeros((intrinsics.height, intrinsics.width), dtype=np.uint8)

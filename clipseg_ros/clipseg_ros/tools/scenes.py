@@ -31,7 +31,7 @@ Typical use::
 """
 
 import math
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 # The scenes' public vocabulary is re-exported here, beside render_scene.
 from clipseg_ros.tools.scene_model import (  # noqa: F401
@@ -48,7 +48,8 @@ def render_scene(seed: int, width: int = 640, height: int = 480, *,
                  num_objects: int | None = None, shapes: Sequence[str] = SHAPES,
                  colours: Sequence[str] = COLOURS,
                  include: Iterable[tuple[str, str]] = (),
-                 min_visible_fraction: float = 0.35) -> Scene:
+                 min_visible_fraction: float = 0.35,
+                 arrange: Callable | None = None, frame: int = 0) -> Scene:
     """
     Render a tabletop scene; the same arguments always give the same scene.
 
@@ -68,6 +69,11 @@ def render_scene(seed: int, width: int = 640, height: int = 480, *,
     min_visible_fraction
         An object hidden more than this by others is moved, or left out after several tries;
         included kinds are never left out (their visibility can then be lower).
+    arrange
+        ``arrange(table, intrinsics) -> (table, placed)`` puts given objects on a given table
+        instead of the random placement (tools.scene_sequences); they are kept as placed.
+    frame
+        Frame of a sequence: the sensor noise is drawn afresh per frame, the rest stays.
 
     """
     if width < 32 or height < 32:
@@ -84,7 +90,10 @@ def render_scene(seed: int, width: int = 640, height: int = 480, *,
     kinds = choose_kinds(rng, count, shapes, colours, include)
 
     for attempt in range(6):
-        placed = place(rng, table, intrinsics, kinds)
+        if arrange is not None:
+            table, placed = arrange(table, intrinsics)
+        else:
+            placed = place(rng, table, intrinsics, kinds)
         table_depth, per_object = render_depths(table, intrinsics, rays, placed)
         depths = np.stack([table_depth] + [d for d, _ in per_object])
         owner = depths.argmin(axis=0) - 1           # -1 = table
@@ -95,7 +104,7 @@ def render_scene(seed: int, width: int = 640, height: int = 480, *,
         bad = [i for i, item in enumerate(placed)
                if fraction[i] < min_visible_fraction or visible[i].sum() < minimum]
         missing_included = any((k not in [(p.shape, p.colour) for p in placed]) for k in include)
-        if not bad and not missing_included:
+        if arrange is not None or (not bad and not missing_included):
             break
         if attempt == 5:
             keep = [i for i, item in enumerate(placed)
@@ -129,7 +138,7 @@ def render_scene(seed: int, width: int = 640, height: int = 480, *,
         lit = np.clip(normal[mask] @ light, 0.0, None)
         albedo[mask] = np.array(colour, dtype=np.float32) / 255.0
         shading[mask] = ambient + (1.0 - ambient) * lit
-        centroid = points[mask].mean(axis=0)
+        centroid = points[mask].mean(axis=0) if mask.any() else np.full(3, np.nan)
         centre = table.point(item.centre)[0] + 0.5 * item.height * table.up
         objects.append(SceneObject(
             shape=item.shape, colour=item.colour, mask=mask, full_mask=full[index],
@@ -156,6 +165,8 @@ def render_scene(seed: int, width: int = 640, height: int = 480, *,
     # Defocus, then sensor noise; blur scales with the frame so that every size looks alike.
     blur = rng.uniform(0.2, 1.0) * width / 640.0
     image = cv2.GaussianBlur(image.astype(np.float32), (0, 0), blur)
+    if frame:
+        rng = np.random.default_rng([int(seed), int(frame)])
     image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(
         rng.uniform(1.0, 6.0))
     rgb = np.clip(np.rint(image), 0, 255).astype(np.uint8)

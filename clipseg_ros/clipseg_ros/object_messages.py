@@ -1,0 +1,104 @@
+"""
+A frame's objects as messages: the Instance entries of a Segmentation message, and rviz markers
+with one sphere, box and text per tracked object whose ids follow the track.
+"""
+
+from clipseg_ros.core.overlay import PALETTE
+from clipseg_ros.objects import FrameObjects
+from clipseg_ros_interfaces.msg import Instance
+from geometry_msgs.msg import Point, Vector3
+import numpy as np
+from sensor_msgs.msg import RegionOfInterest
+from std_msgs.msg import ColorRGBA, Header
+from visualization_msgs.msg import Marker
+
+OBJECT_NAMESPACES = ('clipseg_objects', 'clipseg_object_extents', 'clipseg_object_labels')
+
+
+def _point(row) -> Point:
+    return Point(x=float(row[0]), y=float(row[1]), z=float(row[2]))
+
+
+def _box(row) -> RegionOfInterest:
+    x, y, w, h = (max(0, int(v)) for v in row)
+    return RegionOfInterest(x_offset=x, y_offset=y, width=w, height=h)
+
+
+def instance_msgs(objects: FrameObjects, labels: list[str]) -> list[Instance]:
+    """The instances of a frame, then its coasting tracks (seen_this_frame false)."""
+    instances, tracked = objects.instances, objects.tracked
+    targets = instances.targets
+    entries = []
+    for k in range(len(instances)):
+        prompt = int(instances.prompt_index[k])
+        entries.append(Instance(
+            prompt_index=prompt, label=labels[prompt] if prompt < len(labels) else '',
+            score=float(instances.score[k]), pixel_count=int(instances.pixel_count[k]),
+            box=_box(instances.boxes[k]),
+            centroid=Point(x=float(instances.centroids[k][0]),
+                           y=float(instances.centroids[k][1])),
+            centroid_3d=_point(targets.centroids[k]),
+            centroid_3d_smoothed=_point(tracked.smoothed[k]),
+            extent_min_3d=_point(targets.extent_min[k]),
+            extent_max_3d=_point(targets.extent_max[k]),
+            depth_pixel_count=int(targets.valid_pixels[k]),
+            track_id=int(tracked.track_ids[k]), track_age_frames=int(tracked.age_frames[k]),
+            track_age_seconds=float(tracked.age_seconds[k]), seen_this_frame=True,
+            missed_frames=0))
+    for track in tracked.coasting:
+        prompt = track.prompt_index
+        entries.append(Instance(
+            prompt_index=prompt, label=labels[prompt] if prompt < len(labels) else '',
+            score=float(track.score), pixel_count=0, box=_box(track.box),
+            centroid=Point(x=float(track.centroid[0]), y=float(track.centroid[1])),
+            centroid_3d=_point(np.full(3, np.nan)), centroid_3d_smoothed=_point(track.smoothed),
+            extent_min_3d=_point(track.extent_min), extent_max_3d=_point(track.extent_max),
+            depth_pixel_count=0, track_id=int(track.track_id),
+            track_age_frames=int(track.age_frames), track_age_seconds=float(track.age_seconds),
+            seen_this_frame=False, missed_frames=int(track.missed_frames)))
+    return entries
+
+
+def object_markers(header: Header, entries: list[Instance],
+                   shown_before: set[int]) -> tuple[list[Marker], set[int]]:
+    """
+    Sphere, extent box and 'label #id' text per tracked object with a 3D centroid; marker id =
+    track id, so rviz moves a marker instead of replacing it. Tracks shown before and gone now
+    get DELETE. Returns the markers and the track ids shown now.
+    """
+    markers, shown = [], set()
+    for entry in entries:
+        centre = np.array([entry.centroid_3d_smoothed.x, entry.centroid_3d_smoothed.y,
+                           entry.centroid_3d_smoothed.z])
+        if not entry.track_id or not np.isfinite(centre).all():
+            continue
+        track_id = int(entry.track_id) % 2 ** 31  # Marker.id is int32
+        shown.add(track_id)
+        red, green, blue = (float(c) / 255.0 for c in PALETTE[entry.prompt_index + 1])
+        alpha = 0.9 if entry.seen_this_frame else 0.4
+        colour = ColorRGBA(r=red, g=green, b=blue, a=alpha)
+        low = np.array([entry.extent_min_3d.x, entry.extent_min_3d.y, entry.extent_min_3d.z])
+        high = np.array([entry.extent_max_3d.x, entry.extent_max_3d.y, entry.extent_max_3d.z])
+        size = np.maximum(np.nan_to_num(high - low, nan=0.0), 0.005)
+        middle = np.where(np.isfinite(low + high), (low + high) / 2.0, centre)
+        sphere = Marker(header=header, ns=OBJECT_NAMESPACES[0], id=track_id,
+                        type=Marker.SPHERE, action=Marker.ADD, color=colour,
+                        scale=Vector3(x=0.03, y=0.03, z=0.03))
+        sphere.pose.position = _point(centre)
+        box = Marker(header=header, ns=OBJECT_NAMESPACES[1], id=track_id, type=Marker.CUBE,
+                     action=Marker.ADD, color=ColorRGBA(r=red, g=green, b=blue, a=alpha / 3),
+                     scale=Vector3(x=float(size[0]), y=float(size[1]), z=float(size[2])))
+        box.pose.position = _point(middle)
+        text = Marker(header=header, ns=OBJECT_NAMESPACES[2], id=track_id,
+                      type=Marker.TEXT_VIEW_FACING, action=Marker.ADD,
+                      text=f'{entry.label} #{entry.track_id}', color=colour,
+                      scale=Vector3(z=0.04))
+        # Above the object: -y is up in the optical frame.
+        text.pose.position = _point(centre - np.array([0.0, 0.05 + size[1] / 2.0, 0.0]))
+        for marker in (sphere, box, text):
+            marker.pose.orientation.w = 1.0
+        markers += [sphere, box, text]
+    for gone in sorted(shown_before - shown):
+        markers += [Marker(header=header, ns=ns, id=gone, action=Marker.DELETE)
+                    for ns in OBJECT_NAMESPACES]
+    return markers, shown
