@@ -4,8 +4,10 @@ Frames of several cameras through the encoder as one batch, against one call per
 The full-size CLIPSeg architecture (random weights) segments B 640x480 frames for N prompts
 either with one ``ClipSegEngine.segment_batch`` call or with B ``segment`` calls; the two are
 timed alternately, and the script prints per (B, N) the medians and the batch's speed-up (per-call
-time / batch time). The node batches the frames waiting from several cameras when
-``batch_cameras`` is on; this says for which B that pays. The last line is one JSON object.
+time / batch time), after checking that the network really ran batches of 1 and of B frames
+for N prompts and that the batch gave B results of the frame size. The node batches the frames
+waiting from several cameras when ``batch_cameras`` is on; this says for which B that pays.
+The last line is one JSON object.
 
     python bench/batch_bench.py                         # CPU
     python bench/batch_bench.py --device cuda           # float16 + CUDA graphs by default
@@ -26,6 +28,30 @@ from clipseg_ros.tools.tiny_model import build_random_model, PREPROCESSOR_CONFIG
 from engine_bench import interleaved_times, PROMPTS  # bench/ is the script's folder
 import numpy as np
 import torch
+
+
+def record_network_batches(engine: ClipSegEngine) -> list[tuple[int, int]]:
+    """Have the engine's network note (frames, prompts) of every forward call in the list."""
+    calls, network = [], engine._network
+    real_probabilities = network.probabilities
+
+    def recorded(pixel_values, embeddings):
+        calls.append((int(pixel_values.shape[0]), int(embeddings.shape[0])))
+        return real_probabilities(pixel_values, embeddings)
+
+    network.probabilities = recorded
+    return calls
+
+
+def check_configuration(calls: list[tuple[int, int]], results, cameras: int,
+                        prompts: int) -> None:
+    """Fail unless the network ran batches of 1 and of B frames for N prompts, as printed."""
+    if set(calls) != {(1, prompts), (cameras, prompts)}:
+        raise SystemExit(f'B={cameras}, N={prompts}: the network ran (frames, prompts) '
+                         f'{sorted(set(calls))}, not (1, {prompts}) and ({cameras}, {prompts})')
+    shapes = {(r.labels.shape, r.max_confidence.shape) for r in results}
+    if len(results) != cameras or shapes != {((480, 640), (prompts,))}:
+        raise SystemExit(f'B={cameras}, N={prompts}: {len(results)} results of {shapes}')
 
 
 def main() -> int:
@@ -51,14 +77,17 @@ def main() -> int:
           f'compile_mode: {engine.compile_mode}, resolution {engine.resolution}')
     rng = np.random.default_rng(0)
     results = []
+    calls = record_network_batches(engine)
     for cameras in (int(b) for b in args.cameras.split(',')):
         frames = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(cameras)]
         for count in (int(n) for n in args.prompts.split(',')):
             prompts = engine.text_prompts(list(PROMPTS[:count]))
+            calls.clear()
             per_frame, batched = interleaved_times(
                 [lambda: [engine.segment(f, prompts) for f in frames],
                  lambda: engine.segment_batch(frames, prompts)],
                 engine.device, args.warmup, args.repeats)
+            check_configuration(calls, engine.segment_batch(frames, prompts), cameras, count)
             one_by_one, together = statistics.median(per_frame), statistics.median(batched)
             row = {'cameras': cameras, 'prompts': count,
                    'one_call_per_frame_ms': round(one_by_one * 1e3, 2),

@@ -90,6 +90,19 @@ def start_nodes(count: int, one_node: bool, params: dict[str, str], scratch: Pat
                                namespace=f'/bench/{name}') for name in names]
 
 
+def check_models_loaded(scratch: Path, count: int, one_node: bool,
+                        params: dict[str, str]) -> None:
+    """Fail unless every node of the configuration logged the model and device printed."""
+    logs = [scratch / f'one_node_{count}.log'] if one_node else \
+        [scratch / f'node_{count}_cam{i}.log' for i in range(count)]
+    device = '' if params['device'] == 'auto' else params['device']
+    loaded = f"model '{params['model']}' on {device}"
+    for log in logs:
+        if loaded not in log.read_text():
+            raise RuntimeError(f'{log.name} does not say "{loaded}": not the configuration '
+                               'printed')
+
+
 def measure(node, count: int, one_node: bool, params: dict[str, str], scratch: Path,
             frames: list, rate: float, duration: float, warmup_timeout: float) -> dict:
     processes = start_nodes(count, one_node, params, scratch)
@@ -106,6 +119,7 @@ def measure(node, count: int, one_node: bool, params: dict[str, str], scratch: P
                     break
             else:
                 raise RuntimeError(f'no answer to a warm-up frame; see the logs in {scratch}')
+        check_models_loaded(scratch, count, one_node, params)
         for stream in streams:
             stream.records.clear()
         sampler = MemorySampler([p.pid for p in processes])

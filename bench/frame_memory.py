@@ -28,8 +28,11 @@ def main() -> None:
     engine.segment(np.zeros((64, 64, 3), dtype=np.uint8), prompts)
     frame = np.zeros((height, width, 3), dtype=np.uint8)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    engine.segment(frame, prompts)
+    result = engine.segment(frame, prompts)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if result.labels.shape != (height, width) or result.max_confidence.shape != (args.prompts,):
+        raise SystemExit(f'measured a {result.labels.shape} result for '
+                         f'{result.max_confidence.shape[0]} prompts, not what is printed')
     print(f'{args.prompts} prompts, {width}x{height} frame: peak RSS grew by '
           f'{(after - before) / 1024:.0f} MiB (frame itself {frame.nbytes / 2**20:.0f} MiB)')
 

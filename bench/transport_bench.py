@@ -10,6 +10,10 @@ host):
     rclpy's executor, serialisation and copies);
   * echo_glibc_malloc, when asked for: the echo without the allocator settings clipseg_node
     makes (main.keep_freed_memory), to measure what they are worth.
+The stand-in serves every engine call the node makes per frame (segment and segment_batch; prompt
+embedding stays real: once per prompt) and records in a file how often the real network ran;
+the benchmark stops with an error when that is more than once per frame size or when the
+stand-in served no frame, so it cannot silently measure the model again.
 Latency: camera header stamp -> arrival of all three outputs in this process. Prints p50/p99
 per side, each side's p50 over the echo's, and the CPU time the server process used a frame
 (user + system: steadier than latency on a shared host); the last line is JSON. No GPU is
@@ -48,21 +52,67 @@ SIDE_NAMES = {'clipseg': 'clipseg node without inference', 'echo': 'minimal rclp
               'echo_glibc_malloc': 'echo, glibc malloc defaults'}
 CAMERA_TOPIC = '/transport_camera/image_raw'
 NAMESPACE = '/transport'
+# Where the clipseg server's stand-in engine writes its counts (JSON), set by the benchmark.
+COUNTS_FILE_ENV = 'CLIPSEG_TRANSPORT_COUNTS'
 
 
 class PrecomputedEngine(ClipSegEngine):
-    """The real engine, run once per (frame size, prompts, threshold); later calls reuse it."""
+    """
+    The real engine, run once per (frame size, prompts, threshold); later calls reuse it. Every
+    per-frame entry point is stood in (segment goes through segment_batch), and the network's
+    forward calls are counted, so a node that reaches the model another way is caught.
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._results = {}
+        self.counts = {'forward_calls': 0, 'frames_served': 0}
+        network = self._network
+        real_probabilities = network.probabilities
 
-    def segment(self, image_rgb, prompts, threshold=0.5, **kwargs):
-        key = (image_rgb.shape, tuple(id(p) for p in prompts), threshold)
-        if key not in self._results:
-            result = super().segment(image_rgb, prompts, threshold=threshold, **kwargs)
-            self._results[key] = dataclasses.replace(result, inference_seconds=0.0)
-        return self._results[key]
+        def counted_probabilities(*call_args, **call_kwargs):
+            self.counts['forward_calls'] += 1
+            self._write_counts()
+            return real_probabilities(*call_args, **call_kwargs)
+
+        network.probabilities = counted_probabilities
+
+    def _write_counts(self) -> None:
+        path = os.environ.get(COUNTS_FILE_ENV)
+        if path:
+            Path(path).write_text(json.dumps(self.counts))
+
+    def segment_batch(self, images_rgb, prompts, threshold=0.3, return_probabilities=False):
+        results = []
+        for image_rgb in images_rgb:
+            key = (image_rgb.shape, tuple(id(p) for p in prompts), threshold,
+                   return_probabilities)
+            if key not in self._results:
+                result, = super().segment_batch([image_rgb], prompts, threshold,
+                                                return_probabilities)
+                self._results[key] = dataclasses.replace(result, inference_seconds=0.0)
+            results.append(self._results[key])
+        self.counts['frames_served'] += len(results)
+        if self.counts['frames_served'] % 20 == 0:
+            self._write_counts()
+        return results
+
+    def release(self) -> None:
+        self._write_counts()
+        super().release()
+
+
+def check_stand_in(counts: dict, frame_sizes: int, answered: int) -> None:
+    """Fail loudly unless the stand-in served the frames and the model ran once per size."""
+    if counts.get('forward_calls', 0) > frame_sizes:
+        raise SystemExit(f"the real model ran {counts['forward_calls']} times for {frame_sizes} "
+                         'frame size(s): the stand-in engine was bypassed, the clipseg figures '
+                         'include inference')
+    if not answered:
+        raise SystemExit('the clipseg node answered no frame: nothing was measured')
+    if counts.get('frames_served', 0) == 0:
+        raise SystemExit('the stand-in engine served no frame, yet the node answered: it '
+                         'segmented some other way')
 
 
 def serve_clipseg(ros_args) -> None:
@@ -102,13 +152,14 @@ def serve_echo(ros_args, tune_malloc: bool = True) -> None:
         rclpy.try_shutdown()
 
 
-def start_server(kind: str, model: str, log_path: Path) -> subprocess.Popen:
+def start_server(kind: str, model: str, log_path: Path, counts_path: Path) -> subprocess.Popen:
     command = installed_node_command({'model': model, 'device': 'cpu', 'prompts': '["a ball"]',
                                       'publish_overlay': 'false'}, CAMERA_TOPIC, NAMESPACE)
     ros_args = command[command.index('--ros-args'):]
     with open(log_path, 'w') as log:
         return subprocess.Popen([sys.executable, __file__, '--serve', kind] + ros_args,
-                                stdout=log, stderr=subprocess.STDOUT)
+                                stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, COUNTS_FILE_ENV: str(counts_path)})
 
 
 def cpu_seconds(pid: int) -> float:
@@ -172,7 +223,9 @@ def main() -> int:
             for size in sizes:
                 msgs = [rgb_image_msg(synthetic_frame(*size, i)) for i in range(4)]
                 for kind in sides:
-                    process = start_server(kind, model, scratch / f'{kind}.log')
+                    counts_path = scratch / f'{kind}_counts.json'
+                    counts_path.unlink(missing_ok=True)
+                    process = start_server(kind, model, scratch / f'{kind}.log', counts_path)
                     try:
                         if not stream.wait_for_subscriber(timeout=120.0):
                             print(f'{kind} did not come up; see {scratch / (kind + ".log")}',
@@ -187,6 +240,9 @@ def main() -> int:
                         # the next server must not match this one's lingering subscription
                         while stream.publisher.get_subscription_count():
                             time.sleep(0.05)
+                    if kind == 'clipseg':  # one size a server
+                        check_stand_in(json.loads(counts_path.read_text()) if
+                                       counts_path.exists() else {}, 1, len(values))
     finally:
         executor.shutdown()
         node.destroy_node()

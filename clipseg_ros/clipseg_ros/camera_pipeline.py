@@ -17,7 +17,8 @@ from clipseg_ros.conversions import ImageConversionError
 from clipseg_ros.depth_input import PairedTargets
 from clipseg_ros.depth_topics import DepthTopics
 from clipseg_ros.frame_slot import FrameCounters
-from clipseg_ros.publishers import camera_qos, ResultPublishers
+from clipseg_ros.input_qos import FollowingSubscription
+from clipseg_ros.publishers import ResultPublishers
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 
@@ -40,15 +41,20 @@ class CameraPipeline:
         self._offer = offer
         self._max_pixels = max_pixels
         prefix = topic_prefix(name)
-        qos = camera_qos(reliability)
         self.last_frame_time: float | None = None
         self.outputs = ResultPublishers(node, with_depth=use_depth, prefix=prefix)
-        self.depth = (DepthTopics(node, qos, callback_group, self.warn, prefix)
+        self.depth = (DepthTopics(node, reliability, callback_group, self.warn, prefix)
                       if use_depth else None)
         message_type, topic = ((CompressedImage, 'image/compressed') if compressed
                                else (Image, 'image'))
-        self.subscription = node.create_subscription(
-            message_type, prefix + topic, self._on_image, qos, callback_group=callback_group)
+        # reliability: qos_reliability (auto follows the publishers: input_qos.py)
+        self.image_input = FollowingSubscription(node, message_type, prefix + topic,
+                                                 self._on_image, reliability, callback_group)
+
+    @property
+    def subscription(self):
+        """The image subscription in charge now (auto may replace it)."""
+        return self.image_input.subscription
 
     def _on_image(self, msg) -> None:
         now = time.monotonic()
@@ -78,7 +84,7 @@ class CameraPipeline:
         return depth.targets_for(header, labels, prompt_count) if depth is not None else None
 
     def destroy(self) -> None:
-        self._node.destroy_subscription(self.subscription)
+        self.image_input.destroy()
         self.outputs.destroy()
         if self.depth is not None:
             self.depth.destroy()

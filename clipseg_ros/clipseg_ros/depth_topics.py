@@ -3,8 +3,8 @@
 from collections.abc import Callable
 
 from clipseg_ros.depth_input import DepthPairing, PairedTargets
+from clipseg_ros.input_qos import FollowingSubscription
 import numpy as np
-from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image
 
 
@@ -15,16 +15,17 @@ class DepthTopics:
     ('' or 'name/'); pairs them with colour frames.
     """
 
-    def __init__(self, node, qos: QoSProfile, callback_group,
+    def __init__(self, node, reliability: str, callback_group,
                  warn: Callable[[str, str], None], prefix: str = '') -> None:
         self._node = node
         self._warn = warn
         self.pairing = DepthPairing()
-        self._subscriptions = [
-            node.create_subscription(Image, prefix + 'depth', self._on_depth, qos,
-                                     callback_group=callback_group),
-            node.create_subscription(CameraInfo, prefix + 'camera_info', self._on_camera_info, qos,
-                                     callback_group=callback_group),
+        # reliability: qos_reliability, per topic (auto follows each topic's publishers)
+        self.inputs = [
+            FollowingSubscription(node, Image, prefix + 'depth', self._on_depth, reliability,
+                                  callback_group),
+            FollowingSubscription(node, CameraInfo, prefix + 'camera_info',
+                                  self._on_camera_info, reliability, callback_group),
         ]
 
     def _on_depth(self, msg: Image) -> None:
@@ -48,6 +49,6 @@ class DepthTopics:
         return paired
 
     def destroy(self) -> None:
-        for subscription in self._subscriptions:
-            self._node.destroy_subscription(subscription)
-        self._subscriptions = []
+        for following in self.inputs:
+            following.destroy()
+        self.inputs = []

@@ -16,6 +16,7 @@ class EngineHealth:
 
     device: str                      # '' without a model
     engine_error: str                # why no model is loaded ('' when one is)
+    runtime: str                     # back end, precision, CPU features ('' without a model)
     active: bool
     cpu_threads: int
     device_memory_bytes: int
@@ -33,6 +34,9 @@ class CameraHealth:
     stale_after: float
     counters: FrameCounters
     depth: DepthCounters | None = None  # None: depth not in use
+    image_publishers: int = 0           # on the image topic, at the last graph read
+    image_reliability: str = ''         # of the image subscription ('' before configure)
+    qos_incompatible: int = 0           # incompatible-QoS events on the camera's inputs
 
     @classmethod
     def of(cls, camera: str, counters: FrameCounters, pipeline, stale_after: float,
@@ -40,9 +44,14 @@ class CameraHealth:
         """Read from a camera's counters and its CameraPipeline (None before configure)."""
         last_frame = pipeline.last_frame_time if pipeline is not None else None
         depth = pipeline.depth if pipeline is not None else None
+        inputs = [] if pipeline is None else [pipeline.image_input] + (
+            depth.inputs if depth is not None else [])
         return cls(camera=camera, stale_after=stale_after, counters=counters,
                    seconds_since_frame=None if last_frame is None else now - last_frame,
-                   depth=depth.pairing.counters if depth is not None else None)
+                   depth=depth.pairing.counters if depth is not None else None,
+                   image_publishers=inputs[0].publisher_count if inputs else 0,
+                   image_reliability=inputs[0].reliability_name if inputs else '',
+                   qos_incompatible=sum(i.incompatible_events for i in inputs))
 
 
 def level_and_message(engine: EngineHealth,
@@ -55,7 +64,15 @@ def level_and_message(engine: EngineHealth,
     if camera is None:
         return DiagnosticStatus.OK, 'running'
     counters = camera.counters
+    if camera.qos_incompatible:
+        return DiagnosticStatus.WARN, ('a publisher\'s QoS is incompatible with the '
+                                       'subscriptions: set qos_reliability to auto')
     if camera.seconds_since_frame is None or camera.seconds_since_frame > camera.stale_after:
+        if camera.image_publishers:
+            return DiagnosticStatus.WARN, (
+                f'no camera frame received recently, though the topic has '
+                f'{camera.image_publishers} publisher(s): QoS or frames lost between '
+                'processes? (docs/robots.md)')
         return DiagnosticStatus.WARN, 'no camera frame received recently'
     if counters.consecutive_failures >= FAILURES_BEFORE_ERROR:
         return DiagnosticStatus.ERROR, (f'the last {counters.consecutive_failures} frames '
@@ -79,6 +96,9 @@ def _camera_values(camera: CameraHealth, now: float) -> dict[str, str]:
         'last_latency_ms': f'{counters.last_latency_s * 1e3:.1f}',
         'last_inference_ms': f'{counters.last_inference_s * 1e3:.1f}',
         'seconds_since_last_frame': 'never' if age is None else f'{age:.3f}',
+        'image_publishers': str(camera.image_publishers),
+        'image_reliability': camera.image_reliability,
+        'qos_incompatible_events': str(camera.qos_incompatible),
     }
     if camera.depth is not None:
         values.update({f'depth_{key}' if not key.startswith('depth') else key: str(value)
@@ -89,6 +109,7 @@ def _camera_values(camera: CameraHealth, now: float) -> dict[str, str]:
 def _engine_values(engine: EngineHealth) -> dict[str, str]:
     return {
         'device': engine.device or 'none',
+        'runtime': engine.runtime or 'none',
         'cpu_threads': str(engine.cpu_threads),
         'device_memory_bytes': str(engine.device_memory_bytes),
         'prompt_count': str(engine.prompt_count),

@@ -3,14 +3,19 @@ The clipseg_node executable: process-wide settings (allocator), then the node, s
 single-threaded executor until shut down.
 """
 
-import ctypes
-import ctypes.util
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from clipseg_ros.core.engine import ClipSegEngine
-from clipseg_ros.node import ClipSegNode
-import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from clipseg_ros.stop_signals import StopRequested, StopSignals
+
+if TYPE_CHECKING:
+    from clipseg_ros.core.engine import ClipSegEngine
+
+# The clipseg_node executable imports this module, then calls main(): its stop signals are taken
+# over here, before anything else is imported, so that the window in which a signal meets
+# Python's defaults is only the interpreter's start (docs/robots.md). Imported by anything
+# else (tests, benchmarks), the module changes no handler.
+_STOP_AT_IMPORT = StopSignals.installed_if_executable('clipseg_node')
 
 
 # Image-sized buffers are allocated and freed for every frame. With glibc's defaults the freed
@@ -28,6 +33,8 @@ def keep_freed_memory() -> bool:
     Call once at process start (clipseg_node's main does). Returns False where the C library
     has no mallopt (not glibc), changing nothing.
     """
+    import ctypes  # here, not at the top: see _STOP_AT_IMPORT
+    import ctypes.util
     try:
         libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
         mallopt = libc.mallopt
@@ -38,13 +45,36 @@ def keep_freed_memory() -> bool:
         bool(mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD_BYTES))
 
 
-def main(args=None, engine_factory: Callable[..., ClipSegEngine] = ClipSegEngine) -> None:
+def main(args=None, engine_factory: 'Callable[..., ClipSegEngine] | None' = None) -> None:
     """Run the clipseg node until shut down (`engine_factory`: for benchmarks of the node).
 
     Every start-up error (a parameters file that is missing or not valid YAML, a bad remap or
     other argument, a node that cannot be constructed) ends the process with one FATAL line and
     exit status 1, never a traceback: launch shows that line as the reason the node died.
+    SIGINT or SIGTERM, once or repeated, at any moment, stop the node (worker, model, entities)
+    and end the process with exit status 0 (stop_signals.py).
     """
+    global _STOP_AT_IMPORT
+    stop, _STOP_AT_IMPORT = _STOP_AT_IMPORT or StopSignals(), None  # a later main(): new state
+    stop.install()
+    # Imported after the handlers are in place, so a signal meanwhile (importing torch alone
+    # takes seconds) is recorded. The imports are not abandoned: a signal raised inside a C
+    # extension's import made numpy fail to import again on the way out ("cannot load module
+    # more than once per process"). A stop before the node exists has nothing to clean up.
+    from clipseg_ros.core.engine import ClipSegEngine
+    from clipseg_ros.node import ClipSegNode
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+    if stop.requested:
+        stop.ignore_from_now()
+        return
+    factory = engine_factory or ClipSegEngine
+
+    def interruptible_factory(*factory_args, **factory_kwargs) -> ClipSegEngine:
+        with stop.interruptible():  # a stop signal abandons model loading
+            return factory(*factory_args, **factory_kwargs)
+
     keep_freed_memory()
     logger = rclpy.logging.get_logger('clipseg')
 
@@ -61,17 +91,14 @@ def main(args=None, engine_factory: Callable[..., ClipSegEngine] = ClipSegEngine
     rcl_level = rclpy.logging.get_logger_level('rcl')
     rclpy.logging.set_logger_level('rcl', rclpy.logging.LoggingSeverity.FATAL)
     try:
-        rclpy.init(args=args)
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     except Exception as error:
         refuse(error)
     finally:
         if rclpy.logging.get_logger_level('rcl') == rclpy.logging.LoggingSeverity.FATAL:
             rclpy.logging.set_logger_level('rcl', rcl_level)  # unless --log-level set it
     try:
-        node = ClipSegNode(engine_factory=engine_factory)
-    except KeyboardInterrupt:  # stopped while the model was loading
-        rclpy.try_shutdown()
-        return
+        node = ClipSegNode(engine_factory=interruptible_factory)
     except Exception as error:  # e.g. a parameter file value of the wrong type
         rclpy.try_shutdown()
         refuse(error)
@@ -80,19 +107,25 @@ def main(args=None, engine_factory: Callable[..., ClipSegEngine] = ClipSegEngine
     # (docs/design.md), so this one is single-threaded.
     executor = SingleThreadedExecutor()
     executor.add_node(node)
+    # A stop signal ends the executor's wait at once (no polling): see wake_on_signal.
+    stop.wake_on_signal(node.create_guard_condition(lambda: None).trigger)
     try:
-        try:
-            node.autostart_if_enabled()
-        except ExternalShutdownException:
-            raise
-        except Exception as error:  # unexpected: a model that fails to load is only logged
-            refuse(error)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+        if not stop.requested:
+            try:
+                node.autostart_if_enabled()
+            except (ExternalShutdownException, StopRequested):
+                raise
+            except Exception as error:  # unexpected: a model that fails to load is only logged
+                refuse(error)
+        while not stop.requested and executor.context.ok():
+            executor.spin_once()
+    except (StopRequested, ExternalShutdownException):
         pass
-    finally:
-        node.destroy_node()
+    finally:  # a signal from here on is only recorded: nothing interrupts the shutdown
+        node.destroy_node()  # stops the worker, releases the model, destroys the entities
+        executor.shutdown()
         rclpy.try_shutdown()
+        stop.ignore_from_now()
 
 
 if __name__ == '__main__':

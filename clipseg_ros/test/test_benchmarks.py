@@ -1,0 +1,61 @@
+"""The transport benchmark measures the node without inference, and says so when it cannot."""
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / 'bench'
+
+
+def load_bench(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stand_in_serves_every_per_frame_entry_point(tiny_model_dir):
+    transport = load_bench('transport_bench')
+    engine = transport.PrecomputedEngine(model=str(tiny_model_dir), device='cpu',
+                                         resolution=64)
+    prompts = engine.text_prompts(['a ball'])
+    frames = [np.full((48, 64, 3), value, np.uint8) for value in (10, 200, 90)]
+    batch = engine.segment_batch(frames, prompts, threshold=0.3)
+    single = engine.segment(frames[0], prompts, threshold=0.3)
+    again = engine.segment_batch(frames[:2], prompts, threshold=0.3)
+    assert len(batch) == 3 and len(again) == 2
+    assert single.labels.shape == (48, 64)
+    assert engine.counts == {'forward_calls': 1, 'frames_served': 6}
+    engine.segment(np.zeros((30, 40, 3), np.uint8), prompts, threshold=0.3)  # a new size
+    assert engine.counts['forward_calls'] == 2
+
+
+@pytest.mark.parametrize('counts, answered', [
+    ({'forward_calls': 6, 'frames_served': 0}, 5),   # the model ran per frame
+    ({'forward_calls': 1, 'frames_served': 0}, 5),   # answered without the stand-in
+])
+def test_stand_in_check_fails_loudly(counts, answered):
+    with pytest.raises(SystemExit, match='stand-in'):
+        load_bench('transport_bench').check_stand_in(counts, 1, answered)
+
+
+def test_stand_in_check_passes_a_stand_in_that_served():
+    load_bench('transport_bench').check_stand_in({'forward_calls': 1, 'frames_served': 5}, 1, 5)
+
+
+def test_transport_bench_runs_briefly():
+    result = subprocess.run(
+        [sys.executable, str(BENCH / 'transport_bench.py'), '--sizes', '160x120', '--rounds',
+         '1', '--frames', '5'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        timeout=600, env=dict(os.environ))
+    assert result.returncode == 0, result.stdout
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    row, = report['results']
+    assert (row['width'], row['height']) == (160, 120)
+    assert row['clipseg_answered'].endswith('/5') and row['echo_answered'].endswith('/5')
