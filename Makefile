@@ -42,7 +42,7 @@ ENV := source ./env.sh $(ROS_DISTRO)
 ENGINE_TESTS := $(addprefix clipseg_ros/test/,test_engine.py test_engine_inputs.py test_model_loading.py \
 	test_frame_maps.py test_visual_prompt.py)
 
-.PHONY: setup test test-transformers-floor demo bench bench-node bench-depth bench-cameras bench-transport fuzz soak clean
+.PHONY: setup test test-transformers-floor demo bench bench-backends bench-node bench-depth bench-cameras bench-transport bench-qos fuzz soak clean
 
 setup: $(BUILD_STAMP)
 
@@ -60,9 +60,17 @@ $(BUILD_STAMP): $(DEPS_STAMP) $(PACKAGE_SOURCES)
 		scripts/colcon_build.sh $(VENV) $(BUILD_BASE) $(INSTALL_BASE) $(LOG_BASE)
 	@touch $@
 
+# The node tests that drive the engine hardest, again on the OpenVINO back end (the whole suite
+# runs the node on torch; test_backends.py covers both back ends at the engine level).
+OPENVINO_NODE_TESTS := $(addprefix clipseg_ros/test/,test_node.py test_node_cameras.py \
+	test_node_depth.py test_semantic.py)
+
 ifneq ($(DISTRO_GIVEN),)
 test: setup
 	@$(ENV) && python -m pytest clipseg_ros/test --junitxml=$(JUNIT_XML) $(PYTEST_ARGS)
+	@$(ENV) && echo '==> node tests on the openvino back end' && CLIPSEG_TEST_BACKEND=openvino \
+		python -m pytest $(OPENVINO_NODE_TESTS) --junitxml=$(JUNIT_XML:.xml=-openvino.xml) \
+		$(PYTEST_ARGS)
 else
 test:
 	@scripts/test_distros.sh $(ROS_DISTROS)
@@ -90,6 +98,10 @@ demo: setup
 bench: setup
 	@$(ENV) && python bench/engine_bench.py $(BENCH_ARGS)
 
+# Frames/s per CPU back end and precision, side by side; then configure time cold and warm.
+bench-backends: setup
+	@$(ENV) && python bench/backends_bench.py $(BENCH_ARGS) && python bench/backend_startup.py
+
 bench-node: setup
 	@$(ENV) && python bench/node_bench.py $(BENCH_ARGS)
 
@@ -101,6 +113,9 @@ bench-cameras: setup
 
 bench-transport: setup
 	@$(ENV) && python bench/transport_bench.py
+
+bench-qos: setup
+	@$(ENV) && python bench/qos_bench.py $(BENCH_ARGS)
 
 fuzz: setup
 	@$(ENV) && python scripts/fuzz_node.py --count 10000

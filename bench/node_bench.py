@@ -7,6 +7,9 @@ For each input size and prompt count it measures, in two phases:
     their p50s minus 1 (latency = camera header stamp -> arrival of `mask`, `confidence` and
     `segmentation`);
   * a camera stream at a fixed rate: latency p50/p99, output rate and dropped frames.
+Beside each engine frame of the first phase it times, in this process, the node's 3D step and
+its objects step (instances with depth and tracking, on a scene with known objects, checked to
+find and track every one of them; see depth_bench.py), wall and CPU, against the engine's.
 Uses the full-size CLIPSeg architecture with random weights (latency does not depend on weight
 values) unless --model names real weights.  The last line is a JSON summary.
 
@@ -38,7 +41,7 @@ from clipseg_ros.tools.drive import (
     synthetic_frame, use_large_image_profile)
 from clipseg_ros.tools.scenes import render_scene
 from clipseg_ros.tools.tiny_model import write_random_model
-from depth_bench import three_d_step  # bench/ is the script's folder
+from depth_bench import ObjectsStep, three_d_step  # bench/ is the script's folder
 
 PROMPT_POOL = ['a red ball', 'the floor', 'a wall', 'a person', 'a mug', 'a table', 'a chair',
                'a door', 'a window', 'a robot arm', 'a box', 'a bottle', 'a cable']
@@ -81,11 +84,17 @@ def side_by_side(engine: ClipSegEngine, stream: CameraStream, frames, msgs, prom
     encoded = engine.text_prompts(prompts)
     timed_segment(engine, frames[0], encoded)  # warm-up
     depth = scene_depth(frames[0].shape[1], frames[0].shape[0])
+    objects = ObjectsStep(len(encoded), frames[0].shape[1], frames[0].shape[0])
+    objects.run()  # warm-up, checked with the rest
     engine_s, depth_s, latency_s, node_inference_s = [], [], [], []
+    engine_cpu_s, objects_s = [], []
     for index in range(count):
+        start_cpu = time.process_time()
         seconds, labels = timed_segment_labels(engine, frames[index % len(frames)], encoded)
+        engine_cpu_s.append(time.process_time() - start_cpu)
         engine_s.append(seconds)
         depth_s.append(timed_depth_step(labels, depth, len(encoded)))
+        objects_s.append(objects.run())
         key = stream.publish(msgs[index % len(msgs)])
         deadline = time.monotonic() + 60.0
         while time.monotonic() < deadline and \
@@ -95,9 +104,32 @@ def side_by_side(engine: ClipSegEngine, stream: CameraStream, frames, msgs, prom
         if set(OUTPUT_NAMES) <= set(record.arrivals):
             latency_s.append(max(record.arrivals[n] for n in OUTPUT_NAMES) - record.sent)
             node_inference_s.append(record.inference_s)
+    if objects.problem():
+        raise RuntimeError(f'the objects step did not run as printed: {objects.problem()}')
     return {'engine': np.array(engine_s), 'depth_step': np.array(depth_s),
             'latency': np.array(latency_s),
-            'node_inference': np.array(node_inference_s)}
+            'node_inference': np.array(node_inference_s),
+            'engine_cpu': np.array(engine_cpu_s), 'objects': np.array(objects_s),
+            'objects_per_frame': objects.expected}
+
+
+def objects_costs(paired: dict) -> dict:
+    """The objects step's p50 beside the engine's, wall and CPU, for the summary row."""
+    engine_cpu = percentile_ms(paired['engine_cpu'], 50)
+    objects_cpu = percentile_ms(paired['objects'][:, 1], 50)
+    return {'objects_per_frame': paired['objects_per_frame'],
+            'objects_step_p50_ms': round(percentile_ms(paired['objects'][:, 0], 50), 3),
+            'objects_step_cpu_p50_ms': round(objects_cpu, 3),
+            'engine_cpu_p50_ms': round(engine_cpu, 1),
+            'objects_step_cpu_ratio': round(objects_cpu / engine_cpu, 5)}
+
+
+def check_same_runtime(log_path: Path, engine: ClipSegEngine) -> None:
+    """Fail unless the node loaded the device, dtype and runtime of the engine printed."""
+    loaded = (f'on {engine.device} ({engine.dtype},', f'runtime: {engine.runtime_summary}')
+    if not all(part in log_path.read_text() for part in loaded):
+        raise RuntimeError(f'the node did not load {loaded} like the engine beside it; see '
+                           f'{log_path}')
 
 
 def set_prompts(node, client, prompts) -> None:
@@ -181,6 +213,7 @@ def main() -> int:
             for count in counts:
                 set_prompts(node, client, PROMPT_POOL[:count])
                 run_stream(stream, msgs, 2.0, 2)  # warm-up at this size and prompt count
+                check_same_runtime(scratch / 'node.log', engine)
                 paired = side_by_side(engine, stream, rgb[size], msgs, PROMPT_POOL[:count],
                                       args.frames)
                 engine_p50 = percentile_ms(paired['engine'], 50)
@@ -193,6 +226,7 @@ def main() -> int:
                        'paired_frames': len(paired['latency']),
                        'engine_p50_ms': round(engine_p50, 2),
                        'depth_step_p50_ms': round(percentile_ms(paired['depth_step'], 50), 2),
+                       **objects_costs(paired),
                        'paired_latency_p50_ms': round(paired_p50, 2),
                        'paired_node_inference_p50_ms': round(
                            percentile_ms(paired['node_inference'], 50), 2),
@@ -212,7 +246,13 @@ def main() -> int:
                       f"output {row['output_rate_hz']:.1f} Hz, dropped "
                       f"{row['dropped']}/{row['sent']}; 3D step beside the engine p50 "
                       f"{row['depth_step_p50_ms']:.2f} ms "
-                      f"({100 * row['depth_step_p50_ms'] / engine_p50:.2f}% of it)", flush=True)
+                      f"({100 * row['depth_step_p50_ms'] / engine_p50:.2f}% of it); objects step "
+                      f"(instances + tracking, {row['objects_per_frame']} objects, with depth) "
+                      f"p50 {row['objects_step_p50_ms']:.2f} ms "
+                      f"({100 * row['objects_step_p50_ms'] / engine_p50:.2f}% of the engine), "
+                      f"CPU {row['objects_step_cpu_p50_ms']:.2f} ms "
+                      f"({100 * row['objects_step_cpu_ratio']:.2f}% of the engine's "
+                      f"{row['engine_cpu_p50_ms']:.0f} ms)", flush=True)
                 results.append(row)
     finally:
         engine.release()

@@ -21,6 +21,7 @@ from clipseg_ros.core.engine import ClipSegEngine
 from clipseg_ros.core.options import set_cpu_threads
 from clipseg_ros.diagnostics import CameraHealth, EngineHealth, node_statuses
 from clipseg_ros.frame_slot import FrameCounters, FrameScheduler, Job
+from clipseg_ros.objects import CameraObjects
 from clipseg_ros.parameters import (
     CONFIGURE_TIME_PARAMETERS, declare_parameters, NodeConfiguration, parameter_problem)
 from clipseg_ros.prompt_services import PromptBook, PromptServices, ServiceContext
@@ -57,6 +58,8 @@ class ClipSegNode(LifecycleNode):
                                       self._min_frame_interval,
                                       batch=lambda: self._param('batch_cameras'))
         self._cameras: dict[str, CameraPipeline] = {}  # created at configure
+        # Instances and tracks per camera, kept for the node's life: track ids are never reused.
+        self._objects: dict[str, CameraObjects] = {}
         self._cpu_threads = 0  # applied at configure
         self._warn_times: dict[str, float] = {}
         # Guards _configured against parameter changes racing a configure or cleanup.
@@ -81,6 +84,7 @@ class ClipSegNode(LifecycleNode):
             parameter=self._param, cameras=lambda: self._worker.cameras,
             latest_frame=self._worker.latest, frame_to_rgb=self._frame_to_rgb,
             free_device_cache=free_device_cache, log_error=self.get_logger().error,
+            objects=lambda camera, *frame: self._objects[camera].match(*frame),
             depth_targets=lambda camera, *frame: (
                 self._cameras[camera].depth_targets(*frame) if camera in self._cameras
                 else None)), self._prompts)
@@ -169,7 +173,8 @@ class ClipSegNode(LifecycleNode):
         threads = set_cpu_threads(config.cpu_threads)
         engine = self._engine_factory(
             model=config.model, device=config.device, dtype=config.dtype,
-            resolution=self._param('resolution'), compile_mode=config.compile_mode)
+            resolution=self._param('resolution'), compile_mode=config.compile_mode,
+            backend=config.backend, compiled_model_cache=config.compiled_model_cache)
         self._engine = engine  # from here on, a failure is cleaned up with the rest
         initial = engine.text_prompts(list(config.prompts))
         self._engine_error = ''
@@ -180,9 +185,10 @@ class ClipSegNode(LifecycleNode):
         self._prompts.replace(initial, append=False, max_prompts=len(initial))
         self.get_logger().info(
             f"model '{config.model}' on {engine.device} ({engine.dtype}, {threads} CPU "
-            f'threads); prompts: {list(config.prompts)}')
+            f'threads); prompts: {list(config.prompts)}; runtime: {engine.runtime_summary}')
         self._worker.set_cameras(config.cameras)
         for name in config.cameras:
+            self._objects.setdefault(name, CameraObjects(self._param)).reset()
             self._cameras[name] = CameraPipeline(
                 self, name, compressed=config.input_transport == 'compressed',
                 reliability=config.qos_reliability, use_depth=config.use_depth,
@@ -237,8 +243,9 @@ class ClipSegNode(LifecycleNode):
         return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
 
     def destroy_node(self) -> None:
-        """Stop the worker before the publishers it uses are destroyed."""
+        """Stop the worker and release the model before the entities they use are destroyed."""
         self._worker.stop()
+        self._release_resources()
         super().destroy_node()
 
     # ----------------------------------------------------------------- camera path
@@ -289,11 +296,12 @@ class ClipSegNode(LifecycleNode):
             if not self._worker.active:
                 break
             try:  # one camera's failure leaves the others' results alone
+                paired = camera.depth_targets(msg.header, result.labels, len(prompt_set.prompts))
                 camera.outputs.publish(
                     msg.header, image_rgb, result, prompt_set, threshold,
-                    with_overlay=self._param('publish_overlay'),
-                    paired=camera.depth_targets(msg.header, result.labels,
-                                                len(prompt_set.prompts)),
+                    with_overlay=self._param('publish_overlay'), paired=paired,
+                    objects=self._objects[camera.name].update(msg.header, result, paired,
+                                                              prompt_set),
                     point_decimation=self._param('point_decimation'))
             except Exception as error:  # noqa: B902 - counted and logged per camera
                 self._count_failures([(camera.name, msg, received_at)], error)
@@ -317,6 +325,7 @@ class ClipSegNode(LifecycleNode):
         prompt_set = self._prompts.current
         health = EngineHealth(
             device=str(engine.device) if engine else '', engine_error=self._engine_error,
+            runtime=engine.runtime_summary if engine else '',
             active=self._worker.active, cpu_threads=self._cpu_threads,
             device_memory_bytes=engine.memory_in_use() if engine else 0,
             prompt_count=len(prompt_set.prompts), prompt_version=prompt_set.version,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from clipseg_ros.camera_names import camera_names_problem
+from clipseg_ros.core.backends import AUTO_CACHE, check_backend_name
 from clipseg_ros.core.model_loading import DEFAULT_MODEL
 from clipseg_ros.core.options import (
     check_compile_mode, check_device_name, check_dtype_name, check_resolution,
@@ -24,7 +25,7 @@ LIVE = 'live'            # at once, validated
 CONFIGURE = 'configure'  # read at configure; changeable only while unconfigured
 START = 'start'          # fixed for the life of the process
 CHOICES = {'input_transport': ('raw', 'compressed'),
-           'qos_reliability': ('best_effort', 'reliable')}
+           'qos_reliability': ('auto', 'best_effort', 'reliable')}
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,14 @@ SPECS = (
                   '(save_pretrained format, safetensors)', CONFIGURE),
     ParameterSpec('device', 'auto', 'auto (cuda when available), cpu, cuda or cuda:N',
                   CONFIGURE),
-    ParameterSpec('dtype', 'auto', 'auto (float16 on CUDA, float32 on CPU), float32, float16 '
+    ParameterSpec('dtype', 'auto', 'auto (float16 on CUDA; on the CPU bfloat16 where it '
+                  'computes it natively, AMX or AVX-512 BF16, else float32), float32, float16 '
                   'or bfloat16', CONFIGURE),
+    ParameterSpec('backend', 'auto', 'Runtime of the network: auto (torch on CUDA, openvino '
+                  'on the CPU when installed), torch or openvino', CONFIGURE),
+    ParameterSpec('compiled_model_cache', AUTO_CACHE, 'Folder for converted models (openvino '
+                  "back end): auto = $XDG_CACHE_HOME/clipseg_ros or ~/.cache/clipseg_ros; '' "
+                  '= no cache', CONFIGURE),
     ParameterSpec('compile_mode', 'auto', 'GPU fast path: auto (cuda_graphs on CUDA, none on '
                   'CPU), none or cuda_graphs', CONFIGURE),
     ParameterSpec('cpu_threads', 0, 'Threads for CPU inference; 0 = auto (one per core, less '
@@ -77,8 +84,11 @@ SPECS = (
                   CONFIGURE),
     ParameterSpec('input_transport', 'raw', "raw: subscribe 'image' (sensor_msgs/Image); "
                   "compressed: 'image/compressed'", CONFIGURE),
-    ParameterSpec('qos_reliability', 'best_effort', 'Reliability of the image subscription: '
-                  'best_effort (sensor data) or reliable', CONFIGURE),
+    ParameterSpec('qos_reliability', 'auto', 'Reliability of the image, depth and camera_info '
+                  'subscriptions: auto = reliable when every publisher of the topic offers '
+                  'reliable, else best effort, followed as publishers come and go; best_effort '
+                  '(matches every publisher) or reliable (best-effort publishers are refused, '
+                  'with a warning)', CONFIGURE),
     ParameterSpec('max_rate_hz', 0.0, 'Upper bound on processed frames per second of each '
                   'camera; 0 = as fast as the model allows', float_range=(0.0, 1000.0)),
     ParameterSpec('batch_cameras', True, 'Frames waiting from several cameras go through the '
@@ -103,6 +113,23 @@ SPECS = (
                   integer_range=(0, 50, 1)),
     ParameterSpec('point_decimation', 4, 'Every n-th row and column of the masked pixels goes '
                   'into the points cloud', integer_range=(1, 64, 1)),
+    ParameterSpec('min_instance_pixels', 50, "Connected parts of a prompt's region with fewer "
+                  'pixels are specks, not instances', integer_range=(1, 1_000_000, 1)),
+    ParameterSpec('instance_depth_gap', 0.05, 'Metres of depth jump that split a part of a '
+                  'prompt\'s region into two instances; 0 = no split by depth',
+                  float_range=(0.0, 10.0)),
+    ParameterSpec('max_instances_per_prompt', 10, 'Instances kept per prompt (the best '
+                  'scoring)', integer_range=(1, 255, 1)),
+    ParameterSpec('tracking', True, 'Give instances track ids that last across frames (false: '
+                  'instances only, track_id 0)'),
+    ParameterSpec('track_max_missed_frames', 10, 'Frames a track may go unseen (occlusion, '
+                  'flicker) before it is lost', integer_range=(0, 1000, 1)),
+    ParameterSpec('track_min_frames', 3, 'Frames in a row an object must be seen before its '
+                  'track is reported (1 = at once)', integer_range=(1, 100, 1)),
+    ParameterSpec('track_smoothing', 0.5, "Weight of each frame's 3D centroid in a track's "
+                  'smoothed one (alpha-beta filter; 1 = no smoothing)', float_range=(0.01, 1.0)),
+    ParameterSpec('track_gate', 0.1, 'Metres an instance may be from a track\'s predicted 3D '
+                  'centroid to continue it', float_range=(0.001, 10.0)),
     ParameterSpec('diagnostics_period', 1.0, 'Seconds between /diagnostics messages', START,
                   float_range=(0.05, 60.0)),
     ParameterSpec('autostart', True, 'Configure and activate at start-up, so a plain launch '
@@ -118,6 +145,8 @@ class NodeConfiguration:
     model: str
     device: str
     dtype: str
+    backend: str
+    compiled_model_cache: str
     compile_mode: str
     cpu_threads: int
     prompts: tuple[str, ...]
@@ -169,6 +198,8 @@ def parameter_problem(name: str, value: Any, *, max_prompts: int, prompts_in_for
             check_device_name(value)
         elif name == 'dtype':
             check_dtype_name(value)
+        elif name == 'backend':
+            check_backend_name(value)
         elif name == 'compile_mode':
             check_compile_mode(value)
         elif name == 'cpu_threads':

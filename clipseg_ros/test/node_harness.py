@@ -1,6 +1,7 @@
 """A test-side ROS node that feeds camera frames to clipseg and collects what it publishes."""
 
 import array
+import os
 import threading
 import time
 
@@ -87,10 +88,14 @@ def call_service(node, client, request, timeout: float = 30.0):
     return future.result()
 
 
+# The back end the node tests run on (`make test` runs the engine-heavy ones on each).
+TEST_BACKEND = os.environ.get('CLIPSEG_TEST_BACKEND', 'torch')
+
+
 def tiny_model_overrides(model_dir, **extra) -> list[Parameter]:
     """Parameter overrides that run the node on the tiny test model."""
     values = {'model': str(model_dir), 'device': 'cpu', 'prompts': ['a red square', 'sky'],
-              'resolution': 64, 'diagnostics_period': 0.2}
+              'resolution': 64, 'diagnostics_period': 0.2, 'backend': TEST_BACKEND}
     values.update(extra)
     return [Parameter(name, value=value) for name, value in values.items()]
 

@@ -15,7 +15,8 @@ from clipseg_ros.conversions import image_to_array
 from clipseg_ros.core import options
 from clipseg_ros.main import keep_freed_memory
 from clipseg_ros.node import ClipSegNode
-from node_harness import RunningNode, encode_frame, rgb_frame, tiny_model_overrides
+from node_harness import (RunningNode, TEST_BACKEND, encode_frame, rgb_frame,
+                          tiny_model_overrides)
 
 
 @pytest.fixture
@@ -278,6 +279,8 @@ def test_diagnostics_report_rates_counts_and_stale_camera(running):
     assert float(values['processing_rate_hz']) > 0.0
     assert float(values['input_rate_hz']) > 0.0
     assert values['device'] == 'cpu'
+    # The back end the harness asked for, its precision and the CPU's features.
+    assert values['runtime'].startswith(TEST_BACKEND) and 'cpu: ' in values['runtime']
     # auto: torch's default, less a core for ROS from 4 cores on (2 cores here -> 2)
     expected_threads = options.cpu_thread_count(0)
     assert values['cpu_threads'] == str(expected_threads) and \
