@@ -24,6 +24,16 @@ class EngineHealth:
     prompt_version: int
     model: str
 
+    @classmethod
+    def of(cls, engine, engine_error: str, active: bool, cpu_threads: int, prompt_count: int,
+           prompt_version: int, model: str) -> 'EngineHealth':
+        """The health of ``engine`` (a ClipSegEngine, or None while none is loaded)."""
+        return cls(device=str(engine.device) if engine else '', engine_error=engine_error,
+                   runtime=engine.runtime_summary if engine else '', active=active,
+                   cpu_threads=cpu_threads,
+                   device_memory_bytes=engine.memory_in_use() if engine else 0,
+                   prompt_count=prompt_count, prompt_version=prompt_version, model=model)
+
 
 @dataclass
 class CameraHealth:

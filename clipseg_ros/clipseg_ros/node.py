@@ -321,15 +321,10 @@ class ClipSegNode(LifecycleNode):
     def diagnostic_statuses(self) -> list[DiagnosticStatus]:
         """The node's DiagnosticStatus entries: one, or the engine's and one per camera."""
         now = time.monotonic()
-        engine = self._engine
         prompt_set = self._prompts.current
-        health = EngineHealth(
-            device=str(engine.device) if engine else '', engine_error=self._engine_error,
-            runtime=engine.runtime_summary if engine else '',
-            active=self._worker.active, cpu_threads=self._cpu_threads,
-            device_memory_bytes=engine.memory_in_use() if engine else 0,
-            prompt_count=len(prompt_set.prompts), prompt_version=prompt_set.version,
-            model=self._param('model'))
+        health = EngineHealth.of(self._engine, self._engine_error, self._worker.active,
+                                 self._cpu_threads, len(prompt_set.prompts), prompt_set.version,
+                                 self._param('model'))
         cameras = [CameraHealth.of(name, self._worker.counters(name), self._cameras.get(name),
                                    self._param('stale_image_timeout'), now)
                    for name in self._worker.cameras]

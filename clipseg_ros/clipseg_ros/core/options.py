@@ -14,7 +14,8 @@ import torch
 
 DEVICE_CHOICES = ('auto', 'cpu', 'cuda', 'cuda:N')
 DTYPE_CHOICES = ('auto', 'float32', 'float16', 'bfloat16')
-# auto = cuda_graphs on CUDA, none on the CPU (docs/results.md, "GPU": why torch.compile is not offered).
+# auto = cuda_graphs on CUDA, none on the CPU (docs/results.md, "GPU": why torch.compile is not
+# offered).
 COMPILE_MODES = ('auto', 'none', 'cuda_graphs')
 RESOLUTION_STEP = 16
 MIN_RESOLUTION = 64
