@@ -29,14 +29,12 @@ except ImportError:  # running from a source checkout without the package instal
     from clipseg_ros.core.engine import ClipSegEngine
 from clipseg_ros.core.backends import openvino_version
 from clipseg_ros.core.cpu_features import host_cpu_features
-from clipseg_ros.tools.tiny_model import build_random_model, PREPROCESSOR_CONFIG
+from clipseg_ros.tools.tiny_model import (
+    BENCHMARK_PROMPTS, build_random_model, PREPROCESSOR_CONFIG)
 import numpy as np
 import torch
 
-PROMPTS = (
-    'a person', 'a chair', 'a table', 'a cup', 'a bottle', 'a laptop', 'a door', 'a window',
-    'a potted plant', 'a backpack', 'a robot arm', 'a cardboard box', 'the floor',
-)
+PROMPTS = BENCHMARK_PROMPTS
 
 
 def configurations() -> list[tuple[str, str]]:

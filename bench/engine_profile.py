@@ -19,13 +19,12 @@ try:
 except ImportError:  # running from a source checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'clipseg_ros'))
     from clipseg_ros.core.engine import ClipSegEngine
-from clipseg_ros.tools.tiny_model import build_random_model, PREPROCESSOR_CONFIG
+from clipseg_ros.tools.tiny_model import (
+    BENCHMARK_PROMPTS, build_random_model, PREPROCESSOR_CONFIG)
 import numpy as np
 from torch.profiler import profile, ProfilerActivity
 
-PROMPTS = ('a person', 'a chair', 'a table', 'a cup', 'a bottle', 'a laptop', 'a door',
-           'a window', 'a potted plant', 'a backpack', 'a robot arm', 'a cardboard box',
-           'the floor')
+PROMPTS = BENCHMARK_PROMPTS
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

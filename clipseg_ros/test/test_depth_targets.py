@@ -14,23 +14,11 @@ from clipseg_ros.depth_input import DepthPairing, PairedTargets
 from clipseg_ros.tools.scenes import render_scene
 import numpy as np
 import pytest
+from scene_truth import camera_of, exact_surface
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 SCENE_SEEDS = range(12)
-
-
-def camera_of(scene) -> CameraModel:
-    i = scene.intrinsics
-    return CameraModel(i.width, i.height, i.fx, i.fy, i.cx, i.cy)
-
-
-def exact_surface(scene, mask: np.ndarray) -> np.ndarray:
-    """The object's visible surface points from the noise-free depth, by the pinhole model."""
-    rows, columns = np.nonzero(mask & (scene.depth_exact_m > 0))
-    z = scene.depth_exact_m[rows, columns].astype(np.float64)
-    i = scene.intrinsics
-    return np.stack([(columns - i.cx) * z / i.fx, (rows - i.cy) * z / i.fy, z], axis=1)
 
 
 def sensor_depth(scene, encoding: str) -> np.ndarray:

@@ -14,19 +14,7 @@ from clipseg_ros.tools.scene_sequences import several_of_a_kind, touching_pair
 import cv2
 import numpy as np
 import pytest
-
-
-def camera_of(scene) -> CameraModel:
-    i = scene.intrinsics
-    return CameraModel(i.width, i.height, i.fx, i.fy, i.cx, i.cy)
-
-
-def surface_median(scene, mask: np.ndarray) -> np.ndarray:
-    rows, columns = np.nonzero(mask & (scene.depth_exact_m > 0))
-    z = scene.depth_exact_m[rows, columns].astype(np.float64)
-    i = scene.intrinsics
-    return np.median(np.stack([(columns - i.cx) * z / i.fx, (rows - i.cy) * z / i.fy, z],
-                              axis=1), axis=0)
+from scene_truth import camera_of, surface_median
 
 
 def prompt_maps(scene, kinds: list[tuple[str, str]], probability: float = 0.8):

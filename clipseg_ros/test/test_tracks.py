@@ -14,7 +14,7 @@ from clipseg_ros.tools.scene_sequences import moving_objects, passing_pair
 import cv2
 import numpy as np
 import pytest
-from test_instances import camera_of, surface_median
+from scene_truth import camera_of, surface_median
 
 KINDS = [('circle', 'red'), ('square', 'green')]
 

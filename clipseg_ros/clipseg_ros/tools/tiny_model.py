@@ -39,6 +39,12 @@ PREPROCESSOR_CONFIG = {
 }
 
 # Whole-word tokens for a few words, so the merge machinery of the BPE model is exercised too.
+# The prompts the benchmarks segment with (the first N of them for N prompts): up to 13 things
+# a robot looks for indoors.
+BENCHMARK_PROMPTS = (
+    'a person', 'a chair', 'a table', 'a cup', 'a bottle', 'a laptop', 'a door', 'a window',
+    'a potted plant', 'a backpack', 'a robot arm', 'a cardboard box', 'the floor',
+)
 _MERGED_WORDS = ('a', 'the', 'cat', 'dog', 'person', 'car', 'cup', 'chair', 'photo', 'of')
 
 
