@@ -15,7 +15,8 @@ from visualization_msgs.msg import Marker
 OBJECT_NAMESPACES = ('clipseg_objects', 'clipseg_object_extents', 'clipseg_object_labels')
 
 
-def _point(row) -> Point:
+def point_msg(row) -> Point:
+    """A geometry_msgs Point from an (x, y, z) row."""
     return Point(x=float(row[0]), y=float(row[1]), z=float(row[2]))
 
 
@@ -37,10 +38,10 @@ def instance_msgs(objects: FrameObjects, labels: list[str]) -> list[Instance]:
             box=_box(instances.boxes[k]),
             centroid=Point(x=float(instances.centroids[k][0]),
                            y=float(instances.centroids[k][1])),
-            centroid_3d=_point(targets.centroids[k]),
-            centroid_3d_smoothed=_point(tracked.smoothed[k]),
-            extent_min_3d=_point(targets.extent_min[k]),
-            extent_max_3d=_point(targets.extent_max[k]),
+            centroid_3d=point_msg(targets.centroids[k]),
+            centroid_3d_smoothed=point_msg(tracked.smoothed[k]),
+            extent_min_3d=point_msg(targets.extent_min[k]),
+            extent_max_3d=point_msg(targets.extent_max[k]),
             depth_pixel_count=int(targets.valid_pixels[k]),
             track_id=int(tracked.track_ids[k]), track_age_frames=int(tracked.age_frames[k]),
             track_age_seconds=float(tracked.age_seconds[k]), seen_this_frame=True,
@@ -51,12 +52,38 @@ def instance_msgs(objects: FrameObjects, labels: list[str]) -> list[Instance]:
             prompt_index=prompt, label=labels[prompt] if prompt < len(labels) else '',
             score=float(track.score), pixel_count=0, box=_box(track.box),
             centroid=Point(x=float(track.centroid[0]), y=float(track.centroid[1])),
-            centroid_3d=_point(np.full(3, np.nan)), centroid_3d_smoothed=_point(track.smoothed),
-            extent_min_3d=_point(track.extent_min), extent_max_3d=_point(track.extent_max),
+            centroid_3d=point_msg(np.full(3, np.nan)),
+            centroid_3d_smoothed=point_msg(track.smoothed),
+            extent_min_3d=point_msg(track.extent_min), extent_max_3d=point_msg(track.extent_max),
             depth_pixel_count=0, track_id=int(track.track_id),
             track_age_frames=int(track.age_frames), track_age_seconds=float(track.age_seconds),
             seen_this_frame=False, missed_frames=int(track.missed_frames)))
     return entries
+
+
+def target_markers(header: Header, namespaces: tuple[str, str, str], marker_id: int, text: str,
+                   prompt_index: int, alpha: float, box_alpha: float, centre: np.ndarray,
+                   middle: np.ndarray, size: np.ndarray) -> list[Marker]:
+    """
+    One 3D target for rviz: a sphere at ``centre``, a box of ``size`` at ``middle`` and
+    ``text`` above it, in the prompt's colour, each in its namespace with ``marker_id``.
+    """
+    red, green, blue = (float(c) / 255.0 for c in PALETTE[prompt_index + 1])
+    colour = ColorRGBA(r=red, g=green, b=blue, a=alpha)
+    sphere = Marker(header=header, ns=namespaces[0], id=marker_id, type=Marker.SPHERE,
+                    action=Marker.ADD, color=colour, scale=Vector3(x=0.03, y=0.03, z=0.03))
+    sphere.pose.position = point_msg(centre)
+    box = Marker(header=header, ns=namespaces[1], id=marker_id, type=Marker.CUBE,
+                 action=Marker.ADD, color=ColorRGBA(r=red, g=green, b=blue, a=box_alpha),
+                 scale=Vector3(x=float(size[0]), y=float(size[1]), z=float(size[2])))
+    box.pose.position = point_msg(middle)
+    label = Marker(header=header, ns=namespaces[2], id=marker_id, type=Marker.TEXT_VIEW_FACING,
+                   action=Marker.ADD, text=text, color=colour, scale=Vector3(z=0.04))
+    # Above the object: -y is up in the optical frame.
+    label.pose.position = point_msg(centre - np.array([0.0, 0.05 + size[1] / 2.0, 0.0]))
+    for marker in (sphere, box, label):
+        marker.pose.orientation.w = 1.0
+    return [sphere, box, label]
 
 
 def object_markers(header: Header, entries: list[Instance],
@@ -74,30 +101,14 @@ def object_markers(header: Header, entries: list[Instance],
             continue
         track_id = int(entry.track_id) % 2 ** 31  # Marker.id is int32
         shown.add(track_id)
-        red, green, blue = (float(c) / 255.0 for c in PALETTE[entry.prompt_index + 1])
         alpha = 0.9 if entry.seen_this_frame else 0.4
-        colour = ColorRGBA(r=red, g=green, b=blue, a=alpha)
         low = np.array([entry.extent_min_3d.x, entry.extent_min_3d.y, entry.extent_min_3d.z])
         high = np.array([entry.extent_max_3d.x, entry.extent_max_3d.y, entry.extent_max_3d.z])
         size = np.maximum(np.nan_to_num(high - low, nan=0.0), 0.005)
         middle = np.where(np.isfinite(low + high), (low + high) / 2.0, centre)
-        sphere = Marker(header=header, ns=OBJECT_NAMESPACES[0], id=track_id,
-                        type=Marker.SPHERE, action=Marker.ADD, color=colour,
-                        scale=Vector3(x=0.03, y=0.03, z=0.03))
-        sphere.pose.position = _point(centre)
-        box = Marker(header=header, ns=OBJECT_NAMESPACES[1], id=track_id, type=Marker.CUBE,
-                     action=Marker.ADD, color=ColorRGBA(r=red, g=green, b=blue, a=alpha / 3),
-                     scale=Vector3(x=float(size[0]), y=float(size[1]), z=float(size[2])))
-        box.pose.position = _point(middle)
-        text = Marker(header=header, ns=OBJECT_NAMESPACES[2], id=track_id,
-                      type=Marker.TEXT_VIEW_FACING, action=Marker.ADD,
-                      text=f'{entry.label} #{entry.track_id}', color=colour,
-                      scale=Vector3(z=0.04))
-        # Above the object: -y is up in the optical frame.
-        text.pose.position = _point(centre - np.array([0.0, 0.05 + size[1] / 2.0, 0.0]))
-        for marker in (sphere, box, text):
-            marker.pose.orientation.w = 1.0
-        markers += [sphere, box, text]
+        markers += target_markers(header, OBJECT_NAMESPACES, track_id,
+                                  f'{entry.label} #{entry.track_id}', entry.prompt_index,
+                                  alpha, alpha / 3, centre, middle, size)
     for gone in sorted(shown_before - shown):
         markers += [Marker(header=header, ns=ns, id=gone, action=Marker.DELETE)
                     for ns in OBJECT_NAMESPACES]

@@ -11,6 +11,7 @@ from typing import Any
 from clipseg_ros.core.instances import find_instances, Instances, InstanceSettings
 from clipseg_ros.core.results import SegmentationResult
 from clipseg_ros.core.tracks import InstanceTracker, TrackedObjects, TrackerSettings
+from clipseg_ros.depth_input import stamp_ns
 
 
 @dataclass
@@ -22,7 +23,7 @@ class FrameObjects:
 
 
 def stamp_seconds(header) -> float:
-    return int(header.stamp.sec) + int(header.stamp.nanosec) * 1e-9
+    return stamp_ns(header) * 1e-9
 
 
 class CameraObjects:

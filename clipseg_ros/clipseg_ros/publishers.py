@@ -8,18 +8,19 @@ from dataclasses import dataclass
 from builtin_interfaces.msg import Time
 from clipseg_ros import conversions
 from clipseg_ros.core.depth_targets import instance_points
-from clipseg_ros.core.overlay import PALETTE, render_overlay
+from clipseg_ros.core.overlay import render_overlay
 from clipseg_ros.core.prompts import Prompt
 from clipseg_ros.core.results import SegmentationResult
 from clipseg_ros.depth_input import PairedTargets
-from clipseg_ros.object_messages import instance_msgs, object_markers
+from clipseg_ros.object_messages import (
+    instance_msgs, object_markers, point_msg, target_markers)
 from clipseg_ros.objects import FrameObjects
 from clipseg_ros_interfaces.msg import Segmentation
-from geometry_msgs.msg import Point, Vector3
+from geometry_msgs.msg import Point
 import numpy as np
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, PointCloud2, PointField, RegionOfInterest
-from std_msgs.msg import ColorRGBA, Header
+from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 # Outputs: the newest result only; reliable, so a subscriber gets every result it can take.
@@ -66,17 +67,13 @@ def segmentation_msg(header: Header, result: SegmentationResult, prompt_set: Pro
             msg.has_depth = True
             seconds, nanoseconds = divmod(paired.depth_stamp_ns, 1_000_000_000)
             msg.depth_stamp = Time(sec=seconds, nanosec=nanoseconds)
-        msg.centroids_3d = [_point(row) for row in targets.centroids]
-        msg.extent_min_3d = [_point(row) for row in targets.extent_min]
-        msg.extent_max_3d = [_point(row) for row in targets.extent_max]
+        msg.centroids_3d = [point_msg(row) for row in targets.centroids]
+        msg.extent_min_3d = [point_msg(row) for row in targets.extent_min]
+        msg.extent_max_3d = [point_msg(row) for row in targets.extent_max]
         msg.depth_pixel_count = [int(n) for n in targets.valid_pixels]
     if objects is not None:
         msg.instances = instance_msgs(objects, prompt_set.labels)
     return msg
-
-
-def _point(row: np.ndarray) -> Point:
-    return Point(x=float(row[0]), y=float(row[1]), z=float(row[2]))
 
 
 # x, y, z float32, the prompt's 1-based label as uint8 and the point's instance (k = the k-th
@@ -106,6 +103,9 @@ def point_cloud_msg(header: Header, points: np.ndarray, labels: np.ndarray,
     return msg
 
 
+PROMPT_NAMESPACES = ('clipseg_centroids', 'clipseg_extents', 'clipseg_labels')
+
+
 def markers_msg(header: Header, paired: PairedTargets, labels: list[str]) -> MarkerArray:
     """For rviz: per prompt with depth, a sphere at its centroid, its extent box and its text."""
     markers = [Marker(header=header, action=Marker.DELETEALL)]
@@ -115,25 +115,8 @@ def markers_msg(header: Header, paired: PairedTargets, labels: list[str]) -> Mar
         if not np.isfinite(centroid).all():
             continue
         low, high = targets.extent_min[index], targets.extent_max[index]
-        red, green, blue = (float(c) / 255.0 for c in PALETTE[index + 1])
-        colour = ColorRGBA(r=red, g=green, b=blue, a=0.9)
-        sphere = Marker(header=header, ns='clipseg_centroids', id=index, type=Marker.SPHERE,
-                        action=Marker.ADD, color=colour, scale=Vector3(x=0.03, y=0.03, z=0.03))
-        sphere.pose.position = _point(centroid)
-        sphere.pose.orientation.w = 1.0
-        size = np.maximum(high - low, 0.005)
-        box = Marker(header=header, ns='clipseg_extents', id=index, type=Marker.CUBE,
-                     action=Marker.ADD, color=ColorRGBA(r=red, g=green, b=blue, a=0.3),
-                     scale=Vector3(x=float(size[0]), y=float(size[1]), z=float(size[2])))
-        box.pose.position = _point((low + high) / 2.0)
-        box.pose.orientation.w = 1.0
-        text = Marker(header=header, ns='clipseg_labels', id=index,
-                      type=Marker.TEXT_VIEW_FACING, action=Marker.ADD, text=label, color=colour,
-                      scale=Vector3(z=0.04))
-        # Above the object: -y is up in the optical frame.
-        text.pose.position = _point(centroid - np.array([0.0, 0.05 + size[1] / 2.0, 0.0]))
-        text.pose.orientation.w = 1.0
-        markers += [sphere, box, text]
+        markers += target_markers(header, PROMPT_NAMESPACES, index, label, index, 0.9, 0.3,
+                                  centroid, (low + high) / 2.0, np.maximum(high - low, 0.005))
     return MarkerArray(markers=markers)
 
 
