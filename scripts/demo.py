@@ -146,6 +146,10 @@ def main() -> int:
         print(f'demo: published {sent} frames and received no output; see {args.out}/node.log')
         return 1
     print(f'demo: saved mask, confidence and overlay PNGs of {saved} frames to {args.out}/')
+    # What ran, as the node logged it at configure (back end, precision, CPU features).
+    runtime = [line.split('runtime: ', 1)[1].strip()
+               for line in (args.out / 'node.log').read_text().splitlines() if 'runtime: ' in line]
+    print(f"demo: the node ran {runtime[-1] if runtime else 'an unknown runtime (see node.log)'}")
     print(f'demo: {args.width}x{args.height} at {args.rate:.0f} Hz for {args.seconds:.0f} s, '
           f'prompts {prompts}: published {sent}, processed {len(answered)}, '
           f'dropped {sent - len(answered)}, latency mean {latencies.mean() * 1e3:.0f} ms, '
