@@ -144,6 +144,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--compile-mode', default='auto',
                         help='engine fast path: auto, none or cuda_graphs (CUDA only)')
     parser.add_argument('--resolution', type=int, default=352)
+    # torch by default: the comparison is the engine's design against transformers' own forward
+    # in the same runtime; bench/backends_bench.py compares the back ends.
+    parser.add_argument('--backend', default='torch', help='engine back end: torch, openvino')
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         parser.error('--repeats must be >= 1 and --warmup >= 0')
@@ -154,18 +157,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     engine = ClipSegEngine.from_model(
         model, tokenizer, PREPROCESSOR_CONFIG, device=args.device, dtype=args.dtype,
         resolution=args.resolution, compile_mode=args.compile_mode,
-        model_name='full-size CLIPSeg, random weights')
+        model_name='full-size CLIPSeg, random weights', backend=args.backend)
     build_seconds = time.perf_counter() - build_start
     process, process_name = make_processor(tokenizer)
-    device, dtype = engine.device, engine.dtype
+    # The naive forward runs the torch model as the engine left it (float32 under OpenVINO).
+    device, dtype = engine.device, next(model.parameters()).dtype
     frame = np.random.default_rng(0).integers(
         0, 256, (FRAME_HEIGHT, FRAME_WIDTH, 3), dtype=np.uint8)
 
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'
     print(f'model: full-size CLIPSeg architecture, {parameters / 1e6:.1f}M parameters, random '
           f'weights (built in {build_seconds:.1f} s)')
-    print(f'device: {device} ({name}), dtype: {str(dtype).replace("torch.", "")}, '
-          f'torch threads: {torch.get_num_threads()}, compile_mode: {engine.compile_mode}')
+    print(f'device: {device} ({name}), torch threads: {torch.get_num_threads()}, '
+          f'compile_mode: {engine.compile_mode}')
+    print(f'engine runtime: {engine.runtime_summary}; naive: transformers in torch '
+          f'{str(dtype).replace("torch.", "")}')
     print(f'frame: {FRAME_WIDTH}x{FRAME_HEIGHT}, resolution: {engine.resolution}, '
           f'warm-up: {args.warmup}, repeats: {args.repeats} (median)')
     print(f'naive preprocessing: {process_name}')
@@ -202,7 +208,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             'achieved_tflops': round(tflops, 3)})
     summary = {
         'benchmark': 'clipseg_engine_vs_naive', 'device': str(device), 'device_name': name,
-        'dtype': str(dtype).replace('torch.', ''), 'threads': torch.get_num_threads(),
+        'dtype': str(engine.dtype).replace('torch.', ''), 'backend': engine.backend,
+        'naive_dtype': str(dtype).replace('torch.', ''), 'threads': torch.get_num_threads(),
         'compile_mode': engine.compile_mode, 'frame': [FRAME_WIDTH, FRAME_HEIGHT],
         'resolution': engine.resolution, 'repeats': args.repeats, 'warmup': args.warmup,
         'naive_preprocessing': process_name, 'results': results,
