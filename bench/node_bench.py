@@ -195,6 +195,8 @@ def main() -> int:
     device_name = torch.cuda.get_device_name(engine.device) if engine.device.type == 'cuda' \
         else f'{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads'
     dtype_name = str(engine.dtype).replace('torch.', '')
+    # check_same_runtime holds the node to this runtime before every configuration's figures.
+    print(f'engine and node runtime: {engine.runtime_summary}')
     rclpy.init()
     node = rclpy.create_node('clipseg_bench_camera')
     stream = CameraStream(node, '/bench_camera/image_raw', output_namespace='/bench')
@@ -262,6 +264,7 @@ def main() -> int:
         rclpy.try_shutdown()
         shutil.rmtree(scratch, ignore_errors=True)
     print(json.dumps({'benchmark': 'node_bench', 'device': device_name, 'dtype': dtype_name,
+                      'backend': engine.backend,
                       'compile_mode': args.compile_mode, 'results': results}))
     return 0
 
