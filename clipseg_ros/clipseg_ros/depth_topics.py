@@ -21,7 +21,8 @@ class DepthTopics:
         self._node = node
         self._warn = warn
         # Told of every usable depth image or camera_info, so a frame waiting for it can go;
-        # resumed: a depth image that could pair (a camera_info is there).
+        # resumed: depth can pair again (a depth image with a camera_info, or the first
+        # camera_info), which ends a stall after a frame's wait ran out.
         self._arrived = arrived
         self.pairing = DepthPairing()
         # reliability: qos_reliability, per topic (auto follows each topic's publishers)
@@ -40,11 +41,12 @@ class DepthTopics:
             self._arrived(self.pairing.has_camera)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
+        first = not self.pairing.has_camera
         problem = self.pairing.offer_camera_info(msg)
         if problem is not None:
             self._warn('camera_info', f'camera_info refused: {problem}')
-        else:
-            self._arrived(False)
+        else:  # the first usable one may complete a depth image that came before it
+            self._arrived(first)
 
     def ready_for(self, header) -> bool:
         """Whether a frame of this header has its depth (or never will), with the live delay."""
