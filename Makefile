@@ -108,6 +108,9 @@ bench-node: setup
 bench-depth: setup
 	@$(ENV) && python bench/depth_bench.py $(BENCH_ARGS)
 
+bench-depth-wait: setup
+	@$(ENV) && python bench/depth_wait_bench.py $(BENCH_ARGS)
+
 bench-cameras: setup
 	@$(ENV) && python bench/cameras_bench.py $(BENCH_ARGS)
 
