@@ -38,9 +38,12 @@ def test_installed_node_gives_99_percent_of_frames_their_depth_following_within_
         values = {kv.key: kv.value for kv in camera.diagnostics[-1].status[0].values}
         assert process.poll() is None, 'node exited'
     print(f'{result.answered} of {result.sent} frames answered, {result.with_own_depth} with '
-          f'their own depth ({100 * result.own_depth_share:.1f} %); depth wait p50 '
+          f'their own depth ({100 * result.own_depth_share:.1f} %), {result.with_depth} with '
+          f'depth; depth wait p50 '
           f"{values['depth_wait_p50_ms']} ms, p99 {values['depth_wait_p99_ms']} ms, "
           f"time-outs {values['depth_wait_timeouts']}; latency p50 "
-          f'{np.median(result.latencies_s) * 1e3:.1f} ms')
+          f'{np.median(result.latencies_s) * 1e3:.1f} ms; node: '
+          f"{values['depth_received']} depth images received, frames dropped "
+          f"{values['frames_dropped']}, without depth {values['depth_frames_without_depth']}")
     assert result.answered >= FRAMES // 2, log_path.read_text()
     assert result.own_depth_share >= 0.99

@@ -10,6 +10,7 @@ import array
 from dataclasses import dataclass
 import time
 
+from builtin_interfaces.msg import Time
 from clipseg_ros.tools.drive import CameraStream, wait_for_subscription
 import numpy as np
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -77,9 +78,13 @@ def stream_with_depth(camera: CameraStream, feed: DepthFeed, frame: Image, count
     ``settle_s`` for the last answers; ``camera`` must keep outputs.
     """
     period, start, keys = 1.0 / rate_hz, time.monotonic(), []
+    # Stamped at the camera's rate, as a driver stamps exposures, whatever this host's jitter
+    # does to the publishing times.
+    first_ns = camera.node.get_clock().now().nanoseconds
     for index in range(count):
         delay = delays_s[index]
-        stamp = camera.node.get_clock().now().to_msg()
+        stamp_ns = first_ns + round(index * period * 1e9)
+        stamp = Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
         if delay is not None and delay < 0:
             feed.publish(stamp)
             time.sleep(-delay)
