@@ -59,9 +59,11 @@ def set_depth_wait(clients, seconds: float) -> None:
 
 
 def diagnostics_values(stream: CameraStream) -> dict[str, str]:
+    """The values of this node's latest status (other nodes may share /diagnostics)."""
     with stream._condition:
-        last = stream.diagnostics[-1] if stream.diagnostics else None
-    return {kv.key: kv.value for kv in last.status[0].values} if last else {}
+        statuses = [status for message in stream.diagnostics for status in message.status
+                    if status.name.startswith(f'{NAMESPACE}/clipseg:')]
+    return {kv.key: kv.value for kv in statuses[-1].values} if statuses else {}
 
 
 def main() -> int:
