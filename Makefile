@@ -42,7 +42,7 @@ ENV := source ./env.sh $(ROS_DISTRO)
 ENGINE_TESTS := $(addprefix clipseg_ros/test/,test_engine.py test_engine_inputs.py test_model_loading.py \
 	test_frame_maps.py test_visual_prompt.py)
 
-.PHONY: setup test test-transformers-floor demo bench bench-backends bench-node bench-depth bench-cameras bench-transport bench-qos fuzz soak clean
+.PHONY: setup test test-transformers-floor demo bench bench-backends bench-node bench-depth bench-depth-wait bench-cameras bench-transport bench-qos fuzz soak clean
 
 setup: $(BUILD_STAMP)
 
@@ -107,6 +107,9 @@ bench-node: setup
 
 bench-depth: setup
 	@$(ENV) && python bench/depth_bench.py $(BENCH_ARGS)
+
+bench-depth-wait: setup
+	@$(ENV) && python bench/depth_wait_bench.py $(BENCH_ARGS)
 
 bench-cameras: setup
 	@$(ENV) && python bench/cameras_bench.py $(BENCH_ARGS)

@@ -3,7 +3,8 @@
 The node runs as its own process (as launch starts it) so a crash is a dead process, not a test
 exception, with use_depth on and every object setting at its most demanding (instances of one
 pixel, tracks reported at once): every 8th input is a valid frame paired with an odd depth image
-(none valid, NaN, inf, huge jumps, noise) that must be answered.  Prints sent / rejected /
+(none valid, NaN, inf, huge jumps, noise), sent before or after the frame, after a later-stamped
+or an old depth image, or not at all, that must be answered.  Prints sent / rejected /
 crashed counts; exits non-zero if the node died or stopped answering correctly.  `make fuzz`
 runs 10,000 inputs.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from builtin_interfaces.msg import Time
 import psutil
 import rclpy
 from clipseg_ros_interfaces.srv import Segment, SetImagePrompt, SetTextPrompts
@@ -40,27 +42,50 @@ def call(client, request, timeout: float = 30.0):
     return future.result()
 
 
+def shifted(stamp, nanoseconds: int):
+    total = stamp.sec * 1_000_000_000 + stamp.nanosec + nanoseconds
+    return Time(sec=total // 1_000_000_000, nanosec=total % 1_000_000_000)
+
+
 def send_with_odd_depth(camera, depth_pub, info_pub, rng, compressed: bool, index: int):
-    """A valid frame with an odd depth image and camera_info of its stamp; its segmentation."""
+    """
+    A valid frame with an odd depth image and camera_info of its stamp, timed as
+    fuzz.depth_timing says (before, after, missing, after a later-stamped or an old depth
+    image); its timing and segmentation.
+    """
     width, height = (int(n) for n in rng.integers(8, 72, 2))
     stamp = camera.node.get_clock().now().to_msg()
     depth = fuzz.odd_depth_image(rng, width, height)
     info = CameraInfo(width=width, height=height)
     info.k = [float(rng.uniform(10, 500)), 0.0, width / 2, 0.0, float(rng.uniform(10, 500)),
               height / 2, 0.0, 0.0, 1.0]
-    depth.header.stamp = info.header.stamp = stamp
-    depth.header.frame_id = info.header.frame_id = 'camera_optical'
-    info_pub.publish(info)
-    depth_pub.publish(depth)
-    time.sleep(0.01)  # the depth first: the node pairs a frame with a depth image it has
+    kind, delay = fuzz.depth_timing(rng)
+
+    def send_depth(depth_stamp) -> None:
+        depth.header.stamp = info.header.stamp = depth_stamp
+        depth.header.frame_id = info.header.frame_id = 'camera_optical'
+        info_pub.publish(info)
+        depth_pub.publish(depth)
+
+    if kind == 'before':
+        send_depth(stamp)
+        time.sleep(0.01)
+    elif kind == 'stale':
+        send_depth(shifted(stamp, -1_000_000_000))
     frame = synthetic_frame(width, height, index)
     if compressed:
         good = CompressedImage(format='png')
         good.data = cv2.imencode('.png', frame)[1].tobytes()
     else:
         good = rgb_image_msg(frame)
-    outputs = camera.wait_outputs(camera.publish(good, stamp=stamp), names=('segmentation',))
-    return outputs['segmentation'] if outputs is not None else None
+    key = camera.publish(good, stamp=stamp)
+    if kind == 'reordered':
+        send_depth(shifted(stamp, 50_000_000))
+    if kind in ('after', 'reordered', 'stale'):
+        time.sleep(delay)
+        send_depth(stamp)
+    outputs = camera.wait_outputs(key, names=('segmentation',))
+    return kind, outputs['segmentation'] if outputs is not None else None
 
 
 def main() -> int:
@@ -101,7 +126,8 @@ def main() -> int:
     rng = np.random.default_rng(args.seed)
     counts = {'frames_sent': 0, 'requests_sent': 0, 'requests_refused': 0,
               'requests_accepted': 0, 'requests_unanswered': 0, 'depth_frames_sent': 0,
-              'depth_frames_unanswered': 0, 'instances': 0}
+              'depth_frames_unanswered': 0, 'instances': 0, 'with_depth': 0}
+    timings = {}  # depth timing: frames sent
     crashed = 0
     try:
         # Services answer from start-up; the camera subscription exists once the model loaded.
@@ -119,13 +145,15 @@ def main() -> int:
                 crashed = 1
                 break
             if index % 8 == 0:
-                answered = send_with_odd_depth(camera, depth_pub, info_pub, rng, compressed,
-                                               index)
+                kind, answered = send_with_odd_depth(camera, depth_pub, info_pub, rng,
+                                                     compressed, index)
                 counts['depth_frames_sent'] += 1
+                timings[kind] = timings.get(kind, 0) + 1
                 if answered is None:
                     counts['depth_frames_unanswered'] += 1
                 else:
                     counts['instances'] += len(answered.instances)
+                    counts['with_depth'] += answered.has_depth
                 continue
             if index % 2 == 0:
                 camera.publish(fuzz.malformed_compressed(rng) if compressed
@@ -175,7 +203,8 @@ def main() -> int:
           f"crashed {crashed}; healthy afterwards {healthy}; node exit code {exit_code}; "
           f"RSS {rss_start / 2**20:.0f} -> {rss_end / 2**20:.0f} MiB; valid frames with odd "
           f"depth {counts['depth_frames_sent']} ({counts['depth_frames_unanswered']} "
-          f"unanswered, {counts['instances']} instances in their answers)")
+          f"unanswered, {counts['with_depth']} with depth, {counts['instances']} instances "
+          f'in their answers; depth timing {timings})')
     return 0 if not crashed and healthy and counts['requests_unanswered'] == 0 \
         and counts['depth_frames_unanswered'] == 0 else 1
 

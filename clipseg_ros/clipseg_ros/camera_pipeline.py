@@ -33,7 +33,9 @@ class CameraPipeline:
     def __init__(self, node, name: str, *, compressed: bool, reliability: str, use_depth: bool,
                  callback_group, counters: FrameCounters,
                  offer: Callable[[str, Any, float], None], max_pixels: Callable[[], int],
-                 warn: Callable[[str, str], None]) -> None:
+                 warn: Callable[[str, str], None],
+                 depth_arrived: Callable[[str, bool], None] = lambda name, resumed: None
+                 ) -> None:
         self.name = name
         self._node = node
         self._warn = warn
@@ -43,7 +45,8 @@ class CameraPipeline:
         prefix = topic_prefix(name)
         self.last_frame_time: float | None = None
         self.outputs = ResultPublishers(node, with_depth=use_depth, prefix=prefix)
-        self.depth = (DepthTopics(node, reliability, callback_group, self.warn, prefix)
+        self.depth = (DepthTopics(node, reliability, callback_group, self.warn, prefix,
+                                  arrived=lambda resumed: depth_arrived(name, resumed))
                       if use_depth else None)
         message_type, topic = ((CompressedImage, 'image/compressed') if compressed
                                else (Image, 'image'))
@@ -76,6 +79,10 @@ class CameraPipeline:
             self._warn(f'{self.name}:{key}', f"camera '{self.name}': {text}")
         else:
             self._warn(key, text)
+
+    def inputs_ready(self, msg) -> bool:
+        """Whether a frame may be segmented now: its depth is there, will never be, or unused."""
+        return self.depth is None or self.depth.ready_for(msg.header)
 
     def depth_targets(self, header, labels: np.ndarray,
                       prompt_count: int) -> PairedTargets | None:

@@ -1,7 +1,8 @@
 """
 Aligned depth for a colour frame: recent depth images and the camera's intrinsics kept as they
-arrive, each colour frame paired with the depth image of its stamp (or the nearest within a
-delay), every mismatch refused with a reason and counted. Message types only, no rclpy.
+arrive, whether a frame's depth is there yet, each colour frame paired with the depth image of
+its stamp (or the nearest within a delay), every mismatch refused with a reason and counted.
+Message types only, no rclpy.
 """
 
 from collections import deque
@@ -89,6 +90,7 @@ class DepthPairing:
         self._depth: deque = deque(maxlen=history)
         self._camera: CameraModel | None = None
         self._camera_problem = 'no camera_info received yet'
+        self._newest_stamp: int | None = None  # of the depth image that arrived last
         self.counters = DepthCounters()
 
     def offer_depth(self, msg) -> str | None:
@@ -99,8 +101,29 @@ class DepthPairing:
             self.counters.depth_rejected += 1
             return problem
         with self._lock:
-            self._depth.append((stamp_ns(msg.header), msg))
+            self._newest_stamp = stamp_ns(msg.header)
+            self._depth.append((self._newest_stamp, msg))
         return None
+
+    @property
+    def has_camera(self) -> bool:
+        """Whether a usable camera_info has arrived."""
+        return self._camera is not None
+
+    def ready_for(self, header, max_delay: float) -> bool:
+        """
+        Whether a frame of this header can be paired now or never will be: a depth image within
+        ``max_delay`` of its stamp and a camera_info are there, or the depth image that arrived
+        last is stamped later than that window (depth comes in stamp order, so the frame's own
+        was lost). False while the frame should wait for its depth.
+        """
+        stamp, window = stamp_ns(header), int(max_delay * 1e9)
+        with self._lock:
+            if self._newest_stamp is None:
+                return False
+            if any(abs(depth_stamp - stamp) <= window for depth_stamp, _ in self._depth):
+                return self._camera is not None
+            return self._newest_stamp > stamp + window
 
     def offer_camera_info(self, info) -> str | None:
         """Keep the camera model of a CameraInfo; return why it was refused, or None."""
@@ -117,6 +140,7 @@ class DepthPairing:
     def clear(self) -> None:
         with self._lock:
             self._depth.clear()
+            self._newest_stamp = None
             self._camera = None
             self._camera_problem = 'no camera_info received yet'
 

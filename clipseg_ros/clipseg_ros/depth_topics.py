@@ -16,9 +16,14 @@ class DepthTopics:
     """
 
     def __init__(self, node, reliability: str, callback_group,
-                 warn: Callable[[str, str], None], prefix: str = '') -> None:
+                 warn: Callable[[str, str], None], prefix: str = '',
+                 arrived: Callable[[bool], None] = lambda resumed: None) -> None:
         self._node = node
         self._warn = warn
+        # Told of every usable depth image or camera_info, so a frame waiting for it can go;
+        # resumed: depth can pair again (a depth image with a camera_info, or the first
+        # camera_info), which ends a stall after a frame's wait ran out.
+        self._arrived = arrived
         self.pairing = DepthPairing()
         # reliability: qos_reliability, per topic (auto follows each topic's publishers)
         self.inputs = [
@@ -32,11 +37,20 @@ class DepthTopics:
         problem = self.pairing.offer_depth(msg)
         if problem is not None:
             self._warn('depth', f'depth image refused: {problem}')
+        else:
+            self._arrived(self.pairing.has_camera)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
+        first = not self.pairing.has_camera
         problem = self.pairing.offer_camera_info(msg)
         if problem is not None:
             self._warn('camera_info', f'camera_info refused: {problem}')
+        else:  # the first usable one may complete a depth image that came before it
+            self._arrived(first)
+
+    def ready_for(self, header) -> bool:
+        """Whether a frame of this header has its depth (or never will), with the live delay."""
+        return self.pairing.ready_for(header, self._node.get_parameter('depth_max_delay').value)
 
     def targets_for(self, header, labels: np.ndarray, prompt_count: int) -> PairedTargets:
         """The 3D targets of a frame, with the node's live depth parameters."""

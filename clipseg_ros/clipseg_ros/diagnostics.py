@@ -113,7 +113,17 @@ def _camera_values(camera: CameraHealth, now: float) -> dict[str, str]:
     if camera.depth is not None:
         values.update({f'depth_{key}' if not key.startswith('depth') else key: str(value)
                        for key, value in vars(camera.depth).items()})
+        values.update(_depth_wait_values(counters))
     return values
+
+
+def _depth_wait_values(counters: FrameCounters) -> dict[str, str]:
+    """How long recent frames waited for their depth, and how many went on without it."""
+    def milliseconds(q: float) -> str:
+        seconds = counters.input_waits.percentile(q)
+        return 'none' if seconds is None else f'{seconds * 1e3:.1f}'
+    return {'depth_wait_p50_ms': milliseconds(50), 'depth_wait_p99_ms': milliseconds(99),
+            'depth_wait_timeouts': str(counters.inputs_timed_out)}
 
 
 def _engine_values(engine: EngineHealth) -> dict[str, str]:

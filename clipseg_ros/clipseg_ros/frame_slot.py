@@ -3,7 +3,8 @@ Each camera's newest frame and the worker thread that processes them, free of rc
 
 A camera faster than the model replaces its pending frame (counted as dropped) instead of
 building a queue; the worker serves the cameras in turn, sleeps on a condition variable between
-frames, honours a maximum rate per camera, and stops (joined) on deactivate, so no frame is
+frames, honours a maximum rate per camera, holds a frame (for a bounded time) until its other
+inputs, such as its depth image, are there, and stops (joined) on deactivate, so no frame is
 processed afterwards.
 """
 
@@ -36,6 +37,28 @@ class RecentTimes:
         return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6)
 
 
+class RecentDurations:
+    """Recent durations in seconds, appended by one thread while another reads percentiles."""
+
+    def __init__(self, capacity: int = 300) -> None:
+        self._values: deque = deque(maxlen=capacity)
+        self._lock = threading.Lock()
+
+    def append(self, seconds: float) -> None:
+        with self._lock:
+            self._values.append(seconds)
+
+    def percentile(self, q: float) -> float | None:
+        """The q-th percentile of the recent durations, None while there are none."""
+        with self._lock:
+            values = list(self._values)
+        if not values:
+            return None
+        values.sort()
+        rank = math.ceil(q / 100.0 * len(values))  # nearest rank
+        return values[min(max(rank, 1), len(values)) - 1]
+
+
 @dataclass
 class FrameCounters:
     """What happened to camera frames; read by diagnostics and tests."""
@@ -45,6 +68,7 @@ class FrameCounters:
     dropped: int = 0      # replaced by a newer frame before the worker took it
     rejected: int = 0     # malformed input
     failed: int = 0       # inference raised
+    inputs_timed_out: int = 0  # taken after waiting the whole input wait without its inputs
     consecutive_failures: int = 0
     last_latency_s: float = 0.0
     last_inference_s: float = 0.0
@@ -52,6 +76,8 @@ class FrameCounters:
     # Recent monotonic times, for the rates in diagnostics.
     receive_times: RecentTimes = field(default_factory=RecentTimes)
     process_times: RecentTimes = field(default_factory=RecentTimes)
+    # How long recent frames were held for their other inputs (0: they were there at once).
+    input_waits: RecentDurations = field(default_factory=RecentDurations)
 
     def count_failure(self, error: BaseException) -> str:
         """Count one failed frame; return its description."""
@@ -82,6 +108,14 @@ class CameraSlot:
     pending: tuple[Any, float] | None = None   # (frame, received_at) not yet taken
     latest: Any = None                         # the newest frame offered, processed or not
     last_start: float = -math.inf              # no frame yet: the first is never rate-limited
+    inputs_at: float | None = None   # when the pending frame's inputs were there; None: waiting
+    # Start of the current wait, kept when a newer waiting frame replaces a waiting one, so a
+    # camera whose inputs always come after its next frame still has a frame out per wait.
+    waiting_since: float | None = None
+    stalled: bool = False  # the last wait ran out: frames go at once until an input arrives
+
+    def forget_pending(self) -> None:
+        self.pending = self.inputs_at = self.waiting_since = None
 
 
 # Longest sleep of a worker holding a rate-limited frame before it reads the rate again.
@@ -100,16 +134,26 @@ class FrameScheduler:
     one; with it true, every camera's due frame goes at once (one encoder pass). ``min_interval()``
     gives the seconds to keep between two processed frames of one camera (0: none);
     ``on_error(jobs, error)`` gets whatever ``process`` raises, and the worker goes on.
+
+    ``inputs_ready(camera, frame)`` says whether the frame's other inputs (its depth image) are
+    there or can no longer come; it is asked when the frame is offered and at each
+    ``input_arrived(camera)``. A frame whose inputs are not there waits, apart from the other
+    cameras, for at most ``input_wait()`` seconds, then goes without them (counted); after such
+    a time-out the camera's frames go at once until ``input_arrived(camera, resumed=True)``.
     """
 
     def __init__(self, process: Callable[[list[Job]], None],
                  on_error: Callable[[list[Job], Exception], None],
                  min_interval: Callable[[], float], cameras: Sequence[str] = ('',),
-                 batch: Callable[[], bool] = lambda: False) -> None:
+                 batch: Callable[[], bool] = lambda: False,
+                 inputs_ready: Callable[[str, Any], bool] = lambda camera, frame: True,
+                 input_wait: Callable[[], float] = lambda: 0.0) -> None:
         self._process = process
         self._on_error = on_error
         self._min_interval = min_interval
         self._batch = batch
+        self._inputs_ready = inputs_ready
+        self._input_wait = input_wait
         self._ready = threading.Condition()
         # Held while a frame is processed, so a cleanup never frees what the worker uses.
         self.processing = threading.Lock()
@@ -134,7 +178,8 @@ class FrameScheduler:
         with self._ready:
             self._slots = {name: self._slots.get(name) or CameraSlot() for name in names}
             for slot in self._slots.values():
-                slot.pending = slot.latest = None
+                slot.forget_pending()
+                slot.latest = None
             self._order = list(names)
             self._turn = 0
 
@@ -158,12 +203,41 @@ class FrameScheduler:
             if slot.pending is not None:
                 slot.counters.dropped += 1
             slot.pending = (frame, received_at)
+            if slot.stalled or self._ask_inputs_ready(camera, frame):
+                slot.inputs_at, slot.waiting_since = received_at, None
+            else:
+                slot.inputs_at = None
+                if slot.waiting_since is None:
+                    slot.waiting_since = received_at
             self._ready.notify()
+
+    def input_arrived(self, camera: str, resumed: bool = False) -> None:
+        """
+        Another input of ``camera`` arrived: its waiting frame goes if its inputs are now there;
+        ``resumed`` (an input the frames wait for, usable) ends a stall after a time-out.
+        """
+        with self._ready:
+            slot = self._slots.get(camera)
+            if slot is None or not self._active:
+                return
+            if resumed:
+                slot.stalled = False
+            if slot.pending is not None and slot.inputs_at is None and \
+                    self._ask_inputs_ready(camera, slot.pending[0]):
+                slot.inputs_at, slot.waiting_since = time.monotonic(), None
+                self._ready.notify()
+
+    def _ask_inputs_ready(self, camera: str, frame: Any) -> bool:
+        try:
+            return bool(self._inputs_ready(camera, frame))
+        except Exception:  # noqa: B902 - a callback thread must not die: the frame goes now
+            return True
 
     def start(self) -> None:
         with self._ready:
             for slot in self._slots.values():
-                slot.pending = None  # a frame from before activation is stale
+                slot.forget_pending()  # a frame from before activation is stale
+                slot.stalled = False
             self._active = True
         self._thread = threading.Thread(target=self._run, name='clipseg_worker', daemon=True)
         self._thread.start()
@@ -173,7 +247,7 @@ class FrameScheduler:
         with self._ready:
             self._active = False
             for slot in self._slots.values():
-                slot.pending = None
+                slot.forget_pending()
             self._ready.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
@@ -183,15 +257,16 @@ class FrameScheduler:
         """Forget every camera's pending and latest frame."""
         with self._ready:
             for slot in self._slots.values():
-                slot.pending = None
+                slot.forget_pending()
                 slot.latest = None
 
     def _run(self) -> None:
         while self._wait_for_due_frame():
             with self.processing:
                 interval, batch = self._min_interval(), self._batch()
+                wait = self._input_wait()
                 with self._ready:
-                    jobs = self._take_due(time.monotonic(), interval, batch) \
+                    jobs = self._take_due(time.monotonic(), interval, wait, batch) \
                         if self._active else []
                 if not jobs:
                     continue
@@ -204,20 +279,31 @@ class FrameScheduler:
         """Wait until some camera's pending frame is due; False once stopped."""
         with self._ready:
             while self._active:
-                wait = self._seconds_until_due(time.monotonic(), self._min_interval())
+                wait = self._seconds_until_due(time.monotonic(), self._min_interval(),
+                                               self._input_wait())
                 if wait is not None and wait <= 0.0:
                     return True
-                # Woken by a new frame or stop(); a rate-limited frame wakes itself when due,
-                # and at least every RATE_RECHECK_S, so a changed max_rate_hz applies soon.
+                # Woken by a new frame, an input or stop(); a rate-limited or waiting frame
+                # wakes itself when due, and at least every RATE_RECHECK_S, so a changed
+                # max_rate_hz or input wait applies soon.
                 self._ready.wait(None if wait is None else min(wait, RATE_RECHECK_S))
             return False
 
-    def _seconds_until_due(self, now: float, interval: float) -> float | None:
-        waits = [slot.last_start + interval - now
+    @staticmethod
+    def _due_at(slot: CameraSlot, interval: float, input_wait: float) -> float:
+        due = slot.last_start + interval
+        if slot.inputs_at is None and slot.waiting_since is not None:
+            due = max(due, slot.waiting_since + input_wait)
+        return due
+
+    def _seconds_until_due(self, now: float, interval: float,
+                           input_wait: float) -> float | None:
+        waits = [self._due_at(slot, interval, input_wait) - now
                  for slot in self._slots.values() if slot.pending is not None]
         return min(waits) if waits else None
 
-    def _take_due(self, now: float, interval: float, batch: bool) -> list[Job]:
+    def _take_due(self, now: float, interval: float, input_wait: float,
+                  batch: bool) -> list[Job]:
         """
         Take the due frame of the camera whose turn it is, or of the first due after it; with
         ``batch``, every due frame, in that order.
@@ -227,8 +313,15 @@ class FrameScheduler:
         for step in range(count):
             index = (self._turn + step) % count
             slot = self._slots[self._order[index]]
-            if slot.pending is not None and slot.last_start + interval <= now:
-                (frame, received_at), slot.pending = slot.pending, None
+            if slot.pending is not None and self._due_at(slot, interval, input_wait) <= now:
+                frame, received_at = slot.pending
+                if slot.inputs_at is None:  # its wait ran out
+                    slot.counters.inputs_timed_out += 1
+                    slot.stalled = True
+                slot.counters.input_waits.append(
+                    max(0.0, (slot.inputs_at if slot.inputs_at is not None else now)
+                        - received_at))
+                slot.forget_pending()
                 slot.last_start = now
                 jobs.append((self._order[index], frame, received_at))
                 if not batch:

@@ -56,7 +56,9 @@ class ClipSegNode(LifecycleNode):
         self._prompts = PromptBook()
         self._worker = FrameScheduler(self._process_frames, self._count_failures,
                                       self._min_frame_interval,
-                                      batch=lambda: self._param('batch_cameras'))
+                                      batch=lambda: self._param('batch_cameras'),
+                                      inputs_ready=self._frame_inputs_ready,
+                                      input_wait=lambda: self._param('depth_wait'))
         self._cameras: dict[str, CameraPipeline] = {}  # created at configure
         # Instances and tracks per camera, kept for the node's life: track ids are never reused.
         self._objects: dict[str, CameraObjects] = {}
@@ -194,7 +196,7 @@ class ClipSegNode(LifecycleNode):
                 reliability=config.qos_reliability, use_depth=config.use_depth,
                 callback_group=self._input_group, counters=self._worker.counters(name),
                 offer=self._worker.offer, max_pixels=lambda: self._param('max_image_pixels'),
-                warn=self._warn_throttled)
+                warn=self._warn_throttled, depth_arrived=self._worker.input_arrived)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         result = super().on_activate(state)  # publishers first, so no first result is lost
@@ -257,6 +259,11 @@ class ClipSegNode(LifecycleNode):
 
     def _frame_to_rgb(self, msg) -> np.ndarray:
         return conversions.frame_to_rgb(msg, self._param('max_image_pixels'))
+
+    def _frame_inputs_ready(self, camera: str, msg) -> bool:
+        """Whether a camera's frame may go now (its depth is there or not needed)."""
+        pipeline = self._cameras.get(camera)
+        return pipeline is None or pipeline.inputs_ready(msg)
 
     def _min_frame_interval(self) -> float:
         max_rate = self._param('max_rate_hz')

@@ -106,6 +106,9 @@ SPECS = (
                   'camera_info, and publish 3D targets, points and markers', CONFIGURE),
     ParameterSpec('depth_max_delay', 0.02, 'Seconds a depth image may be from its colour '
                   "frame's stamp to be paired with it", float_range=(0.0, 1.0)),
+    ParameterSpec('depth_wait', 0.1, 'Seconds a colour frame waits for its depth image (and '
+                  'a camera_info) before it is segmented without depth; 0 = no wait',
+                  float_range=(0.0, 5.0)),
     ParameterSpec('max_depth', 10.0, 'Depth beyond this many metres counts as no reading',
                   float_range=(0.05, 1000.0)),
     ParameterSpec('depth_erosion_px', 2, "Pixels eroded off each prompt's mask before its 3D "

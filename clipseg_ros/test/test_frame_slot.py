@@ -6,7 +6,7 @@ and the turns it gives several cameras.
 import threading
 import time
 
-from clipseg_ros.frame_slot import FrameCounters, FrameScheduler, RecentTimes
+from clipseg_ros.frame_slot import FrameCounters, FrameScheduler, RecentDurations, RecentTimes
 import pytest
 
 
@@ -244,3 +244,188 @@ def test_a_rate_limited_frame_goes_when_due_and_a_raised_rate_applies_while_wait
         assert recorder.wait(lambda: recorder.frames == ['first', 'second', 'third'], 5.0)
     finally:
         worker.stop()
+
+
+# ------------------------------------------------------------------ waiting for other inputs
+
+
+class Inputs:
+    """Which frames have their other inputs (depth) there, as the node's readiness check."""
+
+    def __init__(self):
+        self.ready = set()
+        self.asked = 0
+
+    def __call__(self, camera, frame):
+        self.asked += 1
+        return frame in self.ready
+
+
+def waiting_worker(recorder, inputs, wait, cameras=('',), batch=False):
+    """A scheduler whose frames wait up to wait[0] seconds for ``inputs``."""
+    return FrameScheduler(recorder.process, recorder.on_error, lambda: 0.0, cameras,
+                          batch=lambda: batch, inputs_ready=inputs, input_wait=lambda: wait[0])
+
+
+def test_a_frame_waits_for_its_inputs_and_goes_when_they_arrive(recorder):
+    inputs = Inputs()
+    worker = waiting_worker(recorder, inputs, [1000.0])
+    worker.start()
+    try:
+        worker.offer('', 'f1', time.monotonic())
+        time.sleep(0.2)
+        assert recorder.frames == []  # its depth is not there: it waits
+        worker.input_arrived('')      # an input that does not complete it
+        time.sleep(0.1)
+        assert recorder.frames == []
+        inputs.ready.add('f1')
+        worker.input_arrived('')
+        assert recorder.wait(lambda: recorder.frames == ['f1'])
+    finally:
+        worker.stop()
+    counters = worker.counters('')
+    assert counters.inputs_timed_out == 0 and counters.dropped == 0
+    assert counters.input_waits.percentile(50) > 0.0
+
+
+def test_a_frame_whose_inputs_came_first_goes_at_once(recorder):
+    inputs = Inputs()
+    inputs.ready.add('f1')
+    worker = waiting_worker(recorder, inputs, [1000.0])
+    worker.start()
+    try:
+        worker.offer('', 'f1', time.monotonic())
+        assert recorder.wait(lambda: recorder.frames == ['f1'])
+    finally:
+        worker.stop()
+    assert worker.counters('').input_waits.percentile(99) == 0.0
+    assert worker.counters('').inputs_timed_out == 0
+
+
+def test_inputs_that_never_come_time_out_then_frames_go_at_once_until_they_resume(recorder):
+    inputs, wait = Inputs(), [0.05]
+    worker = waiting_worker(recorder, inputs, wait)
+    worker.start()
+    try:
+        worker.offer('', 'f1', time.monotonic())
+        assert recorder.wait(lambda: recorder.frames == ['f1'])  # after the wait, without
+        assert worker.counters('').inputs_timed_out == 1
+        wait[0] = 1000.0
+        worker.offer('', 'f2', time.monotonic())  # stalled: no second wait, however long
+        assert recorder.wait(lambda: recorder.frames == ['f1', 'f2'])
+        worker.input_arrived('', resumed=True)  # the depth stream is back
+        worker.offer('', 'f3', time.monotonic())
+        time.sleep(0.2)
+        assert recorder.frames == ['f1', 'f2']  # f3 waits for its own depth again
+        inputs.ready.add('f3')
+        worker.input_arrived('', resumed=True)
+        assert recorder.wait(lambda: recorder.frames == ['f1', 'f2', 'f3'])
+    finally:
+        worker.stop()
+    assert worker.counters('').inputs_timed_out == 1  # f2 went at once, f3 with its inputs
+
+
+def test_one_cameras_wait_never_holds_another_cameras_frames(recorder):
+    inputs = Inputs()
+    inputs.ready.update({'b1', 'b2', 'b3'})
+    worker = waiting_worker(recorder, inputs, [1000.0], cameras=('a', 'b'))
+    worker.start()
+    try:
+        worker.offer('a', 'a1', time.monotonic())  # waits for its depth
+        for frame in ('b1', 'b2', 'b3'):
+            worker.offer('b', frame, time.monotonic())
+            assert recorder.wait(lambda: recorder.frames[-1:] == [frame])
+        assert recorder.frames == ['b1', 'b2', 'b3']
+        inputs.ready.add('a1')
+        worker.input_arrived('a')
+        assert recorder.wait(lambda: recorder.frames == ['b1', 'b2', 'b3', 'a1'])
+    finally:
+        worker.stop()
+    assert worker.counters('b').dropped == 0 and worker.counters('a').inputs_timed_out == 0
+
+
+def test_a_batch_leaves_a_waiting_camera_out(recorder):
+    inputs = Inputs()
+    inputs.ready.update({'a0', 'b1', 'c1'})
+    worker = waiting_worker(recorder, inputs, [1000.0], cameras=('a', 'b', 'c'), batch=True)
+    worker.start()
+    try:
+        recorder.release.clear()
+        worker.offer('a', 'a0', time.monotonic())
+        assert recorder.started.wait(10.0)  # a0 held in process
+        worker.offer('a', 'a1', time.monotonic())  # waits for its depth
+        worker.offer('b', 'b1', time.monotonic())
+        worker.offer('c', 'c1', time.monotonic())
+        recorder.release.set()
+        assert recorder.wait(lambda: len(recorder.batches) == 2)
+        time.sleep(0.1)
+        assert recorder.batches == [['a0'], ['b1', 'c1']]
+        inputs.ready.add('a1')
+        worker.input_arrived('a')
+        assert recorder.wait(lambda: recorder.batches[-1:] == [['a1']])
+    finally:
+        worker.stop()
+
+
+def test_a_newer_frame_replaces_a_waiting_one(recorder):
+    inputs = Inputs()
+    worker = waiting_worker(recorder, inputs, [1000.0])
+    worker.start()
+    try:
+        worker.offer('', 'f1', time.monotonic())
+        worker.offer('', 'f2', time.monotonic())  # f1 still waits for its depth: replaced
+        inputs.ready.update({'f1', 'f2'})
+        worker.input_arrived('')
+        assert recorder.wait(lambda: recorder.frames == ['f2'])
+        time.sleep(0.1)
+    finally:
+        worker.stop()
+    assert recorder.frames == ['f2']
+    assert worker.counters('').dropped == 1 and worker.counters('').inputs_timed_out == 0
+
+
+def test_replacing_waiting_frames_cannot_postpone_the_wait_forever(recorder):
+    """
+    A camera whose depth always comes after its next frame: each frame replaces the waiting
+    one, and the wait runs from the first, so a frame still goes once it is over.
+    """
+    inputs = Inputs()
+    inputs.ready.add('busy')
+    worker = waiting_worker(recorder, inputs, [5.0])
+    worker.start()
+    try:
+        recorder.release.clear()
+        worker.offer('', 'busy', time.monotonic())
+        assert recorder.started.wait(10.0)  # held in process while the next two come
+        now = time.monotonic()
+        worker.offer('', 'f1', now - 10.0)  # a frame that began waiting 10 s ago ...
+        worker.offer('', 'f2', now)         # ... replaced: f2 goes, its wait being over
+        recorder.release.set()
+        assert recorder.wait(lambda: recorder.frames == ['busy', 'f2'], 4.0)
+    finally:
+        worker.stop()
+    assert worker.counters('').dropped == 1 and worker.counters('').inputs_timed_out == 1
+
+
+def test_a_readiness_check_that_raises_lets_the_frame_go(recorder):
+    def broken(camera, frame):
+        raise ValueError('no header')
+    worker = FrameScheduler(recorder.process, recorder.on_error, lambda: 0.0,
+                            inputs_ready=broken, input_wait=lambda: 1000.0)
+    worker.start()
+    try:
+        worker.offer('', 'f1', time.monotonic())
+        assert recorder.wait(lambda: recorder.frames == ['f1'])
+        worker.input_arrived('', resumed=True)  # raises nowhere
+    finally:
+        worker.stop()
+
+
+def test_recent_durations_percentiles():
+    durations = RecentDurations(capacity=100)
+    assert durations.percentile(50) is None
+    for value in range(1, 201):  # the first hundred fall out
+        durations.append(value / 1000.0)
+    assert durations.percentile(50) == pytest.approx(0.150)
+    assert durations.percentile(99) == pytest.approx(0.199)
+    assert durations.percentile(100) == pytest.approx(0.200)

@@ -206,3 +206,76 @@ def test_fuzzed_depth_and_object_settings_leave_the_node_answering(ros_context, 
         assert counters.failed == 0, counters.last_error
     finally:
         harness.close()
+
+
+def test_late_missing_and_out_of_order_depth_leave_every_frame_answered(ros_context,
+                                                                        tiny_model_dir):
+    """
+    Seeded depth timing per frame (before it, 0-60 ms after it, missing, after a later-stamped
+    depth image, after an old one) under a changing depth_wait (0, 0.05 or 1 s): every frame is
+    answered; one that has depth has its own; depth sent before its frame always pairs, a
+    missing one never does, and with the 1 s wait a frame gets depth that follows it, except
+    right after a time-out (frames then go at once until depth resumes).
+    """
+    from builtin_interfaces.msg import Time
+    from clipseg_ros.tools.depth_stream import DepthFeed
+    from clipseg_ros.tools.scenes import render_scene
+    import time
+    rng = np.random.default_rng(SEED + 26)
+    harness = RunningNode(ros_context, tiny_model_dir, use_depth=True, threshold=0.0)
+    scene = render_scene(2, 64, 48)
+    feed = DepthFeed(harness.client_node, 'depth', 'camera_info', scene.depth_mm(),
+                     scene.intrinsics)
+    frame = encode_frame(scene.rgb, 'rgb8')
+    base = harness.client_node.get_clock().now().nanoseconds
+
+    def at(stamp_ns):
+        return Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
+
+    try:
+        camera, node = harness.camera, harness.node
+        assert camera.wait_for_subscriber() and feed.wait_for_subscribers(10.0)
+        pairing, counters = node.camera().depth.pairing, node.counters
+        stalled, outcomes = False, {}
+        for index in range(60):
+            if index % 10 == 0:
+                wait = float(rng.choice([0.0, 0.05, 1.0]))
+                assert harness.set_parameter('depth_wait', wait).successful
+            kind, delay = fuzz.depth_timing(rng)
+            stamp = base + index * 100_000_000  # 100 ms apart: no other frame's depth is near
+            depth_before, timed_out_before = pairing.counters.depth_received, \
+                counters.inputs_timed_out
+            if kind == 'before':
+                feed.publish(at(stamp))
+            elif kind == 'stale':
+                feed.publish(at(stamp - 1_000_000_000))
+            key = camera.publish(frame, stamp=at(stamp))
+            if kind == 'reordered':
+                feed.publish(at(stamp + 50_000_000))
+            if kind in ('after', 'reordered', 'stale'):
+                time.sleep(delay)
+                feed.publish(at(stamp))
+            outputs = camera.wait_outputs(key, names=('segmentation',), timeout=15.0)
+            assert outputs is not None, f'frame {index} ({kind}) not answered'
+            segmentation = outputs['segmentation']
+            if segmentation.has_depth:
+                assert (segmentation.depth_stamp.sec, segmentation.depth_stamp.nanosec) == key
+            if kind == 'before':
+                assert segmentation.has_depth, f'frame {index}: its depth came first'
+            if kind == 'missing':
+                assert not segmentation.has_depth
+            if kind in ('after', 'stale') and wait == 1.0 and not stalled:
+                assert segmentation.has_depth, f'frame {index} ({kind}, {delay * 1e3:.0f} ms)'
+            outcomes.setdefault(kind, []).append(segmentation.has_depth)
+            # Every depth image sent in this step is in before the next frame.
+            sent = {'before': 1, 'after': 1, 'missing': 0, 'reordered': 2, 'stale': 2}[kind]
+            assert camera.wait_for(
+                lambda: pairing.counters.depth_received == depth_before + sent, 10)
+            timed_out = counters.inputs_timed_out > timed_out_before
+            stalled = (stalled or timed_out) and sent == 0
+        print({kind: f'{sum(got)} of {len(got)} with depth' for kind, got in outcomes.items()})
+        assert set(outcomes) == set(fuzz.DEPTH_TIMINGS)
+        assert counters.failed == 0, counters.last_error
+        assert counters.processed == 60 and counters.dropped == 0
+    finally:
+        harness.close()

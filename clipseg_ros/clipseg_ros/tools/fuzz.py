@@ -175,3 +175,18 @@ def odd_depth_image(rng: np.random.Generator, width: int, height: int) -> Image:
     msg = Image(width=width, height=height, encoding=encoding, step=width * data.itemsize)
     msg.data = _byte_array(data.tobytes())
     return msg
+
+
+# ---------------------------------------------------------------------------- depth timing
+
+DEPTH_TIMINGS = ('before', 'after', 'missing', 'reordered', 'stale')
+
+
+def depth_timing(rng: np.random.Generator) -> tuple[str, float]:
+    """
+    How a frame's depth image (with its camera_info) comes, and a delay in seconds:
+    'before' the frame; 'after' it by the delay; 'missing'; 'reordered': after it by the delay,
+    but a depth image stamped later than the frame comes first; 'stale': an old depth image
+    comes first, then the frame's own after the delay.
+    """
+    return DEPTH_TIMINGS[rng.integers(len(DEPTH_TIMINGS))], float(rng.uniform(0.0, 0.06))
