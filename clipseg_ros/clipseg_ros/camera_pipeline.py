@@ -3,7 +3,7 @@ One camera's topics in the clipseg node: its image subscription, its depth input
 outputs, all under the camera's name, so one node serves several cameras with one model.
 
 Camera ``c`` reads ``c/image`` (or ``c/image/compressed``), with depth ``c/depth`` and
-``c/camera_info``, and publishes ``c/mask``, ``c/confidence``, ``c/overlay``,
+``c/camera_info`` and the clicks ``c/image_mouse_left``, and publishes ``c/mask``, ``c/confidence``, ``c/overlay``,
 ``c/segmentation`` (and ``c/points``, ``c/markers``). The unnamed camera '' uses the plain names.
 """
 
@@ -19,6 +19,7 @@ from clipseg_ros.depth_topics import DepthTopics
 from clipseg_ros.frame_slot import FrameCounters
 from clipseg_ros.input_qos import FollowingSubscription
 from clipseg_ros.publishers import ResultPublishers
+from geometry_msgs.msg import PointStamped
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 
@@ -33,7 +34,8 @@ class CameraPipeline:
     def __init__(self, node, name: str, *, compressed: bool, reliability: str, use_depth: bool,
                  callback_group, counters: FrameCounters,
                  offer: Callable[[str, Any, float], None], max_pixels: Callable[[], int],
-                 warn: Callable[[str, str], None]) -> None:
+                 warn: Callable[[str, str], None],
+                 on_click: Callable[[str, Any], None] | None = None) -> None:
         self.name = name
         self._node = node
         self._warn = warn
@@ -50,6 +52,10 @@ class CameraPipeline:
         # reliability: qos_reliability (auto follows the publishers: input_qos.py)
         self.image_input = FollowingSubscription(node, message_type, prefix + topic,
                                                  self._on_image, reliability, callback_group)
+        # rqt_image_view's click on `image` (teach by pointing: teach_services.py).
+        self.clicks = None if on_click is None else node.create_subscription(
+            PointStamped, prefix + 'image_mouse_left', lambda msg: on_click(name, msg), 10,
+            callback_group=callback_group)
 
     @property
     def subscription(self):
@@ -85,6 +91,8 @@ class CameraPipeline:
 
     def destroy(self) -> None:
         self.image_input.destroy()
+        if self.clicks is not None:
+            self._node.destroy_subscription(self.clicks)
         self.outputs.destroy()
         if self.depth is not None:
             self.depth.destroy()
