@@ -279,3 +279,13 @@ def test_two_cameras_each_take_their_own_clicks(ros_context, scene):
         spinner.join(timeout=10.0)
         node.destroy_node()
         test_node.destroy_node()
+
+
+def test_the_label_prefix_is_live_and_checked(harness, scene):
+    assert not harness.set_parameter('teach_label_prefix', ' ').successful
+    assert not harness.set_parameter('teach_depth_gap', 0.0).successful  # below its range
+    assert harness.set_parameter('teach_label_prefix', 'mine_').successful
+    harness.send_and_wait(encode_frame(scene.rgb, 'rgb8'))
+    response = teach(harness, *middle_pixel(scene.mask_of(*KIND)))
+    assert response.success, response.message
+    assert harness.node.prompt_set.labels == [ABSENT, 'mine_1']
