@@ -12,7 +12,8 @@ import argparse
 import time
 
 from clipseg_ros.core.teach_region import (
-    check_plausible, COLOUR_METHODS, depth_surface, middle_pixel, RegionLimits, RegionRefused, TEACH_DEPTH_GAP)
+    check_plausible, COLOUR_METHODS, depth_surface, middle_pixel, RegionLimits, RegionRefused,
+    TEACH_DEPTH_GAP)
 from clipseg_ros.tools.scenes import render_scene
 import numpy as np
 
@@ -91,7 +92,8 @@ def main() -> None:
         print(f'{name:<15}{values.mean():9.3f}{np.median(values):8.3f}'
               f'{(values >= 0.8).mean():7.0%}{refused[name]:9d}'
               f'{1000 * seconds[name] / max(clicks, 1):10.1f}'
-              f"{table[name]['refused']:>14d} of {table[name]['refused'] + table[name]['accepted']}")
+              f"{table[name]['refused']:>14d} of "
+              f"{table[name]['refused'] + table[name]['accepted']}")
 
 
 if __name__ == '__main__':

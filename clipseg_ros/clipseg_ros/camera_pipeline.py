@@ -3,7 +3,7 @@ One camera's topics in the clipseg node: its image subscription, its depth input
 outputs, all under the camera's name, so one node serves several cameras with one model.
 
 Camera ``c`` reads ``c/image`` (or ``c/image/compressed``), with depth ``c/depth`` and
-``c/camera_info`` and the clicks ``c/image_mouse_left``, and publishes ``c/mask``, ``c/confidence``, ``c/overlay``,
+``c/camera_info``, and publishes ``c/mask``, ``c/confidence``, ``c/overlay``,
 ``c/segmentation`` (and ``c/points``, ``c/markers``). The unnamed camera '' uses the plain names.
 """
 

@@ -292,7 +292,8 @@ def plan(arguments: Mapping[str, str], environ: Mapping[str, str] | None = None,
         overrides=overrides,
         # raw and compressed transport of one camera, and rqt_image_view's clicks on it
         remaps=[('image', image), ('image/compressed', image + '/compressed'),
-                ('image_mouse_left', image + '_mouse_left'), ('depth', depth), ('camera_info', camera_info)],
+                ('image_mouse_left', image + '_mouse_left'), ('depth', depth),
+                ('camera_info', camera_info)],
         env=node_environment(environ, use_profile),
     )
 

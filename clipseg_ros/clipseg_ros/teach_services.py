@@ -137,8 +137,8 @@ class TeachServices:
             raise ValueError(f'no segmented frame{which} yet: teach once frames arrive')
         return frame
 
-    def teach_pixel(self, camera: str, frame: SegmentedFrame, x: float, y: float,
-                    label: str, append: bool) -> Taught:
+    def teach_pixel(self, frame: SegmentedFrame, x: float, y: float, label: str,
+                    append: bool) -> Taught:
         """Teach the object under (x, y) of ``frame``; raises ValueError with the reason."""
         engine = self.context.engine()
         if engine is None:
@@ -161,8 +161,8 @@ class TeachServices:
         response.prompt_version = self.book.current.version
         try:
             camera = self._camera(request.camera)
-            taught = self.teach_pixel(camera, self._frame(camera), float(request.x),
-                                      float(request.y), request.label, request.append)
+            taught = self.teach_pixel(self._frame(camera), float(request.x), float(request.y),
+                                      request.label, request.append)
         except ValueError as error:  # RegionRefused included
             response.success, response.message = False, str(error)
             return response
@@ -193,7 +193,7 @@ class TeachServices:
         try:
             frame = self._frame(camera)
             x, y = click_pixel(msg, frame)
-            taught = self.teach_pixel(camera, frame, x, y, '', append=True)
+            taught = self.teach_pixel(frame, x, y, '', append=True)
         except ValueError as error:
             self.context.log_warning(f'click on {where} not taught: {error}')
             return

@@ -23,6 +23,7 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from sensor_msgs.msg import CameraInfo, Image
+from visualization_msgs.msg import MarkerArray
 
 MINI_MODEL = 'package://clipseg_ros/models/clipseg_shapes_mini'
 KIND = ('square', 'blue')
@@ -115,7 +116,10 @@ def test_teach_a_colour_region_then_see_it_and_forget_it(harness, scene):
     # The next frame shows the taught prompt: in the segmentation's labels, and its mask.
     outputs = harness.send_and_wait(encode_frame(scene.rgb, 'rgb8'))
     assert list(outputs['segmentation'].labels) == [ABSENT, 'taught_1']
-    assert_found(image_to_array(outputs['mask']) == 2, scene, KIND, OTHER_KIND)
+    taught_region = image_to_array(outputs['mask']) == 2
+    assert_found(taught_region, scene, KIND, OTHER_KIND)
+    overlay = image_to_array(outputs['overlay'])  # coloured where the taught prompt is
+    assert (overlay[taught_region] != scene.rgb[taught_region]).any(axis=1).mean() > 0.9
     forgotten = harness.call('forget', Forget.Request(label='taught_1'))
     assert forgotten.success, forgotten.message
     assert forgotten.prompt_version == response.prompt_version + 1
@@ -232,9 +236,24 @@ def test_with_depth_a_click_teaches_the_surface_and_a_3d_point_is_projected(ros_
         assert wait_until(lambda: running.clicks.get_subscription_count() > 0)
         running.clicks.publish(point)
         assert wait_until(lambda: len(running.node.prompt_set.prompts) == 3)
-        outputs = running.send_and_wait(encode_frame(scene.rgb, 'rgb8'))
+        # The next frame (with its depth) shows both taught prompts, in rviz's markers too.
+        markers = []
+        node.create_subscription(MarkerArray, 'markers', markers.append, 10)
+        assert wait_until(lambda: running.node.count_subscribers('markers') > 0)
+        stamp = node.get_clock().now().to_msg()
+        depth, info = depth_messages(scene, stamp, 'camera_optical')
+        received = pairing.counters.depth_received
+        depth_pub.publish(depth)
+        assert wait_until(lambda: pairing.counters.depth_received > received)
+        key = running.camera.publish(encode_frame(scene.rgb, 'rgb8'), stamp=stamp)
+        outputs = running.camera.wait_outputs(key)
+        assert outputs['segmentation'].has_depth
         labels = image_to_array(outputs['mask'])
         assert_found(labels == 3, scene, OTHER_KIND, KIND)
+        assert wait_until(lambda: any(m.header.stamp == stamp for a in markers
+                                      for m in a.markers))
+        texts = {m.text for a in markers for m in a.markers if m.header.stamp == stamp}
+        assert {'taught_1', 'taught_2'} <= texts, texts
     finally:
         running.close()
 
