@@ -135,3 +135,32 @@ def test_maps_of_another_size_are_refused():
         object_under_pixel(rgb, 5, 5, depth_m=np.ones((60, 80), np.float32))
     with pytest.raises(RegionRefused, match='instance image is 160x121'):
         object_under_pixel(rgb, 5, 5, instance_image=np.ones((121, 160), np.uint16))
+
+
+def test_random_frames_depths_and_clicks_give_a_region_or_a_refusal():
+    """Fuzzed: any frame size, noise or flat colour, depth with NaN, inf, negatives and zeros,
+    stray instance images, clicks anywhere: a mask of the frame's size or RegionRefused."""
+    rng = np.random.default_rng(5)
+    answered = refused = 0
+    for _ in range(150):
+        height, width = (int(v) for v in rng.integers(1, 90, 2))
+        rgb = (rng.integers(0, 256, (height, width, 3)) if rng.random() < 0.5
+               else np.full((height, width, 3), rng.integers(0, 256, 3))).astype(np.uint8)
+        depth = None
+        if rng.random() < 0.5:
+            depth = rng.choice(np.array([0.0, np.nan, np.inf, -1.0, 0.5, 0.51, 2.0],
+                                        np.float32), (height, width))
+        instances = None
+        if rng.random() < 0.3:
+            instances = rng.integers(0, 3, (height, width)).astype(np.uint16)
+        x, y = rng.choice([rng.uniform(-5, width + 5), math.nan, 1e308, -0.5, 0.0]), \
+            rng.uniform(-5, height + 5)
+        try:
+            region = object_under_pixel(rgb, x, y, depth_m=depth, instance_image=instances,
+                                        limits=RegionLimits(min_pixels=1, max_fraction=1.0))
+        except RegionRefused:
+            refused += 1
+            continue
+        assert region.mask.shape == (height, width) and region.mask.dtype == bool
+        answered += 1
+    assert answered > 20 and refused > 20, (answered, refused)
