@@ -42,7 +42,7 @@ ENV := source ./env.sh $(ROS_DISTRO)
 ENGINE_TESTS := $(addprefix clipseg_ros/test/,test_engine.py test_engine_inputs.py test_model_loading.py \
 	test_frame_maps.py test_visual_prompt.py)
 
-.PHONY: setup test test-transformers-floor demo bench bench-backends bench-node bench-depth bench-depth-wait bench-cameras bench-transport bench-qos fuzz soak clean
+.PHONY: setup test test-transformers-floor demo demo-teach bench bench-backends bench-node bench-depth bench-depth-wait bench-cameras bench-transport bench-qos fuzz soak clean
 
 setup: $(BUILD_STAMP)
 
@@ -94,6 +94,9 @@ test-transformers-floor: setup $(FLOOR_STAMP)
 
 demo: setup
 	@$(ENV) && python scripts/demo.py
+
+demo-teach: setup
+	@$(ENV) && python scripts/teach_demo.py
 
 bench: setup
 	@$(ENV) && python bench/engine_bench.py $(BENCH_ARGS)

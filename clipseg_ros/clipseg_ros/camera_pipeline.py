@@ -19,6 +19,7 @@ from clipseg_ros.depth_topics import DepthTopics
 from clipseg_ros.frame_slot import FrameCounters
 from clipseg_ros.input_qos import FollowingSubscription
 from clipseg_ros.publishers import ResultPublishers
+from geometry_msgs.msg import PointStamped
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 
@@ -34,8 +35,8 @@ class CameraPipeline:
                  callback_group, counters: FrameCounters,
                  offer: Callable[[str, Any, float], None], max_pixels: Callable[[], int],
                  warn: Callable[[str, str], None],
-                 depth_arrived: Callable[[str, bool], None] = lambda name, resumed: None
-                 ) -> None:
+                 depth_arrived: Callable[[str, bool], None] = lambda name, resumed: None,
+                 on_click: Callable[[str, Any], None] | None = None) -> None:
         self.name = name
         self._node = node
         self._warn = warn
@@ -53,6 +54,10 @@ class CameraPipeline:
         # reliability: qos_reliability (auto follows the publishers: input_qos.py)
         self.image_input = FollowingSubscription(node, message_type, prefix + topic,
                                                  self._on_image, reliability, callback_group)
+        # rqt_image_view's click on `image` (teach by pointing: teach_services.py).
+        self.clicks = None if on_click is None else node.create_subscription(
+            PointStamped, prefix + 'image_mouse_left', lambda msg: on_click(name, msg), 10,
+            callback_group=callback_group)
 
     @property
     def subscription(self):
@@ -92,6 +97,8 @@ class CameraPipeline:
 
     def destroy(self) -> None:
         self.image_input.destroy()
+        if self.clicks is not None:
+            self._node.destroy_subscription(self.clicks)
         self.outputs.destroy()
         if self.depth is not None:
             self.depth.destroy()

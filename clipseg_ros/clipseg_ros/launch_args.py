@@ -31,8 +31,9 @@ ARGUMENTS: list[tuple[str, str | None, str]] = [
     ('namespace', '', 'Namespace of the node and its topics'),
     ('cameras', '', 'Override of the YAML: comma-separated camera names served by one node '
                     '(camera c reads c/image, publishes c/mask, ...); empty = one unnamed camera'),
-    ('image', 'image', 'Camera image topic to segment (image/compressed follows it); with '
-                       'cameras, one topic per camera, comma-separated, in their order'),
+    ('image', 'image', 'Camera image topic to segment (image/compressed and the clicks '
+                       'image_mouse_left follow it); with cameras, one topic per camera, '
+                       'comma-separated, in their order'),
     ('depth', 'depth', 'Depth image registered to the colour image (read with use_depth); '
                        'with cameras, one per camera, comma-separated'),
     ('camera_info', 'camera_info', "The colour camera's CameraInfo (read with use_depth); with "
@@ -244,6 +245,8 @@ def camera_remaps(cameras: list[str], arguments: Mapping[str, str],
             remaps.append((f'{camera}/{argument}', topic))
             if argument == 'image':
                 remaps.append((f'{camera}/image/compressed', topic + '/compressed'))
+                # rqt_image_view's clicks on that topic (teaching by pointing)
+                remaps.append((f'{camera}/image_mouse_left', topic + '_mouse_left'))
     return remaps
 
 
@@ -287,9 +290,10 @@ def plan(arguments: Mapping[str, str], environ: Mapping[str, str] | None = None,
         namespace=namespace,
         params_file=params_file,
         overrides=overrides,
-        # raw and compressed transport of one camera
+        # raw and compressed transport of one camera, and rqt_image_view's clicks on it
         remaps=[('image', image), ('image/compressed', image + '/compressed'),
-                ('depth', depth), ('camera_info', camera_info)],
+                ('image_mouse_left', image + '_mouse_left'), ('depth', depth),
+                ('camera_info', camera_info)],
         env=node_environment(environ, use_profile),
     )
 

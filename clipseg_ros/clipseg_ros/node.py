@@ -26,7 +26,8 @@ from clipseg_ros.parameters import (
     CONFIGURE_TIME_PARAMETERS, declare_parameters, NodeConfiguration, parameter_problem)
 from clipseg_ros.prompt_services import PromptBook, PromptServices, ServiceContext
 from clipseg_ros.publishers import PromptSet
-from clipseg_ros_interfaces.srv import Segment, SetImagePrompt, SetTextPrompts
+from clipseg_ros.teach_services import SegmentedFrames, TeachContext, TeachServices
+from clipseg_ros_interfaces.srv import Forget, Segment, SetImagePrompt, SetTextPrompts, Teach
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
@@ -90,12 +91,21 @@ class ClipSegNode(LifecycleNode):
             depth_targets=lambda camera, *frame: (
                 self._cameras[camera].depth_targets(*frame) if camera in self._cameras
                 else None)), self._prompts)
+        self._segmented = SegmentedFrames()
+        self._teaching = TeachServices(TeachContext(
+            engine=lambda: self._engine, engine_error=lambda: self._engine_error,
+            parameter=self._param, cameras=lambda: self._worker.cameras,
+            active=lambda: self._worker.active, log_info=self.get_logger().info,
+            log_warning=self.get_logger().warning, log_error=self.get_logger().error),
+            self._prompts, self._segmented)
         # Services exist in every state and say why they refuse while no model is loaded; being
         # there for the node's lifetime, cleanup never destroys one under an in-flight call.
         for service_type, name, callback in (
                 (SetTextPrompts, '~/set_text_prompts', self._service_handlers.set_text_prompts),
                 (SetImagePrompt, '~/set_image_prompt', self._service_handlers.set_image_prompt),
-                (Segment, '~/segment', self._service_handlers.segment)):
+                (Segment, '~/segment', self._service_handlers.segment),
+                (Teach, '~/teach', self._teaching.teach),
+                (Forget, '~/forget', self._teaching.forget)):
             self.create_service(service_type, name, callback, callback_group=services_group)
 
     def _param(self, name: str):
@@ -196,7 +206,8 @@ class ClipSegNode(LifecycleNode):
                 reliability=config.qos_reliability, use_depth=config.use_depth,
                 callback_group=self._input_group, counters=self._worker.counters(name),
                 offer=self._worker.offer, max_pixels=lambda: self._param('max_image_pixels'),
-                warn=self._warn_throttled, depth_arrived=self._worker.input_arrived)
+                warn=self._warn_throttled, depth_arrived=self._worker.input_arrived,
+                on_click=self._teaching.on_click)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         result = super().on_activate(state)  # publishers first, so no first result is lost
@@ -222,6 +233,7 @@ class ClipSegNode(LifecycleNode):
             for camera in cameras.values():
                 camera.destroy()
             self._worker.clear()
+            self._segmented.clear()
             engine, self._engine = self._engine, None
             if engine is not None:
                 engine.release()  # waits for an inference in progress (engine lock)
@@ -304,12 +316,14 @@ class ClipSegNode(LifecycleNode):
                 break
             try:  # one camera's failure leaves the others' results alone
                 paired = camera.depth_targets(msg.header, result.labels, len(prompt_set.prompts))
+                objects = self._objects[camera.name].update(msg.header, result, paired,
+                                                            prompt_set)
+                # Before publishing: whoever saw the outputs can teach on this frame.
+                self._segmented.record(camera.name, msg.header, image_rgb, objects, paired)
                 camera.outputs.publish(
                     msg.header, image_rgb, result, prompt_set, threshold,
                     with_overlay=self._param('publish_overlay'), paired=paired,
-                    objects=self._objects[camera.name].update(msg.header, result, paired,
-                                                              prompt_set),
-                    point_decimation=self._param('point_decimation'))
+                    objects=objects, point_decimation=self._param('point_decimation'))
             except Exception as error:  # noqa: B902 - counted and logged per camera
                 self._count_failures([(camera.name, msg, received_at)], error)
                 continue

@@ -133,6 +133,11 @@ SPECS = (
                   'smoothed one (alpha-beta filter; 1 = no smoothing)', float_range=(0.01, 1.0)),
     ParameterSpec('track_gate', 0.1, 'Metres an instance may be from a track\'s predicted 3D '
                   'centroid to continue it', float_range=(0.001, 10.0)),
+    ParameterSpec('teach_label_prefix', 'taught_', 'Label of a prompt taught by a click or by '
+                  '~/teach without a label: this prefix and a count'),
+    ParameterSpec('teach_depth_gap', 0.01, 'Metres of depth jump that bound the surface a '
+                  'click teaches (with depth, where no instance covers the pixel)',
+                  float_range=(0.001, 1.0)),
     ParameterSpec('diagnostics_period', 1.0, 'Seconds between /diagnostics messages', START,
                   float_range=(0.05, 60.0)),
     ParameterSpec('autostart', True, 'Configure and activate at start-up, so a plain launch '
@@ -219,6 +224,10 @@ def parameter_problem(name: str, value: Any, *, max_prompts: int, prompts_in_for
                 return 'threshold must be within [0, 1]'
         elif name == 'resolution':
             (check_model_resolution or check_resolution)(value)
+        elif name == 'teach_label_prefix':
+            if not value.strip() or len(value) > MAX_PROMPT_CHARACTERS - 10:
+                return ('teach_label_prefix must be non-empty and at most '
+                        f'{MAX_PROMPT_CHARACTERS - 10} characters')
         elif name == 'max_prompts':
             if value < prompts_in_force:
                 return f'{prompts_in_force} prompts are in force; max_prompts cannot be lower'

@@ -40,6 +40,23 @@ class PromptBook:
             self.current = PromptSet(tuple(current) + tuple(prompts), self.current.version + 1)
             return self.current.version
 
+    def remove(self, label: str) -> tuple[int, int]:
+        """Take the prompts labelled ``label`` out of force; return (version, how many).
+
+        Raises ValueError, changing nothing, when none has the label or none would remain.
+        """
+        with self._lock:
+            kept = tuple(p for p in self.current.prompts if p.label != label)
+            removed = len(self.current.prompts) - len(kept)
+            if removed == 0:
+                labels = ', '.join(f"'{p.label}'" for p in self.current.prompts)
+                raise ValueError(f"no prompt labelled '{label[:80]}' in force ({labels})")
+            if not kept:
+                raise ValueError('that would leave no prompt in force: replace them with '
+                                 '~/set_text_prompts or ~/teach (append false) instead')
+            self.current = PromptSet(kept, self.current.version + 1)
+            return self.current.version, removed
+
 
 @dataclass
 class ServiceContext:
@@ -59,6 +76,14 @@ class ServiceContext:
     # The instances of a segmented image (camera, header, result, paired, prompt set,
     # with_tracks): with_tracks gives that camera's track ids, for its latest frame.
     objects: Callable[..., Any] | None = None
+
+
+def support_prompt(engine: ClipSegEngine, support: np.ndarray, mask: np.ndarray | None,
+                   label: str, label_given: bool, text_weight: float) -> Prompt:
+    """An image prompt as ~/set_image_prompt makes it: a given label's text mixed in by weight."""
+    text = label if text_weight > 0.0 and label_given else None
+    return engine.image_prompt(support, mask, label=label, text=text,
+                               text_weight=text_weight if text else 0.0)
 
 
 def always_answers(handler):
@@ -154,10 +179,8 @@ class PromptServices:
             if not mask.any():
                 raise ValueError('mask selects no pixel: mark the object with nonzero values')
         label = request.label.strip() or f'image_prompt_{self.book.current.version + 1}'
-        text_weight = self.context.parameter('image_prompt_text_weight')
-        text = label if text_weight > 0.0 and request.label.strip() else None
-        return engine.image_prompt(support, mask, label=label, text=text,
-                                   text_weight=text_weight if text else 0.0)
+        return support_prompt(engine, support, mask, label, bool(request.label.strip()),
+                              self.context.parameter('image_prompt_text_weight'))
 
     @always_answers
     def segment(self, request, response):

@@ -25,6 +25,7 @@ def test_defaults_plan_the_documented_node():
     assert plan.params_file == launch_args.default_params_file()
     assert plan.parameters == [launch_args.default_params_file()]
     assert plan.remaps == [('image', 'image'), ('image/compressed', 'image/compressed'),
+                           ('image_mouse_left', 'image_mouse_left'),
                            ('depth', 'depth'), ('camera_info', 'camera_info')]
     assert plan.env == PROFILE
     assert plan.node_fqn == '/clipseg'
@@ -158,6 +159,7 @@ def test_clipseg_launch_declares_and_hands_node_the_plan(stand_in_launch, tmp_pa
     assert node['parameters'] == [launch_args.default_params_file(), {'model': '/models/m'}]
     assert node['remappings'] == [('image', '/cam/image_raw'),
                                   ('image/compressed', '/cam/image_raw/compressed'),
+                                  ('image_mouse_left', '/cam/image_raw_mouse_left'),
                                   ('depth', '/cam/aligned_depth'),
                                   ('camera_info', 'camera_info')]
     assert node['additional_env'] == PROFILE
@@ -208,8 +210,10 @@ def test_cameras_plan_one_node_with_each_cameras_topics():
     assert plan.remaps == [
         ('head/image', '/head_cam/color/image_raw'),
         ('head/image/compressed', '/head_cam/color/image_raw/compressed'),
+        ('head/image_mouse_left', '/head_cam/color/image_raw_mouse_left'),
         ('wrist/image', '/wrist_cam/color/image_raw'),
         ('wrist/image/compressed', '/wrist_cam/color/image_raw/compressed'),
+        ('wrist/image_mouse_left', '/wrist_cam/color/image_raw_mouse_left'),
         ('head/camera_info', '/head_cam/color/camera_info'),
         ('wrist/camera_info', 'wrist_info')]  # depth not given: each camera keeps c/depth
     written = yaml.safe_load(launch_args.overrides_yaml(plan))
@@ -240,4 +244,5 @@ def test_topic_lists_follow_the_cameras_of_the_params_file(tmp_path):
     plan = launch_args.plan({'params_file': str(params), 'cameras': 'left',
                              'image': '/l/image_raw'}, environ={})
     assert plan.remaps == [('left/image', '/l/image_raw'),
-                           ('left/image/compressed', '/l/image_raw/compressed')]
+                           ('left/image/compressed', '/l/image_raw/compressed'),
+                           ('left/image_mouse_left', '/l/image_raw_mouse_left')]

@@ -3,8 +3,8 @@
 `ros2 launch clipseg_ros clipseg.launch.py namespace:=robot image:=/test_camera/image_raw
 model:=... device:=cpu` has launch_ros 0.28 run `lib/clipseg_ros/clipseg_node --ros-args
 -r __node:=clipseg -r __ns:=/robot --params-file <params_file> --params-file <overrides>
--r image:=/test_camera/image_raw -r image/compressed:=/test_camera/image_raw/compressed`, with
-FASTDDS_DEFAULT_PROFILES_FILE added to the node's environment.  The launch file takes all of
+-r image:=/test_camera/image_raw -r image/compressed:=/test_camera/image_raw/compressed
+-r image_mouse_left:=/test_camera/image_raw_mouse_left ...`, with FASTDDS_DEFAULT_PROFILES_FILE added to the node's environment.  The launch file takes all of
 that from clipseg_ros.launch_args; these tests take it from there too and run that command, so
 the two cannot drift apart (launch itself is not installable here).
 """
@@ -153,6 +153,7 @@ def test_launched_command_line_is_launch_ros_s(tiny_model_dir, tmp_path):
         '--params-file', str(installed_params_file()), '--params-file', overrides_file,
         '-r', 'image:=/test_camera/image_raw',
         '-r', 'image/compressed:=/test_camera/image_raw/compressed',
+        '-r', 'image_mouse_left:=/test_camera/image_raw_mouse_left',
         '-r', 'depth:=depth', '-r', 'camera_info:=camera_info']
     # launch_ros keys a dict of parameters by the node's full name
     assert yaml.safe_load(Path(overrides_file).read_text()) == {
