@@ -301,7 +301,7 @@ class ClipSegNode(LifecycleNode):
                     msg.header, image_rgb, result, prompt_set, threshold,
                     with_overlay=self._param('publish_overlay'), paired=paired,
                     objects=self._objects[camera.name].update(msg.header, result, paired,
-                                                              prompt_set),
+                                                              prompt_set, image_rgb),
                     point_decimation=self._param('point_decimation'))
             except Exception as error:  # noqa: B902 - counted and logged per camera
                 self._count_failures([(camera.name, msg, received_at)], error)

@@ -130,6 +130,9 @@ SPECS = (
                   'smoothed one (alpha-beta filter; 1 = no smoothing)', float_range=(0.01, 1.0)),
     ParameterSpec('track_gate', 0.1, 'Metres an instance may be from a track\'s predicted 3D '
                   'centroid to continue it', float_range=(0.001, 10.0)),
+    ParameterSpec('track_reid_seconds', 10.0, 'Seconds a lost track is remembered: an object '
+                  'that comes back looking like it (colour) gets its id back; 0 = never',
+                  float_range=(0.0, 3600.0)),
     ParameterSpec('diagnostics_period', 1.0, 'Seconds between /diagnostics messages', START,
                   float_range=(0.05, 60.0)),
     ParameterSpec('autostart', True, 'Configure and activate at start-up, so a plain launch '
