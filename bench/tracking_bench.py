@@ -11,7 +11,7 @@ and the tracks held in a merged instance (at their held box). Also the node's tr
 colour signatures, to show what the cue adds. No ROS, no model.
 
     python bench/tracking_bench.py            # every scene; --json FILE to keep the numbers
-    python bench/tracking_bench.py --scenes 'touch'
+    python bench/tracking_bench.py --scenes touch   # touch2 and touch3
 """
 
 import argparse
@@ -21,7 +21,7 @@ import time
 from clipseg_ros.tools.mot_scoring import score
 from clipseg_ros.tools.tracker_runs import (
     camera_model, detect, reference_trackers, run_node_tracker, run_reference, truth)
-from clipseg_ros.tools.tracking_scenarios import all_scenarios, observations
+from clipseg_ros.tools.tracking_scenarios import observations, scenario_makers
 
 NODE, NODE_NO_CUE = 'node', 'node, no colour cue'
 
@@ -41,14 +41,16 @@ def check(name: str, ground_truth, outputs: dict) -> str | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--scenes', default='', help='only scenes whose name contains this')
+    parser.add_argument('--scenes', default='', help='only scenes whose key contains this: '
+                        + ', '.join(scenario_makers()))
     parser.add_argument('--json', help='write the scores here')
     args = parser.parse_args()
     references = reference_trackers()
     rows, problems, started = [], [], time.perf_counter()
-    for scenario in all_scenarios():
-        if args.scenes not in scenario.name:
+    for key, make_scenario in scenario_makers().items():
+        if args.scenes not in key:
             continue
+        scenario = make_scenario()
         detected = detect(observations(scenario), camera_model(scenario))
         ground_truth = truth(detected)
         outputs = {NODE: run_node_tracker(detected),

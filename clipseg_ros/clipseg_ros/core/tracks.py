@@ -66,6 +66,7 @@ class _Track:
     extent: tuple = (np.full(3, np.nan), np.full(3, np.nan))
     raw: np.ndarray = field(default_factory=lambda: np.full(3, np.nan))
     signature: np.ndarray | None = None
+    pixels: float = 0.0            # the instance's usual pixel count (signature weight)
     track_id: int = 0              # 0 until reported
     hits: int = 1
     missed: int = 0
@@ -266,7 +267,8 @@ class InstanceTracker:
                        last_seen=stamp, box=instances.boxes[column].astype(np.float64),
                        box_velocity=np.zeros(2),
                        position=instances.targets.centroids[column].copy(),
-                       velocity=np.zeros(3), signature=signature)
+                       velocity=np.zeros(3), signature=signature,
+                       pixels=float(instances.pixel_count[column]))
         self._remember(track, instances, column)
         self._confirm(track, stamp)
         return track
@@ -319,10 +321,22 @@ class InstanceTracker:
         track.hits += 1
         track.missed = track.held = 0
         if signature is not None:
-            track.signature = signature if track.signature is None else (
-                (1 - SIGNATURE_SMOOTHING) * track.signature + SIGNATURE_SMOOTHING * signature)
+            self._blend_signature(track, signature, float(instances.pixel_count[column]))
         self._remember(track, instances, column)
         self._confirm(track, stamp)
+
+    @staticmethod
+    def _blend_signature(track: _Track, signature: np.ndarray, pixels: float) -> None:
+        """
+        Move the track's signature towards a frame's, less for fewer pixels than usual: a
+        sliver at the image's edge or a mask that broke up shows mostly its rim.
+        """
+        if track.signature is None:
+            track.signature, track.pixels = signature, pixels
+            return
+        weight = SIGNATURE_SMOOTHING * min(1.0, pixels / max(track.pixels, 1.0))
+        track.signature = (1 - weight) * track.signature + weight * signature
+        track.pixels += SIGNATURE_SMOOTHING * (pixels - track.pixels)
 
     def _report(self, instances: Instances, stamp: float, index_of: dict,
                 merged_ids: dict[int, tuple[int, ...]]) -> TrackedObjects:

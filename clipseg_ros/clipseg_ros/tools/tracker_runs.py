@@ -83,11 +83,18 @@ def run_node_tracker(detected: list[Detected], settings: TrackerSettings = Track
     return output
 
 
-def reference_trackers() -> dict[str, Callable[[], object]]:
-    """Makers of the reference trackers, by name, with their defaults at our frame rate."""
+def reference_trackers(min_frames: int = TrackerSettings().min_frames
+                       ) -> dict[str, Callable[[], object]]:
+    """
+    Makers of the reference trackers, by name: their defaults at our frame rate, except that a
+    track is confirmed after ``min_frames`` frames as the node's (ByteTrack's default is 2,
+    OC-SORT's 3), so that no tracker loses or gains the first frames of every object.
+    """
     from trackers import ByteTrackTracker, OCSORTTracker
-    return {'ByteTrack': lambda: ByteTrackTracker(frame_rate=FRAME_RATE),
-            'OC-SORT': lambda: OCSORTTracker(frame_rate=FRAME_RATE)}
+    return {'ByteTrack': lambda: ByteTrackTracker(frame_rate=FRAME_RATE,
+                                                  minimum_consecutive_frames=min_frames),
+            'OC-SORT': lambda: OCSORTTracker(frame_rate=FRAME_RATE,
+                                             minimum_consecutive_frames=min_frames)}
 
 
 def run_reference(make: Callable[[], object], detected: list[Detected]) -> list[FrameBoxes]:
