@@ -137,7 +137,7 @@ def crossing(seed: int = 1) -> Scenario:
 def touch_and_part(count: int = 2, seed: int = 2, contact_frames: int = 9) -> Scenario:
     """
     ``count`` (2 or 3) equal red circles at one depth: the outer ones approach the middle of
-    the row, stay in contact for ``contact_frames`` frames (one region in the labels) and part.
+    the row, stop for ``contact_frames`` frames (in contact: one region in the labels) and part.
     """
     approach, speed = 12, 0.0085
     still, away = approach, approach + contact_frames
@@ -150,8 +150,11 @@ def touch_and_part(count: int = 2, seed: int = 2, contact_frames: int = 9) -> Sc
                             velocity=velocity,
                             moves=((still, (0.0, 0.0)), (away, (-velocity[0], 0.0)))))
     frames = sequence(seed, solids, away + approach + 10, distance=0.7)
+    touching = sum(cv2.connectedComponents(frame.scene.mask_of('circle', 'red')
+                                           .view(np.uint8))[0] < count + 1 for frame in frames)
     return Scenario(f'touch and part, {count} of a kind', frames,
-                    about=f'{contact_frames} frames as one region at one depth')
+                    about=f'in contact (fewer regions than objects) in {touching} frames, '
+                    'at one depth')
 
 
 def _moving_three(seed: int, frames: int, hidden: range = range(0), **options):
