@@ -5,7 +5,9 @@ merged instances that no track takes, an object back after its track was lost; a
 benchmark's metric code (TrackEval) on a case worked out by hand.
 """
 
-from clipseg_ros.core.tracks import TrackerSettings
+from clipseg_ros.core.appearance import colour_signatures
+from clipseg_ros.core.instances import find_instances, InstanceSettings
+from clipseg_ros.core.tracks import InstanceTracker, MAX_COASTING_PER_PROMPT, TrackerSettings
 from clipseg_ros.tools.mot_scoring import box_iou_xywh, FrameBoxes, score
 from clipseg_ros.tools.tracker_runs import camera_model, detect, run_node_tracker, truth
 from clipseg_ros.tools.tracking_scenarios import observations, occlusion, touch_and_part
@@ -110,3 +112,38 @@ def test_the_metric_code_gives_the_scores_worked_out_by_hand():
     assert scores.mota == pytest.approx(0.625)
     assert scores.idf1 == pytest.approx(0.625)
     assert scores.hota == pytest.approx(np.sqrt(4.25 / 9))
+
+
+def test_blobs_that_merge_and_part_at_random_keep_the_reports_consistent():
+    """
+    Squares of one prompt that wander, overlap and part at random (with colour signatures of
+    a random image): in every frame an id is reported once, a merged instance has no id and
+    names only tracks listed as held, and the tracks kept stay bounded.
+    """
+    rng = np.random.default_rng(11)
+    tracker = InstanceTracker(TrackerSettings(min_frames=1, max_missed_frames=30))
+    rgb = rng.integers(0, 256, (120, 160, 3), np.uint8)
+    centres = rng.uniform(20, 100, (6, 2))
+    merged_seen = 0
+    for index in range(300):
+        centres = np.clip(centres + rng.normal(0, 4, centres.shape), 10, [150, 110])
+        labels = np.zeros((120, 160), np.uint8)
+        for x, y in centres[rng.random(len(centres)) > 0.1].astype(int):
+            labels[y - 8:y + 8, x - 8:x + 8] = 1
+        instances = find_instances(labels, labels.astype(np.float32), 1,
+                                   InstanceSettings(min_pixels=10))
+        tracked = tracker.update(instances, index / 15.0, 1,
+                                 colour_signatures(rgb, instances.image, len(instances)))
+        ids = [i for i in tracked.track_ids.tolist() if i] + [t.track_id for t in
+                                                               tracked.coasting]
+        assert len(ids) == len(set(ids)), 'an id twice in one frame'
+        held = {t.track_id for t in tracked.coasting if t.held}
+        named = set()
+        for column, merged in enumerate(tracked.merged):
+            if merged:
+                merged_seen += 1
+                assert tracked.track_ids[column] == 0 and len(merged) >= 2
+                named |= set(merged)
+        assert named == held
+        assert len(tracked.coasting) <= MAX_COASTING_PER_PROMPT
+    assert merged_seen > 10
