@@ -42,10 +42,10 @@ OBJECT_LAYOUT = (Solid(0, 'circle', 'red', (0.25, 0.45)), Solid(1, 'circle', 're
 class ObjectsStep:
     """
     What the node does per frame for objects: instances with depth, then their colour
-    signatures and tracking, on a scene
-    with known objects at about 1 m (OBJECT_LAYOUT). Prompt k labels every object of
-    OBJECT_KINDS[k], as CLIPSeg labels every red circle 'red circle'; each object's mask is
-    eroded or dilated by 0 to 2 px per frame, as CLIPSeg's masks flicker. Records what every
+    signatures and tracking, on a scene with known objects at about 1 m (OBJECT_LAYOUT).
+    Prompt k labels every object of OBJECT_KINDS[k], as CLIPSeg labels every red circle 'red
+    circle'; each object's mask is eroded or dilated by 0 to 2 px per frame, as CLIPSeg's masks
+    flicker. Records what every
     frame found, so that :meth:`problem` can say whether it ran what is printed.
     """
 

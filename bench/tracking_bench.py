@@ -65,7 +65,7 @@ def main() -> int:
             scores = score(ground_truth, output)
             rows.append({'scene': scenario.name, 'about': scenario.about,
                          'frames': len(detected), 'tracker': tracker, **vars(scores)})
-    print(f'| scene | frames | tracker | HOTA | IDF1 | MOTA | ID switches |')
+    print('| scene | frames | tracker | HOTA | IDF1 | MOTA | ID switches |')
     print('| --- | ---: | --- | ---: | ---: | ---: | ---: |')
     for row in rows:
         print(f"| {row['scene']} | {row['frames']} | {row['tracker']} | {row['hota']:.3f} | "

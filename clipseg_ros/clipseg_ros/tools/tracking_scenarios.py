@@ -153,7 +153,7 @@ def touch_and_part(count: int = 2, seed: int = 2, contact_frames: int = 9) -> Sc
     touching = sum(cv2.connectedComponents(frame.scene.mask_of('circle', 'red')
                                            .view(np.uint8))[0] < count + 1 for frame in frames)
     return Scenario(f'touch and part, {count} of a kind', frames,
-                    about=f'in contact (fewer regions than objects) in {touching} frames, '
+                    about=f'in contact in {touching} frames (fewer regions than objects), '
                     'at one depth')
 
 
