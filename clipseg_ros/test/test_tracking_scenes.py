@@ -147,3 +147,35 @@ def test_blobs_that_merge_and_part_at_random_keep_the_reports_consistent():
         assert named == held
         assert len(tracked.coasting) <= MAX_COASTING_PER_PROMPT
     assert merged_seen > 10
+
+
+def test_colours_decide_between_pairs_whose_positions_cost_about_the_same():
+    """
+    A red and a blue square of one prompt, without depth, side by side; then (a jump, as after
+    dropped frames) one square below and one above the pair's middle, each a little nearer to
+    the other's old place: by position alone each track takes the other's square, with the
+    colours each keeps its own.
+    """
+    def frame(red: tuple[int, int], blue: tuple[int, int]):
+        rgb = np.full((80, 120, 3), 128, np.uint8)
+        labels = np.zeros((80, 120), np.uint8)
+        for (x, y), colour in ((red, (220, 30, 30)), (blue, (30, 30, 220))):
+            rgb[y:y + 20, x:x + 20] = colour
+            labels[y:y + 20, x:x + 20] = 1
+        instances = find_instances(labels, labels.astype(np.float32), 1,
+                                   InstanceSettings(min_pixels=10))
+        assert len(instances) == 2
+        red_column = int(np.argmin(np.abs(instances.boxes[:, :2] - red).sum(axis=1)))
+        return instances, colour_signatures(rgb, instances.image, len(instances)), red_column
+
+    for with_colour in (True, False):
+        tracker = InstanceTracker(TrackerSettings(min_frames=1))
+        for index in range(3):
+            instances, signatures, red = frame((30, 30), (60, 30))
+            tracked = tracker.update(instances, index / 15.0, 1,
+                                     signatures if with_colour else None)
+        red_id = tracked.track_ids[red]
+        instances, signatures, red = frame((47, 48), (43, 12))
+        tracked = tracker.update(instances, 3 / 15.0, 1, signatures if with_colour else None)
+        assert tracked.track_ids.all()
+        assert (tracked.track_ids[red] == red_id) == with_colour
