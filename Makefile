@@ -29,6 +29,7 @@ export STEP_LOG_DIR := $(LOG_BASE)
 PY := $(VENV)/bin/python
 DEPS_STAMP := $(VENV)/.clipseg-deps-installed
 BUILD_STAMP := $(INSTALL_BASE)/.clipseg-built
+BENCH_DEPS_STAMP := $(VENV)/.clipseg-bench-deps-installed
 REQUIREMENTS := scripts/requirements-ros-$(ROS_DISTRO).txt scripts/requirements-py.txt
 PACKAGE_SOURCES := $(shell find clipseg_ros clipseg_ros_interfaces -type f \
 	-not -path 'clipseg_ros/test/*' -not -path '*/__pycache__/*' -not -path '*/.pytest_cache/*' -not -name '*.pyc' | sort)
@@ -42,9 +43,9 @@ ENV := source ./env.sh $(ROS_DISTRO)
 ENGINE_TESTS := $(addprefix clipseg_ros/test/,test_engine.py test_engine_inputs.py test_model_loading.py \
 	test_frame_maps.py test_visual_prompt.py)
 
-.PHONY: setup test test-transformers-floor demo demo-teach bench bench-backends bench-node bench-depth bench-depth-wait bench-cameras bench-transport bench-qos fuzz soak clean
+.PHONY: setup test test-transformers-floor demo demo-teach bench bench-backends bench-node bench-depth bench-depth-wait bench-cameras bench-transport bench-qos bench-tracking fuzz soak clean
 
-setup: $(BUILD_STAMP)
+setup: $(BUILD_STAMP) $(BENCH_DEPS_STAMP)
 
 $(PY):
 	@scripts/step.sh "create $(ROS_DISTRO) virtualenv" $(PYTHON_BOOTSTRAP) -m venv $(VENV)
@@ -53,6 +54,13 @@ $(DEPS_STAMP): $(REQUIREMENTS) scripts/fix_ros_cmake_paths.py | $(PY)
 	@scripts/step.sh "install Python and ROS 2 $(ROS_DISTRO) wheels" \
 		$(PY) -m pip install --quiet $(addprefix -r ,$(REQUIREMENTS))
 	@scripts/step.sh 're-point ROS wheel CMake include paths' $(PY) scripts/fix_ros_cmake_paths.py
+	@touch $@
+
+# TrackEval and the reference trackers without their declared dependencies: both ask for
+# opencv-python, which would replace the headless cv2 (scripts/requirements-bench.txt).
+$(BENCH_DEPS_STAMP): scripts/requirements-bench.txt | $(DEPS_STAMP)
+	@scripts/step.sh "install the tracking benchmark's packages" \
+		$(PY) -m pip install --quiet --no-deps -r scripts/requirements-bench.txt
 	@touch $@
 
 $(BUILD_STAMP): $(DEPS_STAMP) $(PACKAGE_SOURCES)
@@ -119,6 +127,9 @@ bench-cameras: setup
 
 bench-transport: setup
 	@$(ENV) && python bench/transport_bench.py
+
+bench-tracking: setup
+	@$(ENV) && python bench/tracking_bench.py $(BENCH_ARGS)
 
 bench-qos: setup
 	@$(ENV) && python bench/qos_bench.py $(BENCH_ARGS)

@@ -15,6 +15,7 @@ import argparse
 import json
 import time
 
+from clipseg_ros.core.appearance import colour_signatures
 from clipseg_ros.core.depth_targets import (
     CameraModel, depth_in_metres, labelled_points, prompt_targets)
 from clipseg_ros.core.engine import ClipSegEngine
@@ -40,10 +41,11 @@ OBJECT_LAYOUT = (Solid(0, 'circle', 'red', (0.25, 0.45)), Solid(1, 'circle', 're
 
 class ObjectsStep:
     """
-    What the node does per frame for objects: instances with depth, then tracking, on a scene
-    with known objects at about 1 m (OBJECT_LAYOUT). Prompt k labels every object of
-    OBJECT_KINDS[k], as CLIPSeg labels every red circle 'red circle'; each object's mask is
-    eroded or dilated by 0 to 2 px per frame, as CLIPSeg's masks flicker. Records what every
+    What the node does per frame for objects: instances with depth, then their colour
+    signatures and tracking, on a scene with known objects at about 1 m (OBJECT_LAYOUT).
+    Prompt k labels every object of OBJECT_KINDS[k], as CLIPSeg labels every red circle 'red
+    circle'; each object's mask is eroded or dilated by 0 to 2 px per frame, as CLIPSeg's masks
+    flicker. Records what every
     frame found, so that :meth:`problem` can say whether it ran what is printed.
     """
 
@@ -53,6 +55,7 @@ class ObjectsStep:
         i = scene.intrinsics
         self.camera = CameraModel(i.width, i.height, i.fx, i.fy, i.cx, i.cy)
         self.depth_m = depth_in_metres(scene.depth_mm(), '16UC1', max_depth=10.0)
+        self.rgb = scene.rgb
         self.prompt_count = prompt_count
         kinds = OBJECT_KINDS[:prompt_count]
         self.expected = sum(item.kind in kinds for item in scene.objects)
@@ -82,7 +85,9 @@ class ObjectsStep:
         start, start_cpu = time.perf_counter(), time.thread_time()
         instances = find_instances(labels, confidence, self.prompt_count, InstanceSettings(),
                                    self.depth_m, self.camera, boxes=boxes)
-        tracked = self.tracker.update(instances, len(self.found) / 15.0, prompt_version=1)
+        signatures = colour_signatures(self.rgb, instances.image, len(instances))
+        tracked = self.tracker.update(instances, len(self.found) / 15.0, prompt_version=1,
+                                      signatures=signatures)
         seconds, cpu = time.perf_counter() - start, time.thread_time() - start_cpu
         self.found.append(len(instances))
         self.track_ids.append(set(tracked.track_ids.tolist()))

@@ -317,7 +317,7 @@ class ClipSegNode(LifecycleNode):
             try:  # one camera's failure leaves the others' results alone
                 paired = camera.depth_targets(msg.header, result.labels, len(prompt_set.prompts))
                 objects = self._objects[camera.name].update(msg.header, result, paired,
-                                                            prompt_set)
+                                                            prompt_set, image_rgb)
                 # Before publishing: whoever saw the outputs can teach on this frame.
                 self._segmented.record(camera.name, msg.header, image_rgb, objects, paired)
                 camera.outputs.publish(

@@ -26,7 +26,10 @@ def _box(row) -> RegionOfInterest:
 
 
 def instance_msgs(objects: FrameObjects, labels: list[str]) -> list[Instance]:
-    """The instances of a frame, then its coasting tracks (seen_this_frame false)."""
+    """
+    The instances of a frame, then its tracks not seen in it (seen_this_frame false), those
+    held in a merged instance with ``held``.
+    """
     instances, tracked = objects.instances, objects.tracked
     targets = instances.targets
     entries = []
@@ -45,7 +48,7 @@ def instance_msgs(objects: FrameObjects, labels: list[str]) -> list[Instance]:
             depth_pixel_count=int(targets.valid_pixels[k]),
             track_id=int(tracked.track_ids[k]), track_age_frames=int(tracked.age_frames[k]),
             track_age_seconds=float(tracked.age_seconds[k]), seen_this_frame=True,
-            missed_frames=0))
+            missed_frames=0, merged_track_ids=[int(i) for i in tracked.merged[k]]))
     for track in tracked.coasting:
         prompt = track.prompt_index
         entries.append(Instance(
@@ -57,7 +60,7 @@ def instance_msgs(objects: FrameObjects, labels: list[str]) -> list[Instance]:
             extent_min_3d=point_msg(track.extent_min), extent_max_3d=point_msg(track.extent_max),
             depth_pixel_count=0, track_id=int(track.track_id),
             track_age_frames=int(track.age_frames), track_age_seconds=float(track.age_seconds),
-            seen_this_frame=False, missed_frames=int(track.missed_frames)))
+            seen_this_frame=False, missed_frames=int(track.missed_frames), held=track.held))
     return entries
 
 

@@ -8,10 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from clipseg_ros.core.appearance import colour_signatures
 from clipseg_ros.core.instances import find_instances, Instances, InstanceSettings
 from clipseg_ros.core.results import SegmentationResult
 from clipseg_ros.core.tracks import InstanceTracker, TrackedObjects, TrackerSettings
 from clipseg_ros.depth_input import stamp_ns
+import numpy as np
 
 
 @dataclass
@@ -48,8 +50,12 @@ class CameraObjects:
                               paired.depth_m if with_depth else None,
                               paired.camera if with_depth else None, boxes=result.stats.boxes)
 
-    def update(self, header, result: SegmentationResult, paired, prompt_set) -> FrameObjects:
-        """The objects of a frame the camera published; advances its tracks."""
+    def update(self, header, result: SegmentationResult, paired, prompt_set,
+               image_rgb: np.ndarray | None = None) -> FrameObjects:
+        """
+        The objects of a frame the camera published; advances its tracks. ``image_rgb``, the
+        frame, gives each instance its colour signature (re-identification, ambiguous pairs).
+        """
         instances = self._instances(result, paired, len(prompt_set.prompts))
         value = self._parameter
         if not value('tracking'):
@@ -58,8 +64,12 @@ class CameraObjects:
         self.tracker.settings = TrackerSettings(
             max_missed_frames=value('track_max_missed_frames'),
             min_frames=value('track_min_frames'), smoothing=value('track_smoothing'),
-            gate_m=value('track_gate'))
-        tracked = self.tracker.update(instances, stamp_seconds(header), prompt_set.version)
+            gate_m=value('track_gate'), reid_seconds=value('track_reid_seconds'))
+        signatures = None
+        if image_rgb is not None and image_rgb.shape[:2] == instances.image.shape:
+            signatures = colour_signatures(image_rgb, instances.image, len(instances))
+        tracked = self.tracker.update(instances, stamp_seconds(header), prompt_set.version,
+                                      signatures)
         return FrameObjects(instances, tracked)
 
     def match(self, header, result: SegmentationResult, paired, prompt_set,

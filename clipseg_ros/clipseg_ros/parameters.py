@@ -138,6 +138,9 @@ SPECS = (
     ParameterSpec('teach_depth_gap', 0.01, 'Metres of depth jump that bound the surface a '
                   'click teaches (with depth, where no instance covers the pixel)',
                   float_range=(0.001, 1.0)),
+    ParameterSpec('track_reid_seconds', 10.0, 'Seconds a lost track is remembered: an object '
+                  'that comes back looking like it (colour) gets its id back; 0 = never',
+                  float_range=(0.0, 3600.0)),
     ParameterSpec('diagnostics_period', 1.0, 'Seconds between /diagnostics messages', START,
                   float_range=(0.05, 60.0)),
     ParameterSpec('autostart', True, 'Configure and activate at start-up, so a plain launch '

@@ -59,3 +59,27 @@ def test_transport_bench_runs_briefly():
     row, = report['results']
     assert (row['width'], row['height']) == (160, 120)
     assert row['clipseg_answered'].endswith('/5') and row['echo_answered'].endswith('/5')
+
+
+def test_tracking_bench_check_fails_a_tracker_that_skipped_frames_or_reported_nothing():
+    tracking = load_bench('tracking_bench')
+    from clipseg_ros.tools.mot_scoring import FrameBoxes
+    frame = FrameBoxes([1], np.array([[0, 0, 4, 4]]))
+    empty = FrameBoxes([], np.zeros((0, 4)))
+    assert tracking.check('scene', [frame] * 3, {'node': [frame] * 3}) is None
+    assert 'gave 2 frames of 3' in tracking.check('scene', [frame] * 3, {'node': [frame] * 2})
+    assert 'no identity' in tracking.check('scene', [frame] * 3, {'node': [empty] * 3})
+    assert 'no ground truth' in tracking.check('scene', [empty] * 3, {'node': [frame] * 3})
+
+
+def test_tracking_bench_runs_one_scene(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(BENCH / 'tracking_bench.py'), '--scenes', 'touch2', '--json',
+         str(tmp_path / 'scores.json')], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, timeout=600, env=dict(os.environ))
+    assert result.returncode == 0, result.stdout
+    rows = json.loads((tmp_path / 'scores.json').read_text())
+    assert {row['tracker'] for row in rows} == {'node', 'node, no colour cue', 'ByteTrack',
+                                                'OC-SORT'}
+    node, = [row for row in rows if row['tracker'] == 'node']
+    assert node['id_switches'] == 0 and node['idf1'] >= 0.95

@@ -154,7 +154,8 @@ def test_fuzzed_depth_and_object_settings_leave_the_node_answering(ros_context, 
                     'tracking': lambda: bool(rng.random() < 0.8),
                     'track_max_missed_frames': lambda: int(rng.choice([0, 3, 1000])),
                     'track_min_frames': lambda: int(rng.choice([1, 2])),
-                    'track_gate': lambda: float(rng.choice([0.001, 0.1, 10.0]))}
+                    'track_gate': lambda: float(rng.choice([0.001, 0.1, 10.0])),
+                    'track_reid_seconds': lambda: float(rng.choice([0.0, 10.0, 3600.0]))}
         seen = tracked = finite = 0
         for index in range(36):
             name = list(settings)[index % len(settings)]

@@ -1,21 +1,21 @@
 """
 Identities that last from frame to frame: one camera's instances associated with the tracks of
-the previous frames. numpy only, no ROS.
+the previous frames. numpy and scipy, no ROS.
 
-Association, per prompt (an instance never joins a track of another prompt):
+Association, per prompt (an instance never joins a track of another prompt), is in
+core/track_association.py: 3D distance to the predicted centroid gated at ``gate_m`` where both
+sides have depth (objects that pass each other in the image at different depths stay apart in
+3D), box overlap besides or alone, the colour signature (core/appearance.py) where the frame is
+given; the pairs of least total cost (scipy's linear_sum_assignment).
 
-* with a 3D centroid on both sides, the distance between the track's predicted centroid and the
-  instance's raw one, gated at ``gate_m``: objects that pass each other in the image at
-  different depths overlap in 2D but stay apart in 3D;
-* besides, or alone without depth, the overlap of the track's predicted box with the
-  instance's box (1 - IoU), or when they do not overlap the distance of their centres in box
-  diagonals (a small object that moved more than its size in one frame); pairs further apart
-  than one diagonal are not associated.
+Contact: an instance over the predictions of two or more reported tracks (same-kind objects
+touching at one depth) continues none of them. The tracks are held where they last were on
+their own, not lost while the merge lasts, and the instance names them; when the region parts,
+each part goes back to the held track it is nearest to.
 
-Box overlap rather than mask overlap: a track need not keep a mask, and with predicted boxes
-and 3D it separates the objects in every scene tried. The few pairs of a frame are assigned
-greedily, cheapest first (scipy's Hungarian solver is not a dependency; with gated costs and a
-handful of objects per prompt the two agree).
+Return: a reported track lost after ``max_missed_frames`` is remembered for ``reid_seconds``
+(core/track_gallery.py); a new track that looks like it (colour signature) takes its id back
+when it is reported.
 
 Smoothing: a constant-velocity alpha-beta filter on the 3D centroid (and on the box centre),
 beta = alpha^2 / (2 - alpha) (Benedict-Bordner): it follows a moving object without the lag of
@@ -27,11 +27,18 @@ from dataclasses import dataclass, field
 import threading
 
 from clipseg_ros.core.instances import Instances
+from clipseg_ros.core.track_association import (
+    assign, association_costs, box_iou, merges, Side)
+from clipseg_ros.core.track_gallery import LostTrack, LostTracks
 import numpy as np
 
 BOX_SMOOTHING = 0.7      # the box centre follows the image quickly
 MAX_SPEED_M_S = 3.0      # a velocity estimate beyond this is noise, not an object on a table
 MAX_COASTING_PER_PROMPT = 32   # tracks of a prompt kept while not seen (see _bounded)
+SIGNATURE_SMOOTHING = 0.3      # weight of a frame's colour signature in the track's
+
+__all__ = ['BOX_SMOOTHING', 'CoastingTrack', 'InstanceTracker', 'MAX_COASTING_PER_PROMPT',
+           'TrackedObjects', 'TrackerSettings', 'box_iou']
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,7 @@ class TrackerSettings:
     min_frames: int = 3            # frames in a row before a track is reported (1 = at once)
     smoothing: float = 0.5         # alpha of the filter: 1 = raw centroid, smaller = smoother
     gate_m: float = 0.1            # farthest 3D distance from the prediction to associate
+    reid_seconds: float = 10.0     # a lost track's id is given back for so long (0: never)
 
 
 @dataclass
@@ -57,9 +65,12 @@ class _Track:
     centroid: np.ndarray = field(default_factory=lambda: np.zeros(2))
     extent: tuple = (np.full(3, np.nan), np.full(3, np.nan))
     raw: np.ndarray = field(default_factory=lambda: np.full(3, np.nan))
+    signature: np.ndarray | None = None
+    pixels: float = 0.0            # the instance's usual pixel count (signature weight)
     track_id: int = 0              # 0 until reported
     hits: int = 1
     missed: int = 0
+    held: int = 0                  # frames in a merge since last seen on its own
     frames: int = 1
 
     def predicted(self, stamp: float) -> tuple[np.ndarray, np.ndarray]:
@@ -67,6 +78,12 @@ class _Track:
         box = self.box.copy()
         box[:2] += self.box_velocity * dt
         return box, self.position + self.velocity * dt
+
+    def hold(self) -> None:
+        """Stay where last seen on its own: the merged region says nothing of where it is."""
+        self.held += 1
+        self.velocity = np.zeros(3)
+        self.box_velocity = np.zeros(2)
 
 
 @dataclass
@@ -84,34 +101,28 @@ class CoastingTrack:
     age_frames: int
     age_seconds: float
     missed_frames: int
+    held: bool = False             # inside a merged instance of this frame, not missing
 
 
 @dataclass
 class TrackedObjects:
-    """Track values of a frame's K instances (track_id 0: none reported), and coasting tracks."""
+    """
+    Track values of a frame's K instances (track_id 0: none reported), the tracks each merged
+    instance holds (empty: not a merge), and the tracks not seen in this frame.
+    """
 
     track_ids: np.ndarray          # (K,) int64
     smoothed: np.ndarray           # (K, 3) float64, the raw centroid where not tracked
     age_frames: np.ndarray         # (K,) int64
     age_seconds: np.ndarray        # (K,) float64
     coasting: list[CoastingTrack] = field(default_factory=list)
+    merged: list[tuple[int, ...]] = field(default_factory=list)
 
     @classmethod
     def untracked(cls, instances: Instances) -> 'TrackedObjects':
         count = len(instances)
         return cls(np.zeros(count, np.int64), instances.targets.centroids.copy(),
-                   np.zeros(count, np.int64), np.zeros(count))
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of (T, 4) and (K, 4) x, y, w, h boxes: (T, K)."""
-    a, b = a[:, None, :], b[None, :, :]
-    low = np.maximum(a[..., :2], b[..., :2])
-    high = np.minimum(a[..., :2] + a[..., 2:], b[..., :2] + b[..., 2:])
-    width, height = (high - low)[..., 0], (high - low)[..., 1]
-    inter = np.clip(width, 0, None) * np.clip(height, 0, None)
-    union = a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter
-    return inter / np.maximum(union, 1e-9)
+                   np.zeros(count, np.int64), np.zeros(count), [], [()] * count)
 
 
 def _bounded(tracks: list[_Track]) -> list[_Track]:
@@ -120,14 +131,21 @@ def _bounded(tracks: list[_Track]) -> list[_Track]:
     missed longest go first): a mask that flickers in new places every frame would otherwise
     keep up to max_missed_frames frames' worth of them.
     """
-    coasting = [track for track in tracks if track.missed]
+    coasting = [track for track in tracks if track.missed or track.held]
     if len(coasting) <= MAX_COASTING_PER_PROMPT:
         return tracks
     kept: dict[int, list[_Track]] = {}
-    for track in sorted(coasting, key=lambda track: track.missed):
+    for track in sorted(coasting, key=lambda track: (track.missed, track.held)):
         kept.setdefault(track.prompt, []).append(track)
     keep = {id(track) for group in kept.values() for track in group[:MAX_COASTING_PER_PROMPT]}
-    return [track for track in tracks if not track.missed or id(track) in keep]
+    return [track for track in tracks
+            if not (track.missed or track.held) or id(track) in keep]
+
+
+@dataclass
+class _Association:
+    pairs: list[tuple[int, int]]               # (track, instance)
+    merged: dict[int, list[int]]               # instance -> the tracks it holds
 
 
 class InstanceTracker:
@@ -137,6 +155,7 @@ class InstanceTracker:
         self.settings = settings
         self._lock = threading.Lock()
         self._tracks: list[_Track] = []
+        self._lost = LostTracks()
         self._next_id = 1
         self._prompt_version: int | None = None
         self._stamp: float | None = None
@@ -145,58 +164,41 @@ class InstanceTracker:
         """Forget every track (prompt change, cleanup); ids already given are not reused."""
         with self._lock:
             self._tracks = []
+            self._lost.clear()
             self._prompt_version = None
             self._stamp = None
 
-    def _costs(self, tracks: list[_Track], instances: Instances, columns: np.ndarray,
-               stamp: float) -> np.ndarray:
-        """(T, C) costs of tracks and instances ``columns`` of one prompt, inf: not allowed."""
-        predicted = [track.predicted(stamp) for track in tracks]
-        boxes = np.array([box for box, _ in predicted])
-        positions = np.array([position for _, position in predicted])
-        found = instances.boxes[columns].astype(np.float64)
-        iou = box_iou(boxes, found)
-        centre_distance = np.linalg.norm(
-            (boxes[:, None, :2] + boxes[:, None, 2:] / 2) - (found[None, :, :2]
-                                                             + found[None, :, 2:] / 2), axis=2)
-        diagonal = np.maximum(np.linalg.norm(boxes[:, 2:], axis=1), 1.0)[:, None]
-        image_cost = np.where(iou > 0, 1.0 - iou, 1.0 + centre_distance / diagonal)
-        distance = np.linalg.norm(positions[:, None, :]
-                                  - instances.targets.centroids[columns][None, :, :], axis=2)
-        with_3d = np.isfinite(distance)
-        gate = self.settings.gate_m
-        costs = np.where(with_3d, distance / gate + 0.25 * np.minimum(image_cost, 2.0),
-                         image_cost)
-        allowed = np.where(with_3d, distance <= gate, image_cost < 2.0)
-        return np.where(allowed, costs, np.inf)
-
-    def _pairs(self, tracks: list[_Track], instances: Instances,
-               stamp: float) -> list[tuple[int, int]]:
-        """(track, instance) pairs, prompt by prompt: an instance never joins another's track."""
-        pairs = []
+    def _associate(self, tracks: list[_Track], instances: Instances, stamp: float,
+                   signatures: np.ndarray | None) -> _Association:
+        """Pairs and merges, prompt by prompt: an instance never joins another's track."""
+        result = _Association([], {})
         track_prompts = np.array([track.prompt for track in tracks], np.int64)
+        targets = instances.targets
         for prompt in np.unique(instances.prompt_index):
             rows = np.flatnonzero(track_prompts == prompt)
             if not len(rows):
                 continue
             columns = np.flatnonzero(instances.prompt_index == prompt)
-            costs = self._costs([tracks[row] for row in rows], instances, columns, stamp)
-            pairs += [(int(rows[row]), int(columns[column]))
-                      for row, column in self._assign(costs)]
-        return pairs
-
-    @staticmethod
-    def _assign(costs: np.ndarray) -> list[tuple[int, int]]:
-        """Greedy assignment, cheapest pair first, each track and instance at most once."""
-        rows, columns = np.nonzero(np.isfinite(costs))
-        order = np.argsort(costs[rows, columns], kind='stable')
-        used_rows, used_columns, pairs = set(), set(), []
-        for row, column in zip(rows[order].tolist(), columns[order].tolist()):
-            if row not in used_rows and column not in used_columns:
-                used_rows.add(row)
-                used_columns.add(column)
-                pairs.append((row, column))
-        return pairs
+            group = [tracks[row] for row in rows]
+            predicted = [track.predicted(stamp) for track in group]
+            track_side = Side(np.array([box for box, _ in predicted]),
+                              np.array([position for _, position in predicted]))
+            found = Side(instances.boxes[columns], targets.centroids[columns])
+            if signatures is not None and all(t.signature is not None for t in group):
+                track_side.signatures = np.array([track.signature for track in group])
+                found.signatures = signatures[columns]
+            candidates = np.array([bool(t.track_id) and t.missed == 0 for t in group])
+            merged = merges(track_side, candidates, found, targets.extent_min[columns],
+                            targets.extent_max[columns], self.settings.gate_m)
+            held = np.array([bool(t.held) for t in group])
+            costs = association_costs(track_side, found, self.settings.gate_m, held)
+            for column, held_rows in merged.items():
+                costs[:, column] = np.inf
+                costs[held_rows, :] = np.inf
+                result.merged[int(columns[column])] = [int(rows[row]) for row in held_rows]
+            result.pairs += [(int(rows[row]), int(columns[column]))
+                             for row, column in assign(costs)]
+        return result
 
     def match(self, instances: Instances, stamp: float, prompt_version: int) -> np.ndarray:
         """The reported track ids of instances, leaving the tracks as they are (0: none)."""
@@ -204,51 +206,84 @@ class InstanceTracker:
         with self._lock:
             if prompt_version != self._prompt_version:
                 return ids
-            for row, column in self._pairs(self._tracks, instances, stamp):
+            for row, column in self._associate(self._tracks, instances, stamp, None).pairs:
                 ids[column] = self._tracks[row].track_id
         return ids
 
-    def update(self, instances: Instances, stamp: float, prompt_version: int) -> TrackedObjects:
-        """Associate a frame's instances with the tracks, update them, report the frame's."""
+    def update(self, instances: Instances, stamp: float, prompt_version: int,
+               signatures: np.ndarray | None = None) -> TrackedObjects:
+        """
+        Associate a frame's instances with the tracks, update them, report the frame's.
+        ``signatures``: the instances' colour signatures (core/appearance.py), or None.
+        """
         with self._lock:
             if prompt_version != self._prompt_version or (self._stamp is not None
                                                           and stamp < self._stamp):
                 self._tracks = []  # new prompts, or time went back (a recording restarted)
+                self._lost.clear()
             self._prompt_version, self._stamp = prompt_version, stamp
             tracks = self._tracks
-            pairs = self._pairs(tracks, instances, stamp)
-            matched = {row for row, _ in pairs}
-            owner = {column: row for row, column in pairs}
+            association = self._associate(tracks, instances, stamp, signatures)
+            owner = {column: row for row, column in association.pairs}
+            held = {row for rows in association.merged.values() for row in rows}
+            matched = set(owner.values())
             for row, track in enumerate(tracks):
                 track.frames += 1
-                if row not in matched:
+                if row in held:
+                    track.hold()
+                elif row not in matched:
                     track.missed += 1
             index_of = {}  # id(track) -> the instance it was seen as in this frame
             for column in range(len(instances)):
+                signature = None if signatures is None else signatures[column]
                 if column in owner:
                     track = tracks[owner[column]]
-                    self._correct(track, instances, column, stamp)
+                    self._correct(track, instances, column, stamp, signature)
+                elif column in association.merged:
+                    continue  # a merge: no track of its own
                 else:
-                    track = self._new_track(instances, column, stamp)
+                    track = self._new_track(instances, column, stamp, signature)
                     tracks.append(track)
                 index_of[id(track)] = column
-            self._tracks = _bounded([t for t in tracks if t.missed == 0 or (
-                t.track_id and t.missed <= self.settings.max_missed_frames)])
-            return self._report(instances, stamp, index_of)
+            self._tracks = _bounded([t for t in tracks if self._kept(t, stamp)])
+            merged_ids = {column: tuple(tracks[row].track_id for row in rows)
+                          for column, rows in association.merged.items()}
+            return self._report(instances, stamp, index_of, merged_ids)
 
-    def _new_track(self, instances: Instances, column: int, stamp: float) -> _Track:
+    def _kept(self, track: _Track, stamp: float) -> bool:
+        """Whether a track stays; a reported one that goes is remembered for its return."""
+        if track.missed == 0 or (track.track_id
+                                 and track.missed <= self.settings.max_missed_frames):
+            return True
+        if track.track_id and track.signature is not None and self.settings.reid_seconds > 0:
+            self._lost.add(LostTrack(track.track_id, track.prompt, track.signature,
+                                     track.box.copy(), stamp, track.first_stamp,
+                                     track.frames))
+        return False
+
+    def _new_track(self, instances: Instances, column: int, stamp: float,
+                   signature: np.ndarray | None) -> _Track:
         track = _Track(prompt=int(instances.prompt_index[column]), first_stamp=stamp,
                        last_seen=stamp, box=instances.boxes[column].astype(np.float64),
                        box_velocity=np.zeros(2),
                        position=instances.targets.centroids[column].copy(),
-                       velocity=np.zeros(3))
+                       velocity=np.zeros(3), signature=signature,
+                       pixels=float(instances.pixel_count[column]))
         self._remember(track, instances, column)
-        self._confirm(track)
+        self._confirm(track, stamp)
         return track
 
-    def _confirm(self, track: _Track) -> None:
-        if not track.track_id and track.hits >= self.settings.min_frames:
-            track.track_id, self._next_id = self._next_id, self._next_id + 1
+    def _confirm(self, track: _Track, stamp: float) -> None:
+        if track.track_id or track.hits < self.settings.min_frames:
+            return
+        if self.settings.reid_seconds > 0:
+            self._lost.expire(stamp, self.settings.reid_seconds)
+            lost = self._lost.claim(track.prompt, track.signature, track.box)
+            if lost is not None:  # the object is back: its old id and age
+                track.track_id, track.first_stamp = lost.track_id, lost.first_stamp
+                track.frames += lost.frames
+                return
+        track.track_id, self._next_id = self._next_id, self._next_id + 1
 
     @staticmethod
     def _remember(track: _Track, instances: Instances, column: int) -> None:
@@ -258,7 +293,8 @@ class InstanceTracker:
         track.raw = targets.centroids[column].copy()
         track.extent = (targets.extent_min[column].copy(), targets.extent_max[column].copy())
 
-    def _correct(self, track: _Track, instances: Instances, column: int, stamp: float) -> None:
+    def _correct(self, track: _Track, instances: Instances, column: int, stamp: float,
+                 signature: np.ndarray | None) -> None:
         """The alpha-beta step of a track seen again."""
         dt = stamp - track.last_seen
         box, position = track.predicted(stamp)
@@ -283,12 +319,30 @@ class InstanceTracker:
                 track.velocity = velocity * min(1.0, MAX_SPEED_M_S / max(speed, 1e-12))
         track.last_seen = stamp
         track.hits += 1
-        track.missed = 0
+        track.missed = track.held = 0
+        if signature is not None:
+            self._blend_signature(track, signature, float(instances.pixel_count[column]))
         self._remember(track, instances, column)
-        self._confirm(track)
+        self._confirm(track, stamp)
 
-    def _report(self, instances: Instances, stamp: float, index_of: dict) -> TrackedObjects:
+    @staticmethod
+    def _blend_signature(track: _Track, signature: np.ndarray, pixels: float) -> None:
+        """
+        Move the track's signature towards a frame's, less for fewer pixels than usual: a
+        sliver at the image's edge or a mask that broke up shows mostly its rim.
+        """
+        if track.signature is None:
+            track.signature, track.pixels = signature, pixels
+            return
+        weight = SIGNATURE_SMOOTHING * min(1.0, pixels / max(track.pixels, 1.0))
+        track.signature = (1 - weight) * track.signature + weight * signature
+        track.pixels += SIGNATURE_SMOOTHING * (pixels - track.pixels)
+
+    def _report(self, instances: Instances, stamp: float, index_of: dict,
+                merged_ids: dict[int, tuple[int, ...]]) -> TrackedObjects:
         result = TrackedObjects.untracked(instances)
+        for column, ids in merged_ids.items():
+            result.merged[column] = ids
         for track in self._tracks:
             column = index_of.get(id(track))
             if column is not None:
@@ -304,5 +358,6 @@ class InstanceTracker:
                 result.coasting.append(CoastingTrack(
                     track.track_id, track.prompt, track.score, track.box.round().astype(int),
                     track.centroid, track.position.copy(), track.extent[0], track.extent[1],
-                    track.frames, stamp - track.first_stamp, track.missed))
+                    track.frames, stamp - track.first_stamp, track.missed,
+                    held=bool(track.held) and not track.missed))
         return result

@@ -39,6 +39,18 @@ class Solid:
     yaw: float = 0.0
     velocity: tuple[float, float] = (0.0, 0.0)   # table metres per frame
     hidden: range = range(0)           # frames where it is out of the scene (hidden)
+    # Changes of velocity: (from frame, velocity) pairs, in order; before the first, velocity.
+    moves: tuple[tuple[int, tuple[float, float]], ...] = ()
+
+    def offset(self, frame: int) -> np.ndarray:
+        """Table metres moved from frame 0 to ``frame``."""
+        starts = [0] + [start for start, _ in self.moves]
+        velocities = [self.velocity] + [velocity for _, velocity in self.moves]
+        ends = starts[1:] + [max(frame, starts[-1])]
+        moved = np.zeros(2)
+        for start, end, velocity in zip(starts, ends, velocities):
+            moved += np.asarray(velocity, float) * max(0, min(frame, end) - start)
+        return moved
 
 
 @dataclass
@@ -67,24 +79,28 @@ def _table_at(table, distance: float | None, drift: np.ndarray):
 
 def render_layout(seed: int, solids: Sequence[Solid], width: int = 640, height: int = 480, *,
                   frame: int = 0, distance: float | None = None,
-                  camera_drift: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> SequenceFrame:
+                  camera_drift: tuple[float, float, float] = (0.0, 0.0, 0.0),
+                  camera_path=None) -> SequenceFrame:
     """
     Render the objects of ``solids`` that are not hidden in ``frame``.
 
     ``distance``: metres from the camera to the table along the optical axis (None: the seed's
     table); ``camera_drift``: metres per frame the scene moves in the camera frame (the camera
-    moving the other way).
+    moving the other way); ``camera_path(frame)``, where given, the (3,) metres the scene has
+    moved by ``frame`` instead (a camera that pans and comes back).
     """
     shown = [solid for solid in solids if frame not in solid.hidden]
 
     def arrange(table, intrinsics):
         start = _table_at(table, distance, np.zeros(3))
-        table = _table_at(table, distance, np.asarray(camera_drift, float) * frame)
+        moved = (np.asarray(camera_drift, float) * frame if camera_path is None
+                 else np.asarray(camera_path(frame), float))
+        table = _table_at(table, distance, moved)
         placed = []
         for solid in shown:
             centre = table_point_at(start, intrinsics, solid.at[0] * intrinsics.width,
                                     solid.at[1] * intrinsics.height)
-            centre = centre + np.asarray(solid.velocity) * frame
+            centre = centre + solid.offset(frame)
             placed.append(Placed(solid.shape, solid.colour, solid.size, solid.height,
                                  solid.yaw, centre))
         return table, placed
