@@ -33,6 +33,7 @@ from clipseg_ros.objects import CameraObjects
 from clipseg_ros.parameters import SPECS
 from clipseg_ros.publishers import PromptSet, ResultPublishers
 from clipseg_ros.tools.drive import synthetic_frame
+from clipseg_ros.tools.stand_in_maps import SeededNetwork
 from clipseg_ros.tools.scene_sequences import moving_objects, several_of_a_kind, touching_pair
 from clipseg_ros.tools.tiny_model import write_tiny_model
 import cv2
@@ -123,27 +124,6 @@ def _paired(result: SegmentationResult, scene, index: int,
     stamp = 100_000_000_000 + index * 33_333_333
     return PairedTargets(prompt_targets(result.labels, metres, camera, prompt_count, 2),
                          stamp, depth_m=metres, camera=camera)
-
-
-def _smooth_maps(seed: int, prompt_count: int, size: int, blur: float) -> np.ndarray:
-    """(N, size, size) probabilities: blurred noise stretched over [0, 1] (ragged regions)."""
-    rng = np.random.default_rng(seed)
-    maps = []
-    for _ in range(prompt_count):
-        noise = cv2.GaussianBlur(rng.random((size, size), np.float32), (0, 0), blur)
-        maps.append((noise - noise.min()) / max(float(np.ptp(noise)), 1e-6))
-    return np.stack(maps)
-
-
-class SeededNetwork:
-    """Stands in for the engine's network: the next frame's maps, from a seed."""
-
-    def __init__(self) -> None:
-        self.seed, self.blur = 0, 2.0
-
-    def probabilities(self, pixel_values: torch.Tensor, embeddings: torch.Tensor):
-        size = pixel_values.shape[-1]
-        return torch.from_numpy(_smooth_maps(self.seed, len(embeddings), size, self.blur))[None]
 
 
 def _specks_result(seed: int, prompt_count: int, height: int = 480,
