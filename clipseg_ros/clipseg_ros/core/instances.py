@@ -36,6 +36,10 @@ MAX_POINTS_PER_INSTANCE = 2048
 # A region with at most this many components finds each one by comparison (see
 # _large_components).
 FEW_COMPONENTS = 8
+# A region with more components than this is mostly specks: their areas come from one histogram
+# of the labels, and OpenCV's statistics (a second labelling) only when more than
+# FEW_COMPONENTS of them are large.
+SPECKLED_COMPONENTS = 256
 # A prompt with more large components than this ranks them by their own score first and splits
 # and measures only the best max_per_prompt: a label image full of noise costs no more than that.
 MANY_COMPONENTS = 64
@@ -84,7 +88,7 @@ class _Candidate:
     left: int
     labels: np.ndarray            # a box of a label image
     value: int
-    pixels: np.ndarray | None = None  # ``labels == value`` when already computed (bool)
+    pixels: np.ndarray | None = None
 
 
 @dataclass
@@ -153,63 +157,43 @@ def _component_areas(components: np.ndarray, count: int) -> np.ndarray:
     return np.bincount(components.ravel(), minlength=count)
 
 
+def _boxed(components: np.ndarray, values, areas: np.ndarray | None,
+           min_pixels: int) -> np.ndarray:
+    """(M, 6) label, x, y, w, h, area of the components ``values`` of ``min_pixels`` or more,
+    each found by comparison."""
+    rows = []
+    for value in values:
+        mask = (components == value).view(np.uint8)
+        area = cv2.countNonZero(mask) if areas is None else int(areas[value])
+        if area >= min_pixels:
+            rows.append((int(value), *cv2.boundingRect(mask), area))
+    return np.array(rows, np.int64).reshape(-1, 6)
+
+
 def _large_components(region: np.ndarray, confidence: np.ndarray,
                       settings: InstanceSettings) -> tuple[np.ndarray, np.ndarray]:
     """
     A uint8 region's 8-connected components: their label image and (M, 6) rows of label,
     x, y, w, h and area of the M components of ``min_pixels`` or more (at most
     ``max_per_prompt`` when there are more than MANY_COMPONENTS: the best scoring).
-
-    The region is labelled once; the areas come from one histogram of the labels, so a region
-    of thousands of specks costs a few passes over its box, not one per component.
     """
     count, components = cv2.connectedComponents(region, connectivity=8)
     if count - 1 <= FEW_COMPONENTS:
-        areas = None
-        candidates = range(1, count)
-    else:
+        # A few components: compare and count each, several times cheaper than OpenCV's stats.
+        return components, _boxed(components, range(1, count), None, settings.min_pixels)
+    areas = None
+    if count - 1 > SPECKLED_COMPONENTS:  # mostly specks: maybe a few large ones, compared
         areas = _component_areas(components, count)
-        candidates = np.flatnonzero(areas[1:] >= settings.min_pixels) + 1
-        if len(candidates) > MANY_COMPONENTS:
-            sums = np.bincount(components.ravel(), weights=confidence.ravel(),
-                               minlength=count)
-            scores = sums[candidates] / areas[candidates]
-            order = np.argsort(-scores, kind='stable')[:settings.max_per_prompt]
-            candidates = np.sort(candidates[order])
-        if len(candidates) > FEW_COMPONENTS:  # OpenCV's statistics beat a pass per component
-            _, components, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
-            return components, np.column_stack(
-                [candidates, stats[candidates, :5]]).astype(np.int64).reshape(-1, 6)
-    # A few components: compare and count each.
-    rows = []
-    for value in candidates:
-        mask = (components == value).view(np.uint8)
-        area = cv2.countNonZero(mask) if areas is None else int(areas[value])
-        if area >= settings.min_pixels:
-            rows.append((int(value), *cv2.boundingRect(mask), area))
-    return components, np.array(rows, np.int64).reshape(-1, 6)
-
-
-def _splittable(components: np.ndarray, large: np.ndarray, seeds: np.ndarray,
-                min_pixels: int) -> set[int]:
-    """
-    The components (of ``large``'s labels) with two or more seed parts of ``min_pixels`` or
-    more: only those can split at a depth jump, as :func:`_split_by_depth` would find.
-
-    The seeds of a whole window equal each component's own (an eroded or 4-neighbour pixel of
-    the region belongs to the same 8-connected component), so they are cut once per prompt.
-    """
-    count, parts = cv2.connectedComponents(seeds.view(np.uint8), connectivity=4)
-    if count < 3:
-        return set()
-    large_parts = np.flatnonzero(_component_areas(parts, count)[1:] >= min_pixels) + 1
-    if len(large_parts) < 2:
-        return set()
-    owner = np.zeros(count, np.int64)
-    seeded = parts > 0
-    owner[parts[seeded]] = components[seeded]
-    per_component = np.bincount(owner[large_parts], minlength=int(components.max()) + 1)
-    return {int(value) for value in large[:, 0] if per_component[value] >= 2}
+        large = np.flatnonzero(areas[1:] >= settings.min_pixels) + 1
+        if len(large) <= FEW_COMPONENTS:
+            return components, _boxed(components, large, areas, settings.min_pixels)
+    _, components, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
+    large = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= settings.min_pixels) + 1
+    if len(large) > MANY_COMPONENTS:
+        sums = np.bincount(components.ravel(), weights=confidence.ravel(), minlength=count)
+        scores = sums[large] / stats[large, cv2.CC_STAT_AREA]
+        large = np.sort(large[np.argsort(-scores, kind='stable')[:settings.max_per_prompt]])
+    return components, np.column_stack([large, stats[large, :5]]).astype(np.int64)
 
 
 def _prompt_candidates(prompt: int, window: tuple[slice, slice], labels: np.ndarray,
@@ -219,19 +203,14 @@ def _prompt_candidates(prompt: int, window: tuple[slice, slice], labels: np.ndar
     region = (labels[window] == prompt + 1).view(np.uint8)
     sure_window = confidence[window]
     components, large = _large_components(region, sure_window, settings)
-    split = set()
-    if depth_m is not None and settings.depth_gap > 0.0 and len(large):
-        seeds = _depth_cut(region.view(bool), depth_m[window], settings.depth_gap,
-                           settings.erosion_px)
-        split = _splittable(components, large, seeds, settings.min_pixels)
+    split = depth_m is not None and settings.depth_gap > 0.0
     top, left = window[0].start, window[1].start
     found = []
     for index, x, y, w, h, area in large.tolist():
         box = (slice(y, y + h), slice(x, x + w))
         component = components[box] == index
         sure = sure_window[box]
-        owner = (_split_by_depth(component, depth_m[window][box], settings)
-                 if index in split else None)
+        owner = _split_by_depth(component, depth_m[window][box], settings) if split else None
         if owner is None:
             score = cv2.mean(sure, mask=component.view(np.uint8))[0]
             found.append(_Candidate(prompt, score, area, top + y, left + x, components[box],
