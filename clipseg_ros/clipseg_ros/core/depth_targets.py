@@ -99,13 +99,25 @@ def back_project(flat_index: np.ndarray, z: np.ndarray, camera: CameraModel) -> 
     return np.stack([x, y, z], axis=1)
 
 
+# Up to this many prompts, each prompt's pixels are found by its own compare (see _members).
+FEW_PROMPTS = 8
+
+
 def _members(labels: np.ndarray, depth: np.ndarray,
              prompt_count: int) -> tuple[list[np.ndarray], np.ndarray]:
     """
     Flat indices of each prompt's pixels with valid depth (a random subsample when very many),
     and how many there are.
     """
-    index = np.flatnonzero((labels > 0) & np.isfinite(depth))
+    valid = np.isfinite(depth)
+    if prompt_count <= FEW_PROMPTS:
+        # One compare per prompt: cheaper than sorting every labelled pixel by its label, and
+        # the same ascending indices.
+        groups = [np.flatnonzero((labels == prompt) & valid)
+                  for prompt in range(1, prompt_count + 1)]
+        counts = np.array([len(group) for group in groups], np.int64)
+        return [subsample(group) for group in groups], counts
+    index = np.flatnonzero((labels > 0) & valid)
     owner = labels[index]
     counts = np.bincount(owner, minlength=prompt_count + 1)[1:prompt_count + 1]
     order = index[np.argsort(owner, kind='stable')]
