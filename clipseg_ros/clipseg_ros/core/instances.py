@@ -130,20 +130,20 @@ def _split_by_depth(component: np.ndarray, depth: np.ndarray,
     count, parts = cv2.connectedComponents(seeds.view(np.uint8), connectivity=4)
     if count < 3:  # one seed or none: nothing to split (the common case, so no statistics)
         return None
-    large = np.flatnonzero(np.bincount(parts.ravel(), minlength=count)[1:]
-                           >= settings.min_pixels) + 1
+    large = np.flatnonzero(_component_areas(parts, count)[1:] >= settings.min_pixels) + 1
     if len(large) < 2:
         return None
     keep = np.zeros(count, np.int32)
     keep[large] = np.arange(1, len(large) + 1)
     seed_ids = keep[parts]
-    # Every other pixel of the component joins the nearest seed pixel's part.
+    # Every other pixel of the component joins the nearest seed pixel's part. Each seed pixel
+    # is its own nearest (labels numbered in raster order), so one lookup serves all pixels.
     _, nearest = cv2.distanceTransformWithLabels(
         (seed_ids == 0).view(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL)
     seeded = seed_ids > 0
     seed_of_label = np.zeros(int(nearest.max()) + 1, np.int32)
     seed_of_label[nearest[seeded]] = seed_ids[seeded]
-    return np.where(seeded, seed_ids, seed_of_label[nearest]) * component
+    return seed_of_label[nearest] * component
 
 
 def _component_areas(components: np.ndarray, count: int) -> np.ndarray:
