@@ -210,7 +210,9 @@ def _prompt_candidates(prompt: int, window: tuple[slice, slice], labels: np.ndar
         box = (slice(y, y + h), slice(x, x + w))
         component = components[box] == index
         sure = sure_window[box]
-        owner = _split_by_depth(component, depth_m[window][box], settings) if split else None
+        # Two parts of min_pixels each need twice that: a smaller component cannot split.
+        splits = split and area >= 2 * settings.min_pixels
+        owner = _split_by_depth(component, depth_m[window][box], settings) if splits else None
         if owner is None:
             score = cv2.mean(sure, mask=component.view(np.uint8))[0]
             found.append(_Candidate(prompt, score, area, top + y, left + x, components[box],
