@@ -13,8 +13,9 @@ overlay, segmentation, instances; points and markers with depth), as rviz and a 
     floor: serialisation, Fast DDS both ways, rclpy's executor).
 The CPU a server used per frame answered on every output (user + system, from /proc) is what
 counts (a node slower than the camera drops frames and is charged for those it answered);
-rounds alternate the sides. The benchmark fails when the stand-in was bypassed (the network ran) or a
-side answered too few frames. The last line is JSON.
+rounds alternate the sides. The benchmark fails when the stand-in served fewer frames than the
+node answered or segmented more than once per size, or a side answered too few frames. The last
+line is JSON.
 
     python bench/frame_cost_bench.py                          # 640x480, clean and ragged, depth
     python bench/frame_cost_bench.py --sizes 1280x720 --masks ragged --no-depth
