@@ -1,16 +1,16 @@
 """
 Every message the node publishes for a fixed set of frames, prompts and depth, as hashes of
-their serialised bytes: the reference that keeps speed work from changing any output.
+their fields: the reference that keeps speed work from changing any output.
 
 Each case runs a short sequence of frames through what the worker runs after a frame is
 converted: the engine's segment_batch (tiny model; its network's probabilities replaced by
 seeded maps, so the reference does not hang on the back end's arithmetic) or a segmentation
 result made from a rendered scene's true masks (clean regions) or from specks, the 3D targets
 of the paired depth, the camera's objects (instances and tracks) and
-``ResultPublishers.publish`` with every output subscribed. The publishers are created on a recording stand-in for the lifecycle node, which keeps each
-message's fields as bytes (every field, in order, with its name; the CDR bytes rclpy sends hold
-uninitialised alignment padding, so they are not hashed). ``inference_time`` is zeroed (a
-wall-clock time).
+``ResultPublishers.publish`` with every output subscribed. The publishers are created on a
+recording stand-in for the lifecycle node, which keeps each message's fields as bytes (every
+field, in order, with its name; the CDR bytes rclpy sends hold uninitialised alignment padding,
+so they are not hashed). ``inference_time`` is zeroed (a wall-clock time).
 
     python clipseg_ros/test/output_record.py   # rewrites data/output_hashes.json
 """
