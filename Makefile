@@ -125,8 +125,10 @@ bench-depth-wait: setup
 bench-cameras: setup
 	@$(ENV) && python bench/cameras_bench.py $(BENCH_ARGS)
 
+# The node without inference against an echo: mask, confidence and segmentation; then every
+# output subscribed, with and without depth, on clean and ragged masks (frame_cost_bench.py).
 bench-transport: setup
-	@$(ENV) && python bench/transport_bench.py
+	@$(ENV) && python bench/transport_bench.py && python bench/frame_cost_bench.py --both-depths
 
 bench-tracking: setup
 	@$(ENV) && python bench/tracking_bench.py $(BENCH_ARGS)

@@ -37,8 +37,16 @@ python3 bench/batch_bench.py --device cuda --cameras 2,3,4,8 --prompts 1,4,13 \
 if [ -f .gpukit/kit.tar.xz ]; then
     (source scripts/gpu_kit_env.sh && python bench/node_bench.py --device cuda \
         --dtype float16 --compile-mode cuda_graphs --frames 60 2>&1 | tee "$out/node_bench.txt"
+     # camera to mask p50/p99 with every output subscribed (overlay, instances too), as rviz
+     # and a planner together subscribe: the node's own work decides the rate at GPU speed
+     python bench/node_bench.py --device cuda --dtype float16 --compile-mode cuda_graphs \
+        --all-outputs --sizes 640x480,1280x720 --prompts 1,4 --frames 60 \
+        2>&1 | tee "$out/node_bench_all_outputs.txt"
      # the host's share: the node without inference against a minimal rclpy echo
      python bench/transport_bench.py 2>&1 | tee "$out/transport_bench.txt"
+     # every output, with depth, clean and ragged masks: node CPU a frame against an echo
+     python bench/frame_cost_bench.py --sizes 640x480,1280x720 --both-depths \
+        2>&1 | tee "$out/frame_cost_bench.txt"
      # 1, 2 and 4 cameras: one node against as many single-camera nodes
      python bench/cameras_bench.py --device cuda --rate 30 --duration 20 \
         2>&1 | tee "$out/cameras_bench.txt")

@@ -15,6 +15,7 @@ values) unless --model names real weights.  The last line is a JSON summary.
 
     python bench/node_bench.py                      # CPU here: 640x480 and 1280x720, N=1,4,13
     python bench/node_bench.py --device cuda --dtype float16 --compile-mode cuda_graphs
+    python bench/node_bench.py --all-outputs   # also overlay and instances subscribed and built
 """
 
 import argparse
@@ -31,6 +32,7 @@ from clipseg_ros_interfaces.srv import SetTextPrompts
 import numpy as np
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
+from sensor_msgs.msg import Image
 import torch
 
 from clipseg_ros.core.depth_targets import CameraModel
@@ -153,7 +155,10 @@ def run_stream(stream: CameraStream, msgs, rate_hz: float, frames: int) -> dict:
     inference = np.array([r.inference_s for r in answered if r.inference_s is not None])
     arrivals = sorted(r.arrivals['segmentation'] for r in answered)
     span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else float('nan')
+    to_mask = np.array([r.arrivals['mask'] - r.sent for r in answered])
     return {'sent': sent, 'processed': len(answered), 'dropped': sent - len(answered),
+            'camera_to_mask_p50_ms': percentile_ms(to_mask, 50),
+            'camera_to_mask_p99_ms': percentile_ms(to_mask, 99),
             'latency_p50_ms': percentile_ms(latencies, 50),
             'latency_p99_ms': percentile_ms(latencies, 99),
             'node_inference_p50_ms': percentile_ms(inference, 50),
@@ -175,7 +180,13 @@ def main() -> int:
     parser.add_argument('--rate', default='auto',
                         help="camera rate in Hz, or 'auto': 40%% of the engine's own rate so "
                              'latency is not inflated by waiting for the previous frame')
+    parser.add_argument('--all-outputs', action='store_true',
+                        help='every output subscribed (overlay and instances too), as rviz '
+                             'and a planner together subscribe; latency waits for all')
     args = parser.parse_args()
+    global OUTPUT_NAMES
+    if args.all_outputs:
+        OUTPUT_NAMES = ('mask', 'confidence', 'overlay', 'segmentation')
     use_large_image_profile()
     sizes = [parse_size(s) for s in args.sizes.split(',')]
     counts = [int(n) for n in args.prompts.split(',')]
@@ -187,7 +198,7 @@ def main() -> int:
     process = start_node_process(
         {'model': model, 'device': args.device, 'dtype': args.dtype,
          'compile_mode': args.compile_mode, 'cpu_threads': str(args.cpu_threads),
-         'publish_overlay': 'false', 'max_prompts': '16'},
+         'publish_overlay': str(args.all_outputs).lower(), 'max_prompts': '16'},
         '/bench_camera/image_raw', scratch / 'node.log', namespace='/bench')
     set_cpu_threads(args.cpu_threads)  # the node applies the same rule to itself
     engine = ClipSegEngine(model=model, device=args.device, dtype=args.dtype,
@@ -200,6 +211,8 @@ def main() -> int:
     rclpy.init()
     node = rclpy.create_node('clipseg_bench_camera')
     stream = CameraStream(node, '/bench_camera/image_raw', output_namespace='/bench')
+    if args.all_outputs:  # CameraStream keeps the others; a subscription makes it built
+        node.create_subscription(Image, '/bench/instances', lambda msg: None, 10)
     client = node.create_client(SetTextPrompts, '/bench/clipseg/set_text_prompts')
     executor = SingleThreadedExecutor()
     executor.add_node(node)
@@ -244,7 +257,9 @@ def main() -> int:
                       f"(engine inside the node {row['paired_node_inference_p50_ms']:.1f} ms, "
                       f"node work {row['node_work_p50_ms']:.1f} ms), overhead "
                       f"{overhead * 100:+.1f}%; stream at {rate:.1f} Hz: latency p50 "
-                      f"{row['latency_p50_ms']:.1f} ms p99 {row['latency_p99_ms']:.1f} ms, "
+                      f"{row['latency_p50_ms']:.1f} ms p99 {row['latency_p99_ms']:.1f} ms "
+                      f"(camera to mask p50 {row['camera_to_mask_p50_ms']:.1f} ms p99 "
+                      f"{row['camera_to_mask_p99_ms']:.1f} ms), "
                       f"output {row['output_rate_hz']:.1f} Hz, dropped "
                       f"{row['dropped']}/{row['sent']}; 3D step beside the engine p50 "
                       f"{row['depth_step_p50_ms']:.2f} ms "

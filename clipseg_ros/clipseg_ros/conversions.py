@@ -178,7 +178,7 @@ def compressed_to_rgb(msg: CompressedImage,
     return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
 
 
-def _byte_array(pixels: np.ndarray) -> array.array:
+def byte_array(pixels: np.ndarray) -> array.array:
     # array.array('B') is what the generated setter stores; frombytes is a single memcpy,
     # where assigning a numpy array or list would be checked element by element.
     buffer = array.array('B')
@@ -205,7 +205,7 @@ def array_to_image(pixels: np.ndarray, encoding: str, header=None) -> Image:
     msg.encoding = encoding
     msg.is_bigendian = int(np.little_endian is False)
     msg.step = int(pixels.strides[0])
-    msg.data = _byte_array(pixels)
+    msg.data = byte_array(pixels)
     return msg
 
 

@@ -99,7 +99,7 @@ def point_cloud_msg(header: Header, points: np.ndarray, labels: np.ndarray,
     msg = PointCloud2(header=header, height=1, width=len(points), fields=POINT_FIELDS,
                       is_bigendian=False, point_step=POINT_DTYPE.itemsize,
                       row_step=POINT_DTYPE.itemsize * len(points), is_dense=True)
-    msg.data = cloud.tobytes()
+    msg.data = conversions.byte_array(cloud)
     return msg
 
 

@@ -83,3 +83,39 @@ def test_tracking_bench_runs_one_scene(tmp_path):
                                                 'OC-SORT'}
     node, = [row for row in rows if row['tracker'] == 'node']
     assert node['id_switches'] == 0 and node['idf1'] >= 0.95
+
+
+def test_frame_cost_stand_in_segments_once_per_size_and_serves_every_frame(tiny_model_dir,
+                                                                          monkeypatch):
+    bench = load_bench('frame_cost_bench')
+    monkeypatch.setenv(bench.MASKS_ENV, 'ragged')
+    engine = bench.stand_in_engine_class()(model=str(tiny_model_dir), device='cpu',
+                                           resolution=64, backend='torch')
+    prompts = engine.text_prompts(['a ball', 'sky'])
+    frames = [np.full((48, 64, 3), value, np.uint8) for value in (10, 200, 90)]
+    first = engine.segment_batch(frames, prompts)
+    engine.segment(np.zeros((30, 40, 3), np.uint8), prompts)  # a new size
+    assert engine.frames_served == 4 and engine.stand_in.calls == 2
+    assert first[0] is first[2], 'later frames of a size reuse the result'
+    assert 0 < (first[0].labels > 0).mean() < 1, 'seeded maps give a partial mask'
+
+
+def test_frame_cost_echo_publishes_every_output_the_node_publishes(tiny_model_dir):
+    bench = load_bench('frame_cost_bench')
+    scene = bench.scene_frames(160, 120, 1)[0]
+    messages = bench.node_messages(str(tiny_model_dir), scene, 'clean', with_depth=True)
+    assert tuple(sorted(messages)) == tuple(sorted(bench.outputs(True)))
+    assert messages['points'].width > 0 and len(messages['segmentation'].instances) > 0
+
+
+def test_frame_cost_bench_runs_briefly():
+    result = subprocess.run(
+        [sys.executable, str(BENCH / 'frame_cost_bench.py'), '--sizes', '160x120', '--masks',
+         'ragged', '--rounds', '1', '--seconds', '1.5', '--rate', '10'],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+        env=dict(os.environ))
+    assert result.returncode == 0, result.stdout
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    row, = report['results']
+    assert (row['width'], row['height'], row['depth']) == (160, 120, True)
+    assert 'points' in row['outputs'] and row['clipseg_cpu_ms_per_frame'] > 0

@@ -226,3 +226,56 @@ def test_a_large_instance_is_sampled_without_favouring_rows_or_columns():
     assert np.mean(errors) < 0.002 and np.max(errors) < 0.005, errors
     # A percentile of MAX_POINTS_PER_INSTANCE points of a 0.5 m wide plane varies by millimetres.
     assert np.mean(extent_errors) < 0.003 and np.max(extent_errors) < 0.015, extent_errors
+
+
+class _CountingCv2:
+    """OpenCV as instances.py sees it, counting the pixels each call is handed."""
+
+    def __init__(self) -> None:
+        self.pixels, self.labellings = 0, 0
+
+    def __getattr__(self, name):
+        real = getattr(cv2, name)
+        if not callable(real):
+            return real
+
+        def counted(*args, **kwargs):
+            if name.startswith('connectedComponents'):
+                self.labellings += 1
+            self.pixels += sum(a.size for a in args if isinstance(a, np.ndarray))
+            self.pixels += sum(a.size for a in args[0] if isinstance(a, np.ndarray)) \
+                if isinstance(args[0], list) else 0
+            return real(*args, **kwargs)
+        return counted
+
+
+def speck_labels(count: int = 5000, height: int = 480, width: int = 640, seed: int = 0):
+    """``count`` isolated one-pixel specks of prompt 1 on a grid, jittered."""
+    rng = np.random.default_rng(seed)
+    cells = rng.choice((height // 4) * (width // 4), count, replace=False)
+    labels = np.zeros((height, width), np.uint8)
+    labels[cells // (width // 4) * 4 + 1, cells % (width // 4) * 4 + 1] = 1
+    return labels
+
+
+@pytest.mark.parametrize('case', ['specks', 'covering'])
+@pytest.mark.parametrize('with_depth', [False, True])
+def test_instance_work_is_a_few_passes_over_the_frame_for_any_mask(monkeypatch, case,
+                                                                   with_depth):
+    """5,000 specks or one region covering a 640x480 frame: the region is labelled once (plus
+    once for the depth cut), and OpenCV is handed a bounded number of frames' worth of pixels,
+    not one pass per component."""
+    import clipseg_ros.core.instances as instances_module
+    labels = speck_labels() if case == 'specks' else np.ones((480, 640), np.uint8)
+    rng = np.random.default_rng(1)
+    confidence = rng.uniform(0.3, 1.0, labels.shape).astype(np.float32)
+    depth = camera = None
+    if with_depth:
+        depth = np.full(labels.shape, 1.0, np.float32)
+        camera = CameraModel(640, 480, 500.0, 500.0, 320.0, 240.0)
+    counting = _CountingCv2()
+    monkeypatch.setattr(instances_module, 'cv2', counting)
+    found = find_instances(labels, confidence, 1, depth_m=depth, camera=camera)
+    assert len(found) == (0 if case == 'specks' else 1)
+    assert counting.labellings <= (2 if with_depth else 1)
+    assert counting.pixels <= 16 * labels.size, f'{counting.pixels / labels.size:.1f} frames'

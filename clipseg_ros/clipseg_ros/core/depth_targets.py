@@ -99,13 +99,25 @@ def back_project(flat_index: np.ndarray, z: np.ndarray, camera: CameraModel) -> 
     return np.stack([x, y, z], axis=1)
 
 
+# Up to this many prompts, each prompt's pixels are found by its own compare (see _members).
+FEW_PROMPTS = 8
+
+
 def _members(labels: np.ndarray, depth: np.ndarray,
              prompt_count: int) -> tuple[list[np.ndarray], np.ndarray]:
     """
     Flat indices of each prompt's pixels with valid depth (a random subsample when very many),
     and how many there are.
     """
-    index = np.flatnonzero((labels > 0) & np.isfinite(depth))
+    valid = np.isfinite(depth)
+    if prompt_count <= FEW_PROMPTS:
+        # One compare per prompt: cheaper than sorting every labelled pixel by its label, and
+        # the same ascending indices.
+        groups = [np.flatnonzero((labels == prompt) & valid)
+                  for prompt in range(1, prompt_count + 1)]
+        counts = np.array([len(group) for group in groups], np.int64)
+        return [subsample(group) for group in groups], counts
+    index = np.flatnonzero((labels > 0) & valid)
     owner = labels[index]
     counts = np.bincount(owner, minlength=prompt_count + 1)[1:prompt_count + 1]
     order = index[np.argsort(owner, kind='stable')]
@@ -238,10 +250,15 @@ def instance_points(labels: np.ndarray, instances: np.ndarray | None, depth_m: n
     step = max(1, int(decimation))
     sub_labels = labels[::step, ::step]
     sub_depth = depth_m[::step, ::step]
-    rows, columns = np.nonzero((sub_labels > 0) & np.isfinite(sub_depth))
-    z = sub_depth[rows, columns].astype(np.float64)
-    flat = (rows * step) * camera.width + columns * step
-    owners = (instances[::step, ::step][rows, columns].astype(np.uint16) if instances is not None
-              else np.zeros(len(rows), np.uint16))
-    return (back_project(flat, z, camera).astype(np.float32), sub_labels[rows, columns],
-            owners)
+    kept = (sub_labels > 0) & np.isfinite(sub_depth)
+    rows, columns = np.nonzero(kept)
+    z = sub_depth[kept].astype(np.float64)
+    # back_project's arithmetic, written straight into float32 columns (no (M, 3) float64
+    # array, no division to recover the pixel from a flat index).
+    points = np.empty((len(z), 3), np.float32)
+    points[:, 0] = (columns * step - camera.cx) * z / camera.fx
+    points[:, 1] = (rows * step - camera.cy) * z / camera.fy
+    points[:, 2] = z
+    owners = (instances[::step, ::step][kept].astype(np.uint16) if instances is not None
+              else np.zeros(len(z), np.uint16))
+    return points, sub_labels[kept], owners

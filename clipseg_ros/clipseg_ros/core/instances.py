@@ -36,6 +36,10 @@ MAX_POINTS_PER_INSTANCE = 2048
 # A region with at most this many components finds each one by comparison (see
 # _large_components).
 FEW_COMPONENTS = 8
+# A region with more components than this is mostly specks: their areas come from one histogram
+# of the labels, and OpenCV's statistics (a second labelling) only when more than
+# FEW_COMPONENTS of them are large.
+SPECKLED_COMPONENTS = 256
 # A prompt with more large components than this ranks them by their own score first and splits
 # and measures only the best max_per_prompt: a label image full of noise costs no more than that.
 MANY_COMPONENTS = 64
@@ -84,6 +88,7 @@ class _Candidate:
     left: int
     labels: np.ndarray            # a box of a label image
     value: int
+    pixels: np.ndarray | None = None
 
 
 @dataclass
@@ -125,20 +130,44 @@ def _split_by_depth(component: np.ndarray, depth: np.ndarray,
     count, parts = cv2.connectedComponents(seeds.view(np.uint8), connectivity=4)
     if count < 3:  # one seed or none: nothing to split (the common case, so no statistics)
         return None
-    large = np.flatnonzero(np.bincount(parts.ravel(), minlength=count)[1:]
-                           >= settings.min_pixels) + 1
+    large = np.flatnonzero(_component_areas(parts, count)[1:] >= settings.min_pixels) + 1
     if len(large) < 2:
         return None
     keep = np.zeros(count, np.int32)
     keep[large] = np.arange(1, len(large) + 1)
     seed_ids = keep[parts]
-    # Every other pixel of the component joins the nearest seed pixel's part.
+    # Every other pixel of the component joins the nearest seed pixel's part. Each seed pixel
+    # is its own nearest (labels numbered in raster order), so one lookup serves all pixels.
     _, nearest = cv2.distanceTransformWithLabels(
         (seed_ids == 0).view(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL)
     seeded = seed_ids > 0
     seed_of_label = np.zeros(int(nearest.max()) + 1, np.int32)
     seed_of_label[nearest[seeded]] = seed_ids[seeded]
-    return np.where(seeded, seed_ids, seed_of_label[nearest]) * component
+    return seed_of_label[nearest] * component
+
+
+def _component_areas(components: np.ndarray, count: int) -> np.ndarray:
+    """The pixel count of each label 0..count-1 of an int32 label image, in one pass."""
+    if count <= np.iinfo(np.uint16).max + 1 and components.size <= 1 << 24:
+        # OpenCV's 16-bit histogram is several times faster than numpy's bincount, and exact
+        # (float32 counts) up to 2^24 pixels.
+        histogram = cv2.calcHist([components.astype(np.uint16)], [0], None, [count],
+                                 [0, count])
+        return histogram.ravel().astype(np.int64)
+    return np.bincount(components.ravel(), minlength=count)
+
+
+def _boxed(components: np.ndarray, values, areas: np.ndarray | None,
+           min_pixels: int) -> np.ndarray:
+    """(M, 6) label, x, y, w, h, area of the components ``values`` of ``min_pixels`` or more,
+    each found by comparison."""
+    rows = []
+    for value in values:
+        mask = (components == value).view(np.uint8)
+        area = cv2.countNonZero(mask) if areas is None else int(areas[value])
+        if area >= min_pixels:
+            rows.append((int(value), *cv2.boundingRect(mask), area))
+    return np.array(rows, np.int64).reshape(-1, 6)
 
 
 def _large_components(region: np.ndarray, confidence: np.ndarray,
@@ -151,13 +180,13 @@ def _large_components(region: np.ndarray, confidence: np.ndarray,
     count, components = cv2.connectedComponents(region, connectivity=8)
     if count - 1 <= FEW_COMPONENTS:
         # A few components: compare and count each, several times cheaper than OpenCV's stats.
-        rows = []
-        for value in range(1, count):
-            mask = (components == value).view(np.uint8)
-            area = cv2.countNonZero(mask)
-            if area >= settings.min_pixels:
-                rows.append((value, *cv2.boundingRect(mask), area))
-        return components, np.array(rows, np.int64).reshape(-1, 6)
+        return components, _boxed(components, range(1, count), None, settings.min_pixels)
+    areas = None
+    if count - 1 > SPECKLED_COMPONENTS:  # mostly specks: maybe a few large ones, compared
+        areas = _component_areas(components, count)
+        large = np.flatnonzero(areas[1:] >= settings.min_pixels) + 1
+        if len(large) <= FEW_COMPONENTS:
+            return components, _boxed(components, large, areas, settings.min_pixels)
     _, components, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
     large = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= settings.min_pixels) + 1
     if len(large) > MANY_COMPONENTS:
@@ -181,11 +210,13 @@ def _prompt_candidates(prompt: int, window: tuple[slice, slice], labels: np.ndar
         box = (slice(y, y + h), slice(x, x + w))
         component = components[box] == index
         sure = sure_window[box]
-        owner = _split_by_depth(component, depth_m[window][box], settings) if split else None
+        # Two parts of min_pixels each need twice that: a smaller component cannot split.
+        splits = split and area >= 2 * settings.min_pixels
+        owner = _split_by_depth(component, depth_m[window][box], settings) if splits else None
         if owner is None:
             score = cv2.mean(sure, mask=component.view(np.uint8))[0]
             found.append(_Candidate(prompt, score, area, top + y, left + x, components[box],
-                                    index))
+                                    index, component))
             continue
         pieces = int(owner.max()) + 1
         areas = np.bincount(owner.ravel(), minlength=pieces)
@@ -199,7 +230,8 @@ def _prompt_candidates(prompt: int, window: tuple[slice, slice], labels: np.ndar
 
 def _cut_out(candidate: _Candidate) -> _Part:
     """A candidate's pixels, tight box and centroid."""
-    pixels = (candidate.labels == candidate.value).view(np.uint8)
+    pixels = (candidate.pixels if candidate.pixels is not None
+              else candidate.labels == candidate.value).view(np.uint8)
     per_column = cv2.reduce(pixels, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()
     per_row = cv2.reduce(pixels, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel()
     columns, rows = np.flatnonzero(per_column), np.flatnonzero(per_row)
@@ -295,7 +327,7 @@ def find_instances(labels: np.ndarray, confidence: np.ndarray, prompt_count: int
     parts = parts[:MAX_INSTANCES]
     image = np.zeros(labels.shape, np.uint16)
     for index, part in enumerate(parts):
-        image[part.window][part.pixels] = index + 1
+        np.copyto(image[part.window], index + 1, where=part.pixels)
     count = len(parts)
     targets = PromptTargets.unknown(count)
     if depth_m is not None:

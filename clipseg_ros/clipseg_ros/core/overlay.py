@@ -17,15 +17,20 @@ def palette(size: int = 256) -> np.ndarray:
 
 
 PALETTE = palette()
+# The palette as OpenCV's lookup table for 3-channel images: one colour per label value.
+_PALETTE_TABLE = np.ascontiguousarray(PALETTE.reshape(256, 1, 3))
 
 
 def render_overlay(image_rgb: np.ndarray, labels: np.ndarray, stats: RegionStats,
                    names: Sequence[str], alpha: float = 0.5) -> np.ndarray:
     """Blend each prompt's colour over its pixels and write its label at the centroid."""
-    colours = PALETTE[labels]
+    # OpenCV's table lookup and masked copy: several times faster than numpy's fancy indexing
+    # and masked copyto, with the same bytes.
+    labels = np.ascontiguousarray(labels)
+    colours = cv2.LUT(cv2.merge([labels, labels, labels]), _PALETTE_TABLE)
     blended = cv2.addWeighted(image_rgb, 1.0 - alpha, colours, alpha, 0.0)
     overlay = image_rgb.copy()
-    np.copyto(overlay, blended, where=(labels > 0)[:, :, None])
+    cv2.copyTo(blended, labels, overlay)
     scale = max(0.4, min(image_rgb.shape[:2]) / 600.0)
     for index, name in enumerate(names):
         if stats.pixel_count[index] == 0:
