@@ -72,9 +72,9 @@ class DepthTopics:
 
     def wait_ran_out(self, header, received_at: float, waited_s: float) -> None:
         """A frame goes without depth after the whole wait: stall, and say why (throttled)."""
+        if self._value('depth_wait') <= 0.0:
+            return  # no wait was asked for: nothing to stall or warn about
         self.stall.begin(stamp_ns(header), received_at)
-        if waited_s <= 0.0:
-            return  # depth_wait 0: not waiting is what was asked for
         reason = self.pairing.why_unpaired(header, self._value('depth_max_delay'))
         self._warn('depth_wait', f'a frame went without depth after waiting '
                    f'{waited_s * 1e3:.0f} ms: {reason}; frames go at once until depth pairs '
