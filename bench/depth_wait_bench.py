@@ -4,11 +4,12 @@ The node runs as launch starts it, with the tiny random model (it answers in mil
 the full model does on a GPU, so nothing else hides the depth's delay) and use_depth; this
 process is an RGB-D camera: colour at --rate Hz, its aligned 16UC1 depth and camera_info
 published after it (0-30 ms: `after`; 40-50 ms, after the next frame: `late`), before it
-(0-10 ms), or not at all (the depth stream down). The wait settings alternate in blocks of --block frames on the same running node
-(set live through its parameter service, read back before each block), so both see the same
-machine state. Prints, per scenario and setting: frames answered, the share with their own
-depth (of the frames sent), latency p50/p99 (camera stamp -> segmentation), and the node's depth_wait p50/p99 and
-time-outs from /diagnostics. The last line is a JSON summary.
+(0-10 ms), or not at all (the depth stream down). The wait settings alternate in blocks of
+--block frames on the same running node (set live through its parameter service, read back
+before each block), so both see the same machine state. Prints, per scenario and setting:
+frames answered, the share of the frames sent with their own depth, latency p50/p99 (camera
+stamp -> segmentation), and the node's depth_wait p50/p99, time-outs and frames sent at once
+in a stall from /diagnostics. The last line is a JSON summary.
 
     python bench/depth_wait_bench.py                  # 640x480, 30 Hz, waits 0 and 0.1 s
 """
