@@ -129,8 +129,9 @@ class DepthPairing:
         if self.has_depth_for(stamp, max_delay):
             return True
         with self._lock:
-            # The one that arrived last, not the latest stamp kept: a bag replayed in a loop
-            # then costs only the frame at the loop point, whose stamps jump back, a wait.
+            # The image that arrived last, not the latest stamp kept: when a bag replayed in a
+            # loop jumps back, only the frame at the jump goes without depth; the latest stamp
+            # kept would send a second's worth of the new loop's frames without it.
             return self._newest_stamp is not None and \
                 self._newest_stamp > stamp + int(max_delay * 1e9)
 
