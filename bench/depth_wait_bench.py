@@ -3,12 +3,13 @@
 The node runs as launch starts it, with the tiny random model (it answers in milliseconds, as
 the full model does on a GPU, so nothing else hides the depth's delay) and use_depth; this
 process is an RGB-D camera: colour at --rate Hz, its aligned 16UC1 depth and camera_info
-published after it (--after, default 0-30 ms), before it (0-10 ms), or not at all (the depth
-stream down). The wait settings alternate in blocks of --block frames on the same running node
-(set live through its parameter service, read back before each block), so both see the same
-machine state. Prints, per scenario and setting: frames answered, the share with their own
-depth, latency p50/p99 (camera stamp -> segmentation), and the node's depth_wait p50/p99 and
-time-outs from /diagnostics. The last line is a JSON summary.
+published after it (0-30 ms: `after`; 40-50 ms, after the next frame: `late`), before it
+(0-10 ms), or not at all (the depth stream down). The wait settings alternate in blocks of
+--block frames on the same running node (set live through its parameter service, read back
+before each block), so both see the same machine state. Prints, per scenario and setting:
+frames answered, the share of the frames sent with their own depth, latency p50/p99 (camera
+stamp -> segmentation), and the node's depth_wait p50/p99, time-outs and frames sent at once
+in a stall from /diagnostics. The last line is a JSON summary.
 
     python bench/depth_wait_bench.py                  # 640x480, 30 Hz, waits 0 and 0.1 s
 """
@@ -34,7 +35,8 @@ from clipseg_ros.tools.scenes import render_scene
 from clipseg_ros.tools.tiny_model import write_tiny_model
 
 NAMESPACE = '/rgbd'
-SCENARIOS = {'after': (0.0, 0.030), 'before': (-0.010, 0.0), 'missing': None}
+SCENARIOS = {'after': (0.0, 0.030), 'late': (0.040, 0.050), 'before': (-0.010, 0.0),
+             'missing': None}
 
 
 def call(client, request, timeout: float = 30.0):
@@ -131,17 +133,18 @@ def main() -> int:
                 latency = np.array(total['latency'])
                 row = {'scenario': scenario, 'depth_wait_s': wait, 'sent': total['sent'],
                        'answered': total['answered'], 'own_depth': total['own'],
-                       'own_depth_share': round(total['own'] / max(total['answered'], 1), 4),
+                       'own_depth_share': round(total['own'] / max(total['sent'], 1), 4),
                        'latency_p50_ms': round(percentile_ms(latency, 50), 1),
                        'latency_p99_ms': round(percentile_ms(latency, 99), 1)}
                 rows.append(row)
                 print(f"{scenario:8s} depth_wait {wait:4.2f} s: {row['answered']:4d} of "
                       f"{row['sent']} answered, {row['own_depth']:4d} with their own depth "
-                      f"({100 * row['own_depth_share']:5.1f} %), latency p50 "
+                      f"({100 * row['own_depth_share']:5.1f} % of sent), latency p50 "
                       f"{row['latency_p50_ms']:6.1f} ms, p99 {row['latency_p99_ms']:6.1f} ms")
             print(f"  node (all blocks so far): depth wait p50 {values.get('depth_wait_p50_ms')}"
                   f" ms, p99 {values.get('depth_wait_p99_ms')} ms (recent 300 frames), "
-                  f"time-outs {values.get('depth_wait_timeouts')}, frames without depth "
+                  f"time-outs {values.get('depth_wait_timeouts')}, sent at once in a stall "
+                  f"{values.get('depth_wait_skipped')}, frames without depth "
                   f"{values.get('depth_frames_without_depth')}")
     finally:
         executor.shutdown()

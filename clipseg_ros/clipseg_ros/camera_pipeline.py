@@ -35,7 +35,7 @@ class CameraPipeline:
                  callback_group, counters: FrameCounters,
                  offer: Callable[[str, Any, float], None], max_pixels: Callable[[], int],
                  warn: Callable[[str, str], None],
-                 depth_arrived: Callable[[str, bool], None] = lambda name, resumed: None,
+                 depth_arrived: Callable[[str], None] = lambda name: None,
                  on_click: Callable[[str, Any], None] | None = None) -> None:
         self.name = name
         self._node = node
@@ -47,7 +47,7 @@ class CameraPipeline:
         self.last_frame_time: float | None = None
         self.outputs = ResultPublishers(node, with_depth=use_depth, prefix=prefix)
         self.depth = (DepthTopics(node, reliability, callback_group, self.warn, prefix,
-                                  arrived=lambda resumed: depth_arrived(name, resumed))
+                                  arrived=lambda: depth_arrived(name))
                       if use_depth else None)
         message_type, topic = ((CompressedImage, 'image/compressed') if compressed
                                else (Image, 'image'))
@@ -88,6 +88,11 @@ class CameraPipeline:
     def inputs_ready(self, msg) -> bool:
         """Whether a frame may be segmented now: its depth is there, will never be, or unused."""
         return self.depth is None or self.depth.ready_for(msg.header)
+
+    def inputs_timed_out(self, msg, received_at: float, waited_s: float) -> None:
+        """The frame goes without its depth: its wait ran out."""
+        if self.depth is not None:
+            self.depth.wait_ran_out(msg.header, received_at, waited_s)
 
     def depth_targets(self, header, labels: np.ndarray,
                       prompt_count: int) -> PairedTargets | None:

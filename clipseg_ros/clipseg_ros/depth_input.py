@@ -69,6 +69,7 @@ class DepthCounters:
     frames_paired: int = 0
     frames_without_depth: int = 0  # no depth image within depth_max_delay of the frame
     frames_depth_refused: int = 0  # a depth image or camera_info that does not fit the frame
+    wait_skipped: int = 0  # frames sent without waiting: an earlier frame's wait ran out
 
 
 @dataclass
@@ -110,6 +111,13 @@ class DepthPairing:
         """Whether a usable camera_info has arrived."""
         return self._camera is not None
 
+    def has_depth_for(self, stamp: int, max_delay: float) -> bool:
+        """Whether a frame of this stamp (ns) can be paired now: its depth and a camera_info."""
+        window = int(max_delay * 1e9)
+        with self._lock:
+            return self._camera is not None and any(
+                abs(depth_stamp - stamp) <= window for depth_stamp, _ in self._depth)
+
     def ready_for(self, header, max_delay: float) -> bool:
         """
         Whether a frame of this header can be paired now or never will be: a depth image within
@@ -117,13 +125,33 @@ class DepthPairing:
         last is stamped later than that window (depth comes in stamp order, so the frame's own
         was lost). False while the frame should wait for its depth.
         """
-        stamp, window = stamp_ns(header), int(max_delay * 1e9)
+        stamp = stamp_ns(header)
+        if self.has_depth_for(stamp, max_delay):
+            return True
         with self._lock:
-            if self._newest_stamp is None:
-                return False
-            if any(abs(depth_stamp - stamp) <= window for depth_stamp, _ in self._depth):
-                return self._camera is not None
-            return self._newest_stamp > stamp + window
+            # The image that arrived last, not the latest stamp kept: when a bag replayed in a
+            # loop jumps back, only the frame at the jump goes without depth; the latest stamp
+            # kept would send a second's worth of the new loop's frames without it.
+            return self._newest_stamp is not None and \
+                self._newest_stamp > stamp + int(max_delay * 1e9)
+
+    def why_unpaired(self, header, max_delay: float) -> str:
+        """Why a frame of this header has no depth to pair with now, in words."""
+        stamp = stamp_ns(header)
+        window = int(max_delay * 1e9)
+        with self._lock:
+            stamps = [depth_stamp for depth_stamp, _ in self._depth]
+            newest, camera_problem = self._newest_stamp, self._camera_problem
+            has_camera = self._camera is not None
+        if not stamps:
+            return 'no depth image has arrived (check the depth topic and its QoS)'
+        if any(abs(depth_stamp - stamp) <= window for depth_stamp in stamps) and not has_camera:
+            return camera_problem
+        nearest = min(stamps, key=lambda depth_stamp: abs(depth_stamp - stamp))
+        return (f'no depth image within depth_max_delay ({max_delay * 1e3:.0f} ms) of its stamp:'
+                f' the nearest of the last {len(stamps)} is {(nearest - stamp) / 1e6:+.1f} ms '
+                f'from it, the newest {(newest - stamp) / 1e6:+.1f} ms (depth later than '
+                'depth_wait, or stamped on another clock or 0)')
 
     def offer_camera_info(self, info) -> str | None:
         """Keep the camera model of a CameraInfo; return why it was refused, or None."""

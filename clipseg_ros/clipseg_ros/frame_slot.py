@@ -3,9 +3,9 @@ Each camera's newest frame and the worker thread that processes them, free of rc
 
 A camera faster than the model replaces its pending frame (counted as dropped) instead of
 building a queue; the worker serves the cameras in turn, sleeps on a condition variable between
-frames, honours a maximum rate per camera, holds a frame (for a bounded time) until its other
-inputs, such as its depth image, are there, and stops (joined) on deactivate, so no frame is
-processed afterwards.
+frames, honours a maximum rate per camera, holds a camera's last few frames (for a bounded
+time) until their other inputs, such as their depth images, are there, and stops (joined) on
+deactivate, so no frame is processed afterwards.
 """
 
 from collections import deque
@@ -100,28 +100,64 @@ class FrameCounters:
         self.last_error = ''
 
 
+# Frames of one camera kept while they wait for their other inputs: the wait is per camera, so
+# a depth image that comes after the next colour frame (30 Hz colour, depth 40-50 ms late)
+# still finds its frame; three cover depth up to three frame periods late, 100 ms at 30 Hz
+# (the default depth_wait), while holding at most three frames' pixels.
+WAITING_FRAMES = 3
+
+
+@dataclass
+class WaitingFrame:
+    """A frame not taken yet, and whether its other inputs are there."""
+
+    frame: Any
+    received_at: float
+    ready_at: float | None = None  # when its inputs were there; None: it waits for them
+    # Start of the wait it belongs to: a frame pushed out of a full list hands its start to the
+    # next one, so frames whose inputs come too late still go once a wait is over.
+    waiting_since: float = 0.0
+
+
 @dataclass
 class CameraSlot:
     """One camera's place in the scheduler: its newest frames and its counters."""
 
     counters: FrameCounters = field(default_factory=FrameCounters)
-    pending: tuple[Any, float] | None = None   # (frame, received_at) not yet taken
+    # Frames not taken yet, oldest first: at most one ready (older frames are dropped when a
+    # newer one is ready), then at most WAITING_FRAMES waiting for their inputs.
+    pending: deque = field(default_factory=deque)
     latest: Any = None                         # the newest frame offered, processed or not
     last_start: float = -math.inf              # no frame yet: the first is never rate-limited
-    inputs_at: float | None = None   # when the pending frame's inputs were there; None: waiting
-    # Start of the current wait, kept when a newer waiting frame replaces a waiting one, so a
-    # camera whose inputs always come after its next frame still has a frame out per wait.
-    waiting_since: float | None = None
-    stalled: bool = False  # the last wait ran out: frames go at once until an input arrives
 
     def forget_pending(self) -> None:
-        self.pending = self.inputs_at = self.waiting_since = None
+        self.pending.clear()
+
+    def newest_ready(self) -> int | None:
+        """Index of the newest pending frame whose inputs are there, None if all wait."""
+        for index in range(len(self.pending) - 1, -1, -1):
+            if self.pending[index].ready_at is not None:
+                return index
+        return None
+
+    def drop_before(self, index: int) -> None:
+        """Drop (counted) the pending frames older than the one at ``index``."""
+        for _ in range(index):
+            self.pending.popleft()
+            self.counters.dropped += 1
+
+    def wait_started(self) -> float | None:
+        """Start of the current wait: the earliest start among the waiting frames."""
+        starts = [entry.waiting_since for entry in self.pending if entry.ready_at is None]
+        return min(starts) if starts else None
 
 
 # Longest sleep of a worker holding a rate-limited frame before it reads the rate again.
 RATE_RECHECK_S = 0.5
 # (camera, frame, received_at)
 Job = tuple[str, Any, float]
+# (camera, frame, received_at, seconds waited): a frame that went without its inputs
+InputTimeout = tuple[str, Any, float, float]
 
 
 class FrameScheduler:
@@ -136,10 +172,12 @@ class FrameScheduler:
     ``on_error(jobs, error)`` gets whatever ``process`` raises, and the worker goes on.
 
     ``inputs_ready(camera, frame)`` says whether the frame's other inputs (its depth image) are
-    there or can no longer come; it is asked when the frame is offered and at each
-    ``input_arrived(camera)``. A frame whose inputs are not there waits, apart from the other
-    cameras, for at most ``input_wait()`` seconds, then goes without them (counted); after such
-    a time-out the camera's frames go at once until ``input_arrived(camera, resumed=True)``.
+    there or can no longer come; it is asked when the frame is offered and, for the frames
+    still waiting, at each ``input_arrived(camera)``. Up to WAITING_FRAMES frames of a camera
+    wait, apart from the other cameras; the newest whose inputs are there goes, the older ones
+    are dropped. When none is ready within ``input_wait()`` seconds of the wait's start, the
+    newest goes without its inputs: counted, and told to ``on_input_timeout(camera, frame,
+    received_at, waited_s)`` (the depth side then lets the camera's frames go at once).
     """
 
     def __init__(self, process: Callable[[list[Job]], None],
@@ -147,13 +185,16 @@ class FrameScheduler:
                  min_interval: Callable[[], float], cameras: Sequence[str] = ('',),
                  batch: Callable[[], bool] = lambda: False,
                  inputs_ready: Callable[[str, Any], bool] = lambda camera, frame: True,
-                 input_wait: Callable[[], float] = lambda: 0.0) -> None:
+                 input_wait: Callable[[], float] = lambda: 0.0,
+                 on_input_timeout: Callable[[str, Any, float, float], None] = (
+                     lambda camera, frame, received_at, waited_s: None)) -> None:
         self._process = process
         self._on_error = on_error
         self._min_interval = min_interval
         self._batch = batch
         self._inputs_ready = inputs_ready
         self._input_wait = input_wait
+        self._on_input_timeout = on_input_timeout
         self._ready = threading.Condition()
         # Held while a frame is processed, so a cleanup never frees what the worker uses.
         self.processing = threading.Lock()
@@ -192,7 +233,10 @@ class FrameScheduler:
         return slot.latest if slot is not None else None
 
     def offer(self, camera: str, frame: Any, received_at: float) -> None:
-        """Keep ``frame`` as the camera's newest; while active, it replaces the pending one."""
+        """
+        Keep ``frame`` as the camera's newest; while active, it waits for its inputs or, when
+        they are there, replaces the older pending frames (counted as dropped).
+        """
         with self._ready:
             slot = self._slots.get(camera)
             if slot is None:
@@ -200,32 +244,43 @@ class FrameScheduler:
             slot.latest = frame
             if not self._active:
                 return  # kept as the latest frame only: not processed, not counted as dropped
-            if slot.pending is not None:
-                slot.counters.dropped += 1
-            slot.pending = (frame, received_at)
-            if slot.stalled or self._ask_inputs_ready(camera, frame):
-                slot.inputs_at, slot.waiting_since = received_at, None
+            entry = WaitingFrame(frame, received_at, waiting_since=received_at)
+            slot.pending.append(entry)
+            if self._ask_inputs_ready(camera, frame):
+                entry.ready_at = received_at
+                slot.drop_before(len(slot.pending) - 1)
             else:
-                slot.inputs_at = None
-                if slot.waiting_since is None:
-                    slot.waiting_since = received_at
+                self._push_out_oldest_waiting(slot)
             self._ready.notify()
 
-    def input_arrived(self, camera: str, resumed: bool = False) -> None:
+    @staticmethod
+    def _push_out_oldest_waiting(slot: CameraSlot) -> None:
+        """Keep WAITING_FRAMES waiting frames (and a ready one); the oldest wait's start stays."""
+        waiting = [entry for entry in slot.pending if entry.ready_at is None]
+        if len(waiting) <= WAITING_FRAMES:
+            return
+        slot.pending.remove(waiting[0])
+        slot.counters.dropped += 1
+        waiting[1].waiting_since = min(waiting[1].waiting_since, waiting[0].waiting_since)
+
+    def input_arrived(self, camera: str) -> None:
         """
-        Another input of ``camera`` arrived: its waiting frame goes if its inputs are now there;
-        ``resumed`` (an input the frames wait for, usable) ends a stall after a time-out.
+        Another input of ``camera`` arrived: the newest waiting frame whose inputs are now there
+        becomes ready to go, and the frames older than it are dropped.
         """
         with self._ready:
             slot = self._slots.get(camera)
             if slot is None or not self._active:
                 return
-            if resumed:
-                slot.stalled = False
-            if slot.pending is not None and slot.inputs_at is None and \
-                    self._ask_inputs_ready(camera, slot.pending[0]):
-                slot.inputs_at, slot.waiting_since = time.monotonic(), None
+            for index in range(len(slot.pending) - 1, -1, -1):
+                entry = slot.pending[index]
+                if entry.ready_at is None and not self._ask_inputs_ready(camera, entry.frame):
+                    continue
+                if entry.ready_at is None:
+                    entry.ready_at = time.monotonic()
+                slot.drop_before(index)
                 self._ready.notify()
+                break
 
     def _ask_inputs_ready(self, camera: str, frame: Any) -> bool:
         try:
@@ -237,7 +292,6 @@ class FrameScheduler:
         with self._ready:
             for slot in self._slots.values():
                 slot.forget_pending()  # a frame from before activation is stale
-                slot.stalled = False
             self._active = True
         self._thread = threading.Thread(target=self._run, name='clipseg_worker', daemon=True)
         self._thread.start()
@@ -265,15 +319,24 @@ class FrameScheduler:
             with self.processing:
                 interval, batch = self._min_interval(), self._batch()
                 wait = self._input_wait()
+                timeouts: list[InputTimeout] = []
                 with self._ready:
-                    jobs = self._take_due(time.monotonic(), interval, wait, batch) \
+                    jobs = self._take_due(time.monotonic(), interval, wait, batch, timeouts) \
                         if self._active else []
+                for timeout in timeouts:
+                    self._report_timeout(timeout)
                 if not jobs:
                     continue
                 try:
                     self._process(jobs)
                 except Exception as error:  # the worker must outlive any one frame
                     self._on_error(jobs, error)
+
+    def _report_timeout(self, timeout: InputTimeout) -> None:
+        try:
+            self._on_input_timeout(*timeout)
+        except Exception:  # noqa: B902 - the frame goes on; the worker must not die
+            pass
 
     def _wait_for_due_frame(self) -> bool:
         """Wait until some camera's pending frame is due; False once stopped."""
@@ -292,39 +355,47 @@ class FrameScheduler:
     @staticmethod
     def _due_at(slot: CameraSlot, interval: float, input_wait: float) -> float:
         due = slot.last_start + interval
-        if slot.inputs_at is None and slot.waiting_since is not None:
-            due = max(due, slot.waiting_since + input_wait)
+        started = slot.wait_started() if slot.newest_ready() is None else None
+        if started is not None:
+            due = max(due, started + input_wait)
         return due
 
     def _seconds_until_due(self, now: float, interval: float,
                            input_wait: float) -> float | None:
         waits = [self._due_at(slot, interval, input_wait) - now
-                 for slot in self._slots.values() if slot.pending is not None]
+                 for slot in self._slots.values() if slot.pending]
         return min(waits) if waits else None
 
-    def _take_due(self, now: float, interval: float, input_wait: float,
-                  batch: bool) -> list[Job]:
+    def _take_due(self, now: float, interval: float, input_wait: float, batch: bool,
+                  timeouts: list[InputTimeout]) -> list[Job]:
         """
         Take the due frame of the camera whose turn it is, or of the first due after it; with
-        ``batch``, every due frame, in that order.
+        ``batch``, every due frame, in that order. Frames that go without their inputs are
+        added to ``timeouts``.
         """
         count = len(self._order)
         jobs = []
         for step in range(count):
             index = (self._turn + step) % count
-            slot = self._slots[self._order[index]]
-            if slot.pending is not None and self._due_at(slot, interval, input_wait) <= now:
-                frame, received_at = slot.pending
-                if slot.inputs_at is None:  # its wait ran out
-                    slot.counters.inputs_timed_out += 1
-                    slot.stalled = True
-                slot.counters.input_waits.append(
-                    max(0.0, (slot.inputs_at if slot.inputs_at is not None else now)
-                        - received_at))
-                slot.forget_pending()
-                slot.last_start = now
-                jobs.append((self._order[index], frame, received_at))
-                if not batch:
-                    self._turn = (index + 1) % count
-                    break
+            camera = self._order[index]
+            slot = self._slots[camera]
+            if not slot.pending or self._due_at(slot, interval, input_wait) > now:
+                continue
+            ready = slot.newest_ready()
+            if ready is not None:
+                slot.drop_before(ready)
+                entry = slot.pending.popleft()
+                waited = entry.ready_at - entry.received_at
+            else:  # the wait ran out: the newest goes without its inputs
+                waited = now - slot.wait_started()
+                slot.drop_before(len(slot.pending) - 1)
+                entry = slot.pending.popleft()
+                slot.counters.inputs_timed_out += 1
+                timeouts.append((camera, entry.frame, entry.received_at, waited))
+            slot.counters.input_waits.append(max(0.0, waited))
+            slot.last_start = now
+            jobs.append((camera, entry.frame, entry.received_at))
+            if not batch:
+                self._turn = (index + 1) % count
+                break
         return jobs

@@ -59,7 +59,8 @@ class ClipSegNode(LifecycleNode):
                                       self._min_frame_interval,
                                       batch=lambda: self._param('batch_cameras'),
                                       inputs_ready=self._frame_inputs_ready,
-                                      input_wait=lambda: self._param('depth_wait'))
+                                      input_wait=lambda: self._param('depth_wait'),
+                                      on_input_timeout=self._frame_inputs_timed_out)
         self._cameras: dict[str, CameraPipeline] = {}  # created at configure
         # Instances and tracks per camera, kept for the node's life: track ids are never reused.
         self._objects: dict[str, CameraObjects] = {}
@@ -276,6 +277,12 @@ class ClipSegNode(LifecycleNode):
         """Whether a camera's frame may go now (its depth is there or not needed)."""
         pipeline = self._cameras.get(camera)
         return pipeline is None or pipeline.inputs_ready(msg)
+
+    def _frame_inputs_timed_out(self, camera: str, msg, received_at: float,
+                                waited_s: float) -> None:
+        pipeline = self._cameras.get(camera)
+        if pipeline is not None:
+            pipeline.inputs_timed_out(msg, received_at, waited_s)
 
     def _min_frame_interval(self) -> float:
         max_rate = self._param('max_rate_hz')

@@ -6,7 +6,8 @@ and the turns it gives several cameras.
 import threading
 import time
 
-from clipseg_ros.frame_slot import FrameCounters, FrameScheduler, RecentDurations, RecentTimes
+from clipseg_ros.frame_slot import (
+    FrameCounters, FrameScheduler, RecentDurations, RecentTimes, WAITING_FRAMES)
 import pytest
 
 
@@ -261,10 +262,14 @@ class Inputs:
         return frame in self.ready
 
 
-def waiting_worker(recorder, inputs, wait, cameras=('',), batch=False):
+def waiting_worker(recorder, inputs, wait, cameras=('',), batch=False, timeouts=None):
     """A scheduler whose frames wait up to wait[0] seconds for ``inputs``."""
+    def timed_out(camera, frame, received_at, waited_s):
+        timeouts.append((camera, frame, received_at, waited_s))
     return FrameScheduler(recorder.process, recorder.on_error, lambda: 0.0, cameras,
-                          batch=lambda: batch, inputs_ready=inputs, input_wait=lambda: wait[0])
+                          batch=lambda: batch, inputs_ready=inputs, input_wait=lambda: wait[0],
+                          on_input_timeout=timed_out if timeouts is not None else
+                          (lambda *timeout: None))
 
 
 def test_a_frame_waits_for_its_inputs_and_goes_when_they_arrive(recorder):
@@ -302,27 +307,89 @@ def test_a_frame_whose_inputs_came_first_goes_at_once(recorder):
     assert worker.counters('').inputs_timed_out == 0
 
 
-def test_inputs_that_never_come_time_out_then_frames_go_at_once_until_they_resume(recorder):
-    inputs, wait = Inputs(), [0.05]
-    worker = waiting_worker(recorder, inputs, wait)
+def test_inputs_that_never_come_time_out_counted_told_and_the_next_frame_waits_again(
+        recorder):
+    inputs, wait, timeouts = Inputs(), [0.05], []
+    worker = waiting_worker(recorder, inputs, wait, timeouts=timeouts)
+    worker.start()
+    try:
+        offered = time.monotonic()
+        worker.offer('', 'f1', offered)
+        assert recorder.wait(lambda: recorder.frames == ['f1'])  # after the wait, without
+        assert worker.counters('').inputs_timed_out == 1
+        assert [(c, f, r) for c, f, r, _ in timeouts] == [('', 'f1', offered)]
+        assert timeouts[0][3] >= 0.05
+        # The scheduler itself does not stall (the depth side does, through inputs_ready).
+        wait[0] = 1000.0
+        worker.offer('', 'f2', time.monotonic())
+        time.sleep(0.2)
+        assert recorder.frames == ['f1']
+        inputs.ready.add('f2')
+        worker.input_arrived('')
+        assert recorder.wait(lambda: recorder.frames == ['f1', 'f2'])
+    finally:
+        worker.stop()
+    assert worker.counters('').inputs_timed_out == 1 and len(timeouts) == 1
+
+
+def test_depth_that_comes_after_the_next_frame_still_finds_its_frame(recorder):
+    """30 Hz colour with depth 40-50 ms late: each frame's depth comes after the next frame."""
+    inputs = Inputs()
+    worker = waiting_worker(recorder, inputs, [1000.0])
     worker.start()
     try:
         worker.offer('', 'f1', time.monotonic())
-        assert recorder.wait(lambda: recorder.frames == ['f1'])  # after the wait, without
-        assert worker.counters('').inputs_timed_out == 1
-        wait[0] = 1000.0
-        worker.offer('', 'f2', time.monotonic())  # stalled: no second wait, however long
-        assert recorder.wait(lambda: recorder.frames == ['f1', 'f2'])
-        worker.input_arrived('', resumed=True)  # the depth stream is back
+        worker.offer('', 'f2', time.monotonic())  # f1 still waits: both are kept
+        inputs.ready.add('f1')
+        worker.input_arrived('')
+        assert recorder.wait(lambda: recorder.frames == ['f1'])
         worker.offer('', 'f3', time.monotonic())
-        time.sleep(0.2)
-        assert recorder.frames == ['f1', 'f2']  # f3 waits for its own depth again
+        inputs.ready.add('f2')
+        worker.input_arrived('')
+        assert recorder.wait(lambda: recorder.frames == ['f1', 'f2'])
         inputs.ready.add('f3')
-        worker.input_arrived('', resumed=True)
+        worker.input_arrived('')
         assert recorder.wait(lambda: recorder.frames == ['f1', 'f2', 'f3'])
     finally:
         worker.stop()
-    assert worker.counters('').inputs_timed_out == 1  # f2 went at once, f3 with its inputs
+    counters = worker.counters('')
+    assert counters.dropped == 0 and counters.inputs_timed_out == 0
+
+
+def test_the_newest_ready_frame_goes_and_the_older_ones_are_dropped(recorder):
+    inputs = Inputs()
+    worker = waiting_worker(recorder, inputs, [1000.0])
+    worker.start()
+    try:
+        for frame in ('f1', 'f2', 'f3'):
+            worker.offer('', frame, time.monotonic())
+        inputs.ready.add('f2')   # f1's depth was lost, f2's came: f1 can no longer be newest
+        worker.input_arrived('')
+        assert recorder.wait(lambda: recorder.frames == ['f2'])
+        time.sleep(0.1)
+        assert recorder.frames == ['f2']  # f3 still waits for its own
+        assert worker.counters('').dropped == 1
+        inputs.ready.add('f3')
+        worker.input_arrived('')
+        assert recorder.wait(lambda: recorder.frames == ['f2', 'f3'])
+    finally:
+        worker.stop()
+    assert worker.counters('').dropped == 1 and worker.counters('').inputs_timed_out == 0
+
+
+def test_a_ready_frame_drops_the_waiting_frames_before_it_at_once(recorder):
+    inputs = Inputs()
+    inputs.ready.add('f3')
+    worker = waiting_worker(recorder, inputs, [1000.0])
+    worker.start()
+    try:
+        for frame in ('f1', 'f2', 'f3'):  # f3's depth came before it
+            worker.offer('', frame, time.monotonic())
+        assert recorder.wait(lambda: recorder.frames == ['f3'])
+    finally:
+        worker.stop()
+    assert worker.counters('').dropped == 2
+    assert worker.counters('').input_waits.percentile(100) == 0.0
 
 
 def test_one_cameras_wait_never_holds_another_cameras_frames(recorder):
@@ -384,41 +451,112 @@ def test_a_newer_frame_replaces_a_waiting_one(recorder):
     assert worker.counters('').dropped == 1 and worker.counters('').inputs_timed_out == 0
 
 
-def test_replacing_waiting_frames_cannot_postpone_the_wait_forever(recorder):
+def test_at_most_waiting_frames_wait_and_the_oldest_wait_decides_the_time_out(recorder):
     """
-    A camera whose depth always comes after its next frame: each frame replaces the waiting
-    one, and the wait runs from the first, so a frame still goes once it is over.
+    Depth that comes too late for every frame: frames pushed out of the full list are dropped
+    and hand their wait's start on, so a frame still goes once the first wait is over, and the
+    wait recorded is the whole wait, not the newest frame's share of it.
     """
-    inputs = Inputs()
+    inputs, timeouts = Inputs(), []
     inputs.ready.add('busy')
-    worker = waiting_worker(recorder, inputs, [5.0])
+    worker = waiting_worker(recorder, inputs, [5.0], timeouts=timeouts)
     worker.start()
     try:
         recorder.release.clear()
         worker.offer('', 'busy', time.monotonic())
-        assert recorder.started.wait(10.0)  # held in process while the next two come
+        assert recorder.started.wait(10.0)  # held in process while the next ones come
         now = time.monotonic()
-        worker.offer('', 'f1', now - 10.0)  # a frame that began waiting 10 s ago ...
-        worker.offer('', 'f2', now)         # ... replaced: f2 goes, its wait being over
+        frames = [f'f{k}' for k in range(WAITING_FRAMES + 2)]
+        worker.offer('', frames[0], now - 10.0)  # a frame that began waiting 10 s ago ...
+        for frame in frames[1:]:                 # ... pushed out by newer waiting frames
+            worker.offer('', frame, now)
+        assert worker.counters('').dropped == 2
         recorder.release.set()
-        assert recorder.wait(lambda: recorder.frames == ['busy', 'f2'], 4.0)
+        # The newest goes once the first frame's wait is over; the others are dropped.
+        assert recorder.wait(lambda: recorder.frames == ['busy', frames[-1]], 4.0)
     finally:
         worker.stop()
-    assert worker.counters('').dropped == 1 and worker.counters('').inputs_timed_out == 1
+    counters = worker.counters('')
+    assert counters.dropped == len(frames) - 1 and counters.inputs_timed_out == 1
+    assert [frame for _, frame, _, _ in timeouts] == [frames[-1]]
+    assert timeouts[0][3] >= 10.0
+    assert counters.input_waits.percentile(100) >= 10.0
 
 
 def test_a_readiness_check_that_raises_lets_the_frame_go(recorder):
-    def broken(camera, frame):
-        raise ValueError('no header')
+    broken = [False]
+
+    def check(camera, frame):
+        if broken[0]:
+            raise ValueError('no header')
+        return False
     worker = FrameScheduler(recorder.process, recorder.on_error, lambda: 0.0,
-                            inputs_ready=broken, input_wait=lambda: 1000.0)
+                            inputs_ready=check, input_wait=lambda: 1000.0)
+    worker.start()
+    try:
+        worker.offer('', 'f1', time.monotonic())  # waits: the check says no
+        time.sleep(0.1)
+        assert recorder.frames == []
+        broken[0] = True
+        worker.input_arrived('')  # the check raises: the frame goes instead of waiting
+        assert recorder.wait(lambda: recorder.frames == ['f1'])
+        worker.offer('', 'f2', time.monotonic())  # raises at the offer: goes at once
+        assert recorder.wait(lambda: recorder.frames == ['f1', 'f2'])
+    finally:
+        worker.stop()
+    assert worker.counters('').inputs_timed_out == 0
+
+
+def test_a_timeout_callback_that_raises_does_not_stop_the_worker(recorder):
+    def raising(*timeout):
+        raise RuntimeError('logger gone')
+    worker = FrameScheduler(recorder.process, recorder.on_error, lambda: 0.0,
+                            inputs_ready=lambda camera, frame: frame == 'f2',
+                            input_wait=lambda: 0.01, on_input_timeout=raising)
     worker.start()
     try:
         worker.offer('', 'f1', time.monotonic())
         assert recorder.wait(lambda: recorder.frames == ['f1'])
-        worker.input_arrived('', resumed=True)  # raises nowhere
+        worker.offer('', 'f2', time.monotonic())
+        assert recorder.wait(lambda: recorder.frames == ['f1', 'f2'])
     finally:
         worker.stop()
+
+
+def test_stopping_while_frames_wait_drops_them_and_returns_at_once(recorder):
+    inputs = Inputs()
+    worker = waiting_worker(recorder, inputs, [1000.0])
+    worker.start()
+    worker.offer('', 'f1', time.monotonic())
+    worker.offer('', 'f2', time.monotonic())
+    worker.stop()  # joined: the worker does not sit out the 1000 s wait
+    assert not worker.active
+    inputs.ready.update({'f1', 'f2'})
+    worker.input_arrived('')  # too late: nothing is pending any more
+    worker.start()
+    try:
+        worker.offer('', 'f3', time.monotonic())
+        inputs.ready.add('f3')
+        worker.input_arrived('')
+        assert recorder.wait(lambda: recorder.frames == ['f3'])
+    finally:
+        worker.stop()
+    assert recorder.frames == ['f3']
+
+
+def test_a_shorter_wait_set_while_a_frame_waits_applies_to_it(recorder):
+    inputs, wait = Inputs(), [1000.0]
+    worker = waiting_worker(recorder, inputs, wait)
+    worker.start()
+    try:
+        worker.offer('', 'f1', time.monotonic())
+        time.sleep(0.1)
+        assert recorder.frames == []
+        wait[0] = 0.0  # read again within RATE_RECHECK_S
+        assert recorder.wait(lambda: recorder.frames == ['f1'])
+    finally:
+        worker.stop()
+    assert worker.counters('').inputs_timed_out == 1
 
 
 def test_recent_durations_percentiles():

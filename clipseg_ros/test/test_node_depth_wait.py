@@ -11,10 +11,13 @@ import array
 import time
 
 from clipseg_ros.depth_input import DepthPairing
+from clipseg_ros.depth_stall import DepthStall
+from clipseg_ros.tools.depth_stream import DepthFeed, stream_with_depth
 from clipseg_ros.tools.scenes import render_scene
 from node_harness import encode_frame, RunningNode
 import numpy as np
 import pytest
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from test_node_cameras import CamerasHarness
@@ -82,6 +85,34 @@ def test_a_frame_whose_depth_was_lost_does_not_wait_once_later_depth_arrived(sce
     assert not pairing.ready_for(header_at(1100 * MS), 0.02)
     pairing.clear()
     assert not pairing.ready_for(header_at(1033 * MS), 0.02)
+
+
+def test_why_a_frame_has_no_depth_names_the_cause(scene):
+    pairing = DepthPairing()
+    frame = header_at(1000 * MS)
+    assert 'no depth image has arrived' in pairing.why_unpaired(frame, 0.02)
+    pairing.offer_depth(depth_msg(scene, 1000 * MS))
+    assert 'camera_info' in pairing.why_unpaired(frame, 0.02)
+    pairing.offer_camera_info(info_msg(scene))
+    pairing.offer_depth(depth_msg(scene, 0))  # stamped 0: the newest, far off
+    reason = pairing.why_unpaired(header_at(2000 * MS), 0.02)
+    assert 'nearest of the last 2 is -1000.0 ms' in reason and 'newest -2000.0 ms' in reason
+
+
+def test_a_stall_ends_only_on_depth_a_frame_sent_during_it_would_have_got_by_waiting():
+    stall, depth = DepthStall(), set()
+    has_depth = depth.__contains__
+    assert not stall.active and not stall.went_at_once(1, 0.0)
+    stall.begin(1000, received_at=10.0)
+    assert stall.went_at_once(1033, 10.033) and stall.went_at_once(1066, 10.066)
+    depth.add(0)  # depth that never pairs (stamp 0, another clock)
+    assert not stall.end_if_paired(has_depth, now=10.07, wait_s=0.1)
+    depth.add(1000)  # the timed-out frame's own depth, later than the wait
+    assert not stall.end_if_paired(has_depth, now=10.2, wait_s=0.1) and stall.active
+    stall.went_at_once(1200, 10.2)
+    depth.add(1200)  # a frame's depth within the wait: waiting would have paired it
+    assert stall.end_if_paired(has_depth, now=10.25, wait_s=0.1)
+    assert not stall.active and not stall.went_at_once(1233, 10.233)
 
 
 # ------------------------------------------------------------------ the node, over DDS
@@ -183,16 +214,24 @@ def test_depth_that_never_arrives_lets_the_frame_go_after_the_wait_counted(depth
     for _ in range(2):
         assert not camera.segmentation(camera.send_frame(camera.now_ns()), 4.0).has_depth
     assert harness.node.counters.inputs_timed_out == 1
-    # Depth is back: frames wait for it again.
-    camera.send_depth(camera.now_ns())
-    assert camera.stream.wait_for(
-        lambda: pairing.counters.depth_received == 1 and pairing.has_camera, 10)
+    assert pairing.counters.wait_skipped == 2 and diagnostics(harness)['depth_wait_skipped'] == '2'
+    # Depth that never pairs with a frame (stamped 1 s off) leaves the stall on.
+    camera.send_depth(camera.now_ns() - 1_000_000_000)
+    assert camera.stream.wait_for(lambda: pairing.counters.depth_received == 1, 10)
+    assert not camera.segmentation(camera.send_frame(camera.now_ns()), 4.0).has_depth
+    assert harness.node.counters.inputs_timed_out == 1 and pairing.counters.wait_skipped == 3
+    # Depth is back: a frame sent during the stall gets its depth within the wait, so the
+    # next frames wait for theirs again.
+    stamp = camera.now_ns()
+    assert not camera.segmentation(camera.send_frame(stamp), 4.0).has_depth
+    camera.send_depth(stamp)
+    assert camera.stream.wait_for(lambda: not harness.node.camera().depth.stall.active, 10)
     stamp = camera.now_ns()
     key = camera.send_frame(stamp)
     time.sleep(0.05)
     camera.send_depth(stamp)
     assert camera.segmentation(key).has_depth
-    assert harness.node.counters.inputs_timed_out == 1
+    assert harness.node.counters.inputs_timed_out == 1 and pairing.counters.wait_skipped == 4
 
 
 def test_a_frame_replaced_while_waiting_is_dropped_and_the_newer_one_gets_its_depth(
@@ -240,3 +279,98 @@ def test_one_cameras_late_depth_never_holds_the_other_camera(ros_context, tiny_m
         assert node.camera_counters('head').inputs_timed_out == 0
     finally:
         harness.close()
+
+
+# ------------------------------------------------------------------ streams, over DDS
+
+STREAM_FRAMES, STREAM_HZ = 60, 30.0
+
+
+def depth_stream(harness, delays, depth_stamp=lambda stamp_ns: stamp_ns):
+    """Stream STREAM_FRAMES frames at STREAM_HZ with depth after ``delays``; the result."""
+    camera = harness.depth_camera
+    feed = DepthFeed(harness.camera.node, 'depth', 'camera_info', camera.scene.depth_mm(),
+                     camera.scene.intrinsics)
+    assert feed.wait_for_subscribers(10.0)
+    result = stream_with_depth(harness.camera, feed, camera.frame, STREAM_FRAMES, STREAM_HZ,
+                               delays, settle_s=5.0, depth_stamp=depth_stamp)
+    print(f'{result.answered} of {result.sent} answered, {result.with_own_depth} with their '
+          f'own depth; {diagnostics(harness)}')
+    return result
+
+
+def test_depth_after_the_next_frame_still_pairs_most_frames(depth_wait_node):
+    """30 Hz, depth 40-50 ms late: each frame's depth comes after the next frame."""
+    delays = list(np.random.default_rng(1).uniform(0.040, 0.050, STREAM_FRAMES))
+    result = depth_stream(depth_wait_node, delays)
+    # Without the waiting list: 17 of 60 out, none with depth. Frames also go missing when
+    # this loaded host's worker falls behind the camera (the newest ready frame goes).
+    assert result.with_own_depth >= 0.6 * result.sent
+    assert result.with_own_depth >= 0.95 * result.answered
+    assert result.with_own_depth == result.with_depth  # never another frame's depth
+
+
+def test_depth_at_half_the_colour_rate_pairs_the_frames_it_has(depth_wait_node):
+    """15 Hz depth for a 30 Hz camera: the frames between depth images have none of their own."""
+    delays = [0.010 if index % 2 == 0 else None for index in range(STREAM_FRAMES)]
+    result = depth_stream(depth_wait_node, delays)
+    # The frames with depth go with it; one between goes when the next depth image shows its
+    # own never comes, by when the next frame with depth is ready: it goes instead.
+    assert result.with_own_depth >= 0.6 * (STREAM_FRAMES // 2)
+    assert result.with_own_depth == result.with_depth
+    # All with depth but the last frame: no later depth image shows its own never comes, so
+    # it goes after the wait.
+    assert result.answered - result.with_depth <= 1
+    assert depth_wait_node.node.counters.inputs_timed_out <= 1
+    assert depth_wait_node.node.counters.dropped >= STREAM_FRAMES // 2 - 1
+
+
+@pytest.mark.parametrize('depth_stamp, delay', [
+    (lambda stamp_ns: stamp_ns - 1_000_000_000, 0.010),  # a depth clock 1 s behind
+    (lambda stamp_ns: 0, 0.010),                          # depth stamped 0
+    (lambda stamp_ns: stamp_ns, 0.300)],                  # depth later than depth_wait
+    ids=['clock-offset', 'stamp-0', 'later-than-the-wait'])
+def test_depth_that_keeps_coming_but_never_pairs_costs_one_wait(depth_wait_node, depth_stamp,
+                                                                delay):
+    harness = depth_wait_node
+    result = depth_stream(harness, [delay] * STREAM_FRAMES, depth_stamp)
+    pairing = harness.node.camera().depth.pairing
+    assert pairing.counters.depth_received >= STREAM_FRAMES // 2
+    assert result.with_depth == 0
+    assert harness.node.counters.inputs_timed_out == 1  # then the stall: no wait per image
+    assert result.answered >= 0.6 * result.sent  # without the fix: 16 of 60
+    assert pairing.counters.wait_skipped >= result.answered - 1
+
+
+def test_deactivate_and_cleanup_while_a_frame_waits(depth_wait_node):
+    harness = depth_wait_node
+    assert harness.set_parameter('depth_wait', 5.0).successful
+    camera, node = harness.depth_camera, harness.node
+    key = camera.send_frame(camera.now_ns())
+    assert camera.stream.wait_for(lambda: node.counters.received == 1, 10)
+    assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS  # joined, not waited
+    assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+    assert node.counters.processed == 0 and node.counters.inputs_timed_out == 0
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    # New subscriptions: until they match, a depth image may be lost, so a few tries.
+    for _ in range(10):
+        stamp = camera.now_ns()
+        camera.send_depth(stamp)
+        time.sleep(0.05)
+        if camera.segmentation(camera.send_frame(stamp)).has_depth:
+            break
+    else:
+        pytest.fail('no frame paired with its depth after the reconfigure')
+    assert camera.stream.outputs_for(key, ('segmentation',))['segmentation'] is None
+
+
+def test_a_shorter_depth_wait_set_live_applies_to_the_waiting_frame(depth_wait_node):
+    harness = depth_wait_node
+    assert harness.set_parameter('depth_wait', 5.0).successful
+    camera, counters = harness.depth_camera, harness.node.counters
+    key = camera.send_frame(camera.now_ns())
+    assert camera.stream.wait_for(lambda: counters.received == 1, 10)
+    assert harness.set_parameter('depth_wait', 0.05).successful
+    segmentation = camera.segmentation(key, timeout=4.0)  # sooner than the 5 s wait
+    assert not segmentation.has_depth and counters.inputs_timed_out == 1

@@ -2,8 +2,9 @@
 The installed clipseg_node fed as an RGB-D camera feeds it: colour, aligned depth and
 camera_info on three topics, the depth published 0-30 ms after its colour frame (a driver that
 publishes colour first), with the tiny random model, which answers in milliseconds as the full
-model does on a GPU. With the default depth_wait, at least 99 % of the answered frames carry
-their own depth.
+model does on a GPU. With the default depth_wait, at least 95 % of the frames sent are
+answered and 99 % of those carry their own depth; with the depth 40-50 ms late (after the next
+colour frame), most frames still do.
 """
 
 import numpy as np
@@ -13,7 +14,7 @@ from clipseg_ros.tools.scenes import render_scene
 from node_harness import encode_frame, publish_until_answered
 from test_subprocess_node import launched_node, spinning_camera  # noqa: F401 - a fixture
 
-FRAMES, RATE_HZ = 200, 30.0
+FRAMES, LATE_FRAMES, RATE_HZ = 200, 100, 30.0
 
 
 def test_installed_node_gives_99_percent_of_frames_their_depth_following_within_30_ms(
@@ -34,16 +35,23 @@ def test_installed_node_gives_99_percent_of_frames_their_depth_following_within_
         assert publish_until_answered(camera, frame) is not None, log_path.read_text()
         delays = np.random.default_rng(26).uniform(0.0, 0.030, FRAMES)
         result = stream_with_depth(camera, feed, frame, FRAMES, RATE_HZ, list(delays))
+        late_delays = np.random.default_rng(27).uniform(0.040, 0.050, LATE_FRAMES)
+        late = stream_with_depth(camera, feed, frame, LATE_FRAMES, RATE_HZ, list(late_delays))
         assert camera.wait_for(lambda: len(camera.diagnostics) > 0, 10.0)
         values = {kv.key: kv.value for kv in camera.diagnostics[-1].status[0].values}
         assert process.poll() is None, 'node exited'
     print(f'{result.answered} of {result.sent} frames answered, {result.with_own_depth} with '
           f'their own depth ({100 * result.own_depth_share:.1f} %), {result.with_depth} with '
-          f'depth; depth wait p50 '
+          f'depth; depth wait (both streams) p50 '
           f"{values['depth_wait_p50_ms']} ms, p99 {values['depth_wait_p99_ms']} ms, "
           f"time-outs {values['depth_wait_timeouts']}; latency p50 "
           f'{np.median(result.latencies_s) * 1e3:.1f} ms; node: '
           f"{values['depth_received']} depth images received, frames dropped "
-          f"{values['frames_dropped']}, without depth {values['depth_frames_without_depth']}")
-    assert result.answered >= FRAMES // 2, log_path.read_text()
+          f"{values['frames_dropped']}, without depth {values['depth_frames_without_depth']}"
+          f"; depth 40-50 ms late: {late.answered} of {late.sent} answered, "
+          f'{late.with_own_depth} with their own depth')
+    # Over the frames sent: a frame replaced while it waited counts against the wait.
+    assert result.answered_share >= 0.95, log_path.read_text()
     assert result.own_depth_share >= 0.99
+    assert late.with_own_depth >= 0.8 * late.sent
+    assert late.with_own_depth == late.with_depth

@@ -7,6 +7,7 @@ whether it got its own depth.
 """
 
 import array
+from collections.abc import Callable
 from dataclasses import dataclass
 import time
 
@@ -67,32 +68,45 @@ class DepthStreamResult:
 
     @property
     def own_depth_share(self) -> float:
+        """Of the answered frames, the share with their own depth."""
         return self.with_own_depth / self.answered if self.answered else 0.0
+
+    @property
+    def answered_share(self) -> float:
+        """Of the frames sent, the share answered (replaced frames are not)."""
+        return self.answered / self.sent if self.sent else 0.0
+
+
+def _time(stamp_ns: int) -> Time:
+    return Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
 
 
 def stream_with_depth(camera: CameraStream, feed: DepthFeed, frame: Image, count: int,
-                      rate_hz: float, delays_s, settle_s: float = 2.0) -> DepthStreamResult:
+                      rate_hz: float, delays_s, settle_s: float = 2.0,
+                      depth_stamp: Callable[[int], int] = lambda stamp_ns: stamp_ns
+                      ) -> DepthStreamResult:
     """
     Publish ``count`` frames at ``rate_hz``; frame k's depth and camera_info follow it after
-    ``delays_s[k]`` seconds (before it when negative; never when None). Waits up to
-    ``settle_s`` for the last answers; ``camera`` must keep outputs.
+    ``delays_s[k]`` seconds (before it when negative; never when None), stamped
+    ``depth_stamp(frame stamp ns)`` (the frame's own stamp unless told: another clock, 0).
+    Waits up to ``settle_s`` for the last answers; ``camera`` must keep outputs.
     """
-    period, start, keys = 1.0 / rate_hz, time.monotonic(), []
+    period = 1.0 / rate_hz
     # Stamped at the camera's rate, as a driver stamps exposures, whatever this host's jitter
     # does to the publishing times.
     first_ns = camera.node.get_clock().now().nanoseconds
-    for index in range(count):
-        delay = delays_s[index]
-        stamp_ns = first_ns + round(index * period * 1e9)
-        stamp = Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
-        if delay is not None and delay < 0:
-            feed.publish(stamp)
-            time.sleep(-delay)
-        keys.append(camera.publish(frame, stamp=stamp))
-        if delay is not None and delay >= 0:
-            time.sleep(delay)
-            feed.publish(stamp)
-        time.sleep(max(0.0, start + (index + 1) * period - time.monotonic()))
+    stamps = [first_ns + round(index * period * 1e9) for index in range(count)]
+    # Each publication at its own time, so depth may come after the next frame or later.
+    events = sorted([(index * period, 1, index) for index in range(count)] +
+                    [(index * period + delay, 0 if delay < 0 else 2, index)
+                     for index, delay in enumerate(delays_s[:count]) if delay is not None])
+    keys, start = [None] * count, time.monotonic()
+    for at, kind, index in events:
+        time.sleep(max(0.0, start + at - time.monotonic()))
+        if kind == 1:
+            keys[index] = camera.publish(frame, stamp=_time(stamps[index]))
+        else:
+            feed.publish(_time(depth_stamp(stamps[index])))
     last = keys[-1]
     camera.wait_for(lambda: 'segmentation' in camera.records[last].outputs, settle_s)
     outputs = [camera.outputs_for(key, ('segmentation',))['segmentation'] for key in keys]
