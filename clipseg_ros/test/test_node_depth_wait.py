@@ -321,8 +321,10 @@ def test_depth_at_half_the_colour_rate_pairs_the_frames_it_has(depth_wait_node):
     # All with depth but the last frame: no later depth image shows its own never comes, so
     # it goes after the wait.
     assert result.answered - result.with_depth <= 1
-    assert depth_wait_node.node.counters.inputs_timed_out <= 1
-    assert depth_wait_node.node.counters.dropped >= STREAM_FRAMES // 2 - 1
+    counters = depth_wait_node.node.counters
+    assert counters.inputs_timed_out <= 1
+    # Counted on the frames that reached the node: a best-effort frame can be lost under load.
+    assert counters.dropped >= counters.received // 2 - 1
 
 
 @pytest.mark.parametrize('depth_stamp, delay', [
