@@ -29,7 +29,8 @@ from clipseg_ros.core.model_loading import (
 from clipseg_ros.core.options import check_resolution
 from clipseg_ros.core.preprocess import FramePreprocessor
 from clipseg_ros.core.prompts import check_prompts, check_texts, Prompt, TextEmbeddingCache
-from clipseg_ros.core.refine import check_depths, GuidedRefinement, RefineSettings
+from clipseg_ros.core.refine import (
+    check_depths, GuidedRefinement, patch_footprint, RefineSettings)
 from clipseg_ros.core.results import frame_maps_to_host, host_result, SegmentationResult
 from clipseg_ros.core.rgb_images import check_rgb_image
 from clipseg_ros.core.visual_prompt import engineer_visual_prompt
@@ -299,12 +300,12 @@ class ClipSegEngine:
         if refine is None or not refine.enabled:
             return None
         height, width = image_rgb.shape[:2]
-        tokens = self._resolution / self._network.patch_size
         depth = None if depth_m is None or refine.depth_weight == 0 else \
             torch.from_numpy(np.ascontiguousarray(depth_m)).to(self._device)
         return GuidedRefinement(probabilities, torch.from_numpy(image_rgb).to(self._device),
-                                depth, refine, patch_pixels=0.5 * (height + width) / tokens,
-                                every_prompt=every_prompt)
+                                depth, refine, every_prompt=every_prompt,
+                                patch_pixels=patch_footprint(height, width, self._resolution,
+                                                             self._network.patch_size))
 
     def preprocess(self, image_rgb: np.ndarray) -> torch.Tensor:
         """

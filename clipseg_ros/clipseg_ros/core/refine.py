@@ -87,6 +87,11 @@ def check_depths(depths_m: Sequence[np.ndarray | None] | None,
     return list(depths_m)
 
 
+def patch_footprint(height: int, width: int, resolution: int, patch_size: int) -> float:
+    """Mean side, in frame pixels, of one model patch: the coarseness of the maps."""
+    return 0.5 * (height + width) * patch_size / resolution
+
+
 def cell_size(radius_px: float) -> int:
     """Side s of the cells for a filter radius in frame pixels."""
     return min(MAX_CELL, max(1, int(round(radius_px / CELL_RADIUS))))
