@@ -71,7 +71,7 @@ def write_labels(overlay: np.ndarray, stats: RegionStats, names: Sequence[str]) 
     for index, name in enumerate(names):
         if stats.pixel_count[index] == 0 or not name:
             continue
-        (text_width, text_height), baseline = cv2.getTextSize(name, _FONT, scale, 3)
+        (text_width, text_height), baseline = cv2.getTextSize(name, _FONT, scale, 1)
         box_height = text_height + baseline
         centre_x, centre_y = (int(v) for v in stats.centroids[index])
         box = label_box(centre_x - text_width // 2, centre_y - box_height // 2, text_width,
@@ -79,8 +79,9 @@ def write_labels(overlay: np.ndarray, stats: RegionStats, names: Sequence[str]) 
         placed.append(box)
         origin = (box[0], box[1] + text_height)
         colour = tuple(int(c) for c in PALETTE[index + 1])
-        cv2.putText(overlay, name, origin, _FONT, scale, (0, 0, 0), thickness=3,
-                    lineType=cv2.LINE_AA)
+        # A dark box under the text: readable over any colour, the object's included.
+        cv2.rectangle(overlay, (box[0], box[1]), (box[0] + box[2] - 1, box[1] + box[3] - 1),
+                      (0, 0, 0), thickness=cv2.FILLED)
         cv2.putText(overlay, name, origin, _FONT, scale, colour, thickness=1,
                     lineType=cv2.LINE_AA)
 
