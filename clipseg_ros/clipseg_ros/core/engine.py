@@ -302,7 +302,8 @@ class ClipSegEngine:
         height, width = image_rgb.shape[:2]
         depth = None if depth_m is None or refine.depth_weight == 0 else \
             torch.from_numpy(np.ascontiguousarray(depth_m)).to(self._device)
-        return GuidedRefinement(probabilities, torch.from_numpy(image_rgb).to(self._device),
+        image = torch.from_numpy(np.ascontiguousarray(image_rgb)).to(self._device)
+        return GuidedRefinement(probabilities, image,
                                 depth, refine, every_prompt=every_prompt,
                                 patch_pixels=patch_footprint(height, width, self._resolution,
                                                              self._network.patch_size))
