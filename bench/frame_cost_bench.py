@@ -91,14 +91,15 @@ def stand_in_engine_class():
             self.frames_served = 0
 
         def segment_batch(self, images_rgb, prompts, threshold=0.3,
-                          return_probabilities=False):
+                          return_probabilities=False, refine=None, depths_m=None):
             results = []
-            for image_rgb in images_rgb:
+            for index, image_rgb in enumerate(images_rgb):
                 key = (image_rgb.shape, tuple(id(p) for p in prompts), threshold,
-                       return_probabilities)
+                       return_probabilities, refine)
                 if key not in self._results:
                     self._results[key], = super().segment_batch(
-                        [image_rgb], prompts, threshold, return_probabilities)
+                        [image_rgb], prompts, threshold, return_probabilities, refine,
+                        None if depths_m is None else [depths_m[index]])
                 results.append(self._results[key])
             self.frames_served += len(results)
             return results

@@ -38,12 +38,14 @@ import torch
 from clipseg_ros.core.depth_targets import CameraModel
 from clipseg_ros.core.engine import ClipSegEngine
 from clipseg_ros.core.options import set_cpu_threads
+from clipseg_ros.core.refine import RefineSettings
 from clipseg_ros.tools.drive import (
     CameraStream, percentile_ms, rgb_image_msg, start_node_process, stop_node_process,
     synthetic_frame, use_large_image_profile)
 from clipseg_ros.tools.scenes import render_scene
 from clipseg_ros.tools.tiny_model import write_random_model
 from depth_bench import ObjectsStep, three_d_step  # bench/ is the script's folder
+from refine_bench import RefineStep
 
 PROMPT_POOL = ['a red ball', 'the floor', 'a wall', 'a person', 'a mug', 'a table', 'a chair',
                'a door', 'a window', 'a robot arm', 'a box', 'a bottle', 'a cable']
@@ -61,7 +63,8 @@ def timed_segment(engine: ClipSegEngine, frame, prompts) -> float:
 
 def timed_segment_labels(engine: ClipSegEngine, frame, prompts) -> tuple[float, np.ndarray]:
     start = time.perf_counter()
-    result = engine.segment(frame, prompts)  # returns host arrays: the device work is done
+    # the node's default refinement, as the node runs it; returns host arrays: device work done
+    result = engine.segment(frame, prompts, refine=RefineSettings())
     return time.perf_counter() - start, result.labels
 
 
@@ -88,8 +91,10 @@ def side_by_side(engine: ClipSegEngine, stream: CameraStream, frames, msgs, prom
     depth = scene_depth(frames[0].shape[1], frames[0].shape[0])
     objects = ObjectsStep(len(encoded), frames[0].shape[1], frames[0].shape[0])
     objects.run()  # warm-up, checked with the rest
+    refine = RefineStep(engine, frames[0], encoded)
+    refine.run()  # warm-up
     engine_s, depth_s, latency_s, node_inference_s = [], [], [], []
-    engine_cpu_s, objects_s = [], []
+    engine_cpu_s, objects_s, refine_s = [], [], []
     for index in range(count):
         start_cpu = time.process_time()
         seconds, labels = timed_segment_labels(engine, frames[index % len(frames)], encoded)
@@ -97,6 +102,7 @@ def side_by_side(engine: ClipSegEngine, stream: CameraStream, frames, msgs, prom
         engine_s.append(seconds)
         depth_s.append(timed_depth_step(labels, depth, len(encoded)))
         objects_s.append(objects.run())
+        refine_s.append(refine.run())
         key = stream.publish(msgs[index % len(msgs)])
         deadline = time.monotonic() + 60.0
         while time.monotonic() < deadline and \
@@ -112,7 +118,7 @@ def side_by_side(engine: ClipSegEngine, stream: CameraStream, frames, msgs, prom
             'latency': np.array(latency_s),
             'node_inference': np.array(node_inference_s),
             'engine_cpu': np.array(engine_cpu_s), 'objects': np.array(objects_s),
-            'objects_per_frame': objects.expected}
+            'objects_per_frame': objects.expected, 'refine': np.array(refine_s)}
 
 
 def objects_costs(paired: dict) -> dict:
@@ -242,6 +248,12 @@ def main() -> int:
                        'engine_p50_ms': round(engine_p50, 2),
                        'depth_step_p50_ms': round(percentile_ms(paired['depth_step'], 50), 2),
                        **objects_costs(paired),
+                       # the frame maps bilinear and refined (the node's default), from one
+                       # network output: what refinement adds beside the engine
+                       'frame_maps_bilinear_p50_ms': round(
+                           percentile_ms(paired['refine'][:, 0], 50), 2),
+                       'frame_maps_refined_p50_ms': round(
+                           percentile_ms(paired['refine'][:, 1], 50), 2),
                        'paired_latency_p50_ms': round(paired_p50, 2),
                        'paired_node_inference_p50_ms': round(
                            percentile_ms(paired['node_inference'], 50), 2),
@@ -269,7 +281,9 @@ def main() -> int:
                       f"({100 * row['objects_step_p50_ms'] / engine_p50:.2f}% of the engine), "
                       f"CPU {row['objects_step_cpu_p50_ms']:.2f} ms "
                       f"({100 * row['objects_step_cpu_ratio']:.2f}% of the engine's "
-                      f"{row['engine_cpu_p50_ms']:.0f} ms)", flush=True)
+                      f"{row['engine_cpu_p50_ms']:.0f} ms); frame maps bilinear p50 "
+                      f"{row['frame_maps_bilinear_p50_ms']:.2f} ms, refined "
+                      f"{row['frame_maps_refined_p50_ms']:.2f} ms", flush=True)
                 results.append(row)
     finally:
         engine.release()

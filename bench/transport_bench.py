@@ -82,14 +82,16 @@ class PrecomputedEngine(ClipSegEngine):
         if path:
             Path(path).write_text(json.dumps(self.counts))
 
-    def segment_batch(self, images_rgb, prompts, threshold=0.3, return_probabilities=False):
+    def segment_batch(self, images_rgb, prompts, threshold=0.3, return_probabilities=False,
+                      refine=None, depths_m=None):
         results = []
-        for image_rgb in images_rgb:
+        for index, image_rgb in enumerate(images_rgb):
             key = (image_rgb.shape, tuple(id(p) for p in prompts), threshold,
-                   return_probabilities)
+                   return_probabilities, refine)
             if key not in self._results:
-                result, = super().segment_batch([image_rgb], prompts, threshold,
-                                                return_probabilities)
+                result, = super().segment_batch(
+                    [image_rgb], prompts, threshold, return_probabilities, refine,
+                    None if depths_m is None else [depths_m[index]])
                 self._results[key] = dataclasses.replace(result, inference_seconds=0.0)
             results.append(self._results[key])
         self.counts['frames_served'] += len(results)

@@ -16,6 +16,16 @@ script never uses. For every object in a scene it measures the IoU of the predic
 For prompts naming a kind absent from the scene (one sharing a shape or colour with an object
 present, one at random) it counts how often the predicted mask is empty.
 
+Every mask is scored twice or three times from the same network output: with the maps upsampled
+bilinearly (``refine none``), with the default refinement (``guided``, the frame's colour as
+the guide) and, with ``--depth-weight`` above 0, guided by colour and the scene's sensor depth.
+Beside each mIoU it gives the boundary IoU: the IoU of the pixels within 3 pixels (a 7 x 7
+square) of the predicted border and those within 3 pixels of the true border, on both sides of
+each. With depth it gives the 3D extent error of each object of the label image: the mean
+absolute difference, in millimetres, of its extent (5th and 95th percentiles per axis of the
+masked pixels back-projected with the sensor depth, as the node computes it) from the extent of
+the object's visible surface in the noise-free depth.
+
 Usage: ``python scripts/eval_miniature.py MODEL_DIR [--scenes 200] [--threshold 0.3]``.
 """
 
@@ -29,9 +39,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'clipseg_ros'))
 
+import cv2  # noqa: E402
 import torch  # noqa: E402
 
+from clipseg_ros.core.depth_targets import (  # noqa: E402
+    axis_quantiles, CameraModel, EXTENT_FRACTIONS, prompt_targets)
 from clipseg_ros.core.engine import ClipSegEngine, PreprocessConfig  # noqa: E402
+from clipseg_ros.core.refine import RefineSettings  # noqa: E402
 from clipseg_ros.tools.scenes import (  # noqa: E402
     all_kinds, COLOURS, phrase, PHRASINGS, render_scene, SHAPES)
 
@@ -43,6 +57,97 @@ def iou(predicted: np.ndarray, truth: np.ndarray) -> float:
     """Intersection over union of two bool masks (1 when both are empty)."""
     union = np.logical_or(predicted, truth).sum()
     return float(np.logical_and(predicted, truth).sum() / union) if union else 1.0
+
+
+def border_band(mask: np.ndarray, width: int = 3) -> np.ndarray:
+    """The pixels within ``width`` pixels (Chebyshev) of a mask's border, on either side; the
+    frame's edge counts as a border."""
+    kernel = np.ones((3, 3), np.uint8)
+    padded = cv2.copyMakeBorder(mask.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    inner = cv2.erode(padded, kernel, iterations=width)[1:-1, 1:-1].astype(bool)
+    outer = cv2.dilate(mask.astype(np.uint8), kernel, iterations=width).astype(bool)
+    return outer & ~inner
+
+
+def boundary_iou(predicted: np.ndarray, truth: np.ndarray) -> float:
+    """IoU of the 3-pixel border bands of two bool masks."""
+    return iou(border_band(predicted), border_band(truth))
+
+
+def visible_extent(scene, mask: np.ndarray) -> np.ndarray:
+    """(2, 3) extent of an object's visible surface from the noise-free depth."""
+    rows, columns = np.nonzero(mask & (scene.depth_exact_m > 0))
+    z = scene.depth_exact_m[rows, columns].astype(np.float64)
+    i = scene.intrinsics
+    points = np.stack([(columns - i.cx) * z / i.fx, (rows - i.cy) * z / i.fy, z], axis=1)
+    return axis_quantiles(points, EXTENT_FRACTIONS)
+
+
+def extent_errors(scene, labels: np.ndarray) -> list[float]:
+    """Mean absolute extent error (mm) of each object labelled with any pixel of depth."""
+    i = scene.intrinsics
+    camera = CameraModel(i.width, i.height, i.fx, i.fy, i.cx, i.cy)
+    depth = np.where(scene.depth_m > 0, scene.depth_m, np.nan).astype(np.float32)
+    targets = prompt_targets(labels, depth, camera, len(scene.objects))
+    errors = []
+    for j, obj in enumerate(scene.objects):
+        if not np.isfinite(targets.extent_min[j]).all():
+            continue
+        predicted = np.stack([targets.extent_min[j], targets.extent_max[j]])
+        errors.append(1e3 * float(np.abs(predicted - visible_extent(scene, obj.mask)).mean()))
+    return errors
+
+
+def score_refinement(engine: ClipSegEngine, scene, prompts: list, supported: list[int],
+                     negatives: int, threshold: float, settings: RefineSettings | None,
+                     score: 'Scores') -> None:
+    """Score one scene's text, support-image and joint masks under one refinement."""
+    sensor_depth = np.where(scene.depth_m > 0, scene.depth_m, np.nan).astype(np.float32)
+    depth = sensor_depth if settings is not None and settings.depth_weight > 0 else None
+    result = engine.segment(scene.rgb, prompts, threshold=threshold, return_probabilities=True,
+                            refine=settings, depth_m=depth)
+    masks = result.probabilities >= threshold
+    row = 0
+    for template in PHRASINGS:
+        for obj in scene.objects:
+            score.text[template].append(iou(masks[row], obj.mask))
+            score.text_boundary.append(boundary_iou(masks[row], obj.mask))
+            row += 1
+    row += negatives
+    for j in supported:
+        score.support.append(iou(masks[row], scene.objects[j].mask))
+        score.support_boundary.append(boundary_iou(masks[row], scene.objects[j].mask))
+        row += 1
+    joint = engine.segment(scene.rgb, engine.text_prompts([phrase(o) for o in scene.objects]),
+                           threshold=threshold, refine=settings, depth_m=depth)
+    for j, obj in enumerate(scene.objects):
+        score.joint.append(iou(joint.labels == j + 1, obj.mask))
+        score.joint_boundary.append(boundary_iou(joint.labels == j + 1, obj.mask))
+    score.extent_mm += extent_errors(scene, joint.labels)
+
+
+class Scores:
+    """mIoU and boundary IoU lists of one refinement."""
+
+    def __init__(self) -> None:
+        self.text = {template: [] for template in PHRASINGS}
+        self.text_boundary: list[float] = []
+        self.support: list[float] = []
+        self.support_boundary: list[float] = []
+        self.joint: list[float] = []
+        self.joint_boundary: list[float] = []
+        self.extent_mm: list[float] = []
+
+    def summary(self) -> dict:
+        mean = (lambda v: float(np.mean(v)) if v else None)  # noqa: E731
+        return {'text_miou': mean([v for values in self.text.values() for v in values]),
+                'text_boundary_iou': mean(self.text_boundary),
+                'support_miou': mean(self.support),
+                'support_boundary_iou': mean(self.support_boundary),
+                'joint_label_miou': mean(self.joint),
+                'joint_label_boundary_iou': mean(self.joint_boundary),
+                'extent_error_mm': mean(self.extent_mm),
+                'extent_objects': len(self.extent_mm)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--backend', default='torch',
                         help='auto, torch or openvino (default: torch, as the model card)')
     parser.add_argument('--dtype', default='float32', help='auto, float32 or bfloat16')
+    parser.add_argument('--depth-weight', type=float, default=3.0,
+                        help='depth weight of the third refinement (0: only none and guided)')
     parser.add_argument('--json', type=Path, help='also write the numbers to this file')
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -83,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         return engine.image_prompt(scenes[i].rgb, scenes[i].objects[j].mask,
                                    label=phrase(kind))
 
+    refinements = {'none': None, 'guided': RefineSettings()}
+    if args.depth_weight > 0:
+        refinements['guided with depth'] = RefineSettings(depth_weight=args.depth_weight)
+    scores = {name: Scores() for name in refinements}
     text_ious = {template: [] for template in PHRASINGS}
     # Canonical-phrasing IoU split by whether another object of the scene shares the colour.
     by_colour: dict[str, list[float]] = {'unique colour': [], 'colour shared': []}
@@ -129,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
                                threshold=args.threshold)
         for j, obj in enumerate(scene.objects):
             joint_ious.append(iou(joint.labels == j + 1, obj.mask))
+        for name, settings in refinements.items():
+            score_refinement(engine, scene, prompts, [j for j, _ in supports], len(negatives),
+                             args.threshold, settings, scores[name])
 
     per_phrasing = {t: float(np.mean(v)) for t, v in text_ious.items()}
     numbers = {
@@ -147,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         'empty_rate_text': float(np.mean(empty_text)), 'absent_text_prompts': len(empty_text),
         'empty_rate_support': float(np.mean(empty_support)),
         'absent_support_prompts': len(empty_support),
+        'refinements': {name: score.summary() for name, score in scores.items()},
+        'refine_settings': {name: None if settings is None else vars(settings)
+                            for name, settings in refinements.items()},
         'seconds': round(time.time() - start, 1),
     }
     print(f'model {args.model_dir} at {size} px; {args.scenes} held-out scenes (seeds '
@@ -165,6 +282,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f'absent-object prompts:   empty mask {numbers["empty_rate_text"]:.3f} of '
           f'{numbers["absent_text_prompts"]} text, {numbers["empty_rate_support"]:.3f} of '
           f'{numbers["absent_support_prompts"]} support-image prompts')
+    print('refinement of the maps (same network output), mIoU / boundary IoU (3-pixel band):')
+    for name, row in numbers['refinements'].items():
+        print(f'    {name:18s} text {row["text_miou"]:.3f} / {row["text_boundary_iou"]:.3f}, '
+              f'support {row["support_miou"]:.3f} / {row["support_boundary_iou"]:.3f}, '
+              f'label image {row["joint_label_miou"]:.3f} / '
+              f'{row["joint_label_boundary_iou"]:.3f}; 3D extent error '
+              f'{row["extent_error_mm"]:.1f} mm ({row["extent_objects"]} objects)')
     print(f'({numbers["seconds"]:.0f} s)')
     if args.json:
         args.json.write_text(json.dumps(numbers, indent=2) + '\n', encoding='utf-8')

@@ -23,7 +23,8 @@ from clipseg_ros.diagnostics import CameraHealth, EngineHealth, node_statuses
 from clipseg_ros.frame_slot import FrameCounters, FrameScheduler, Job
 from clipseg_ros.objects import CameraObjects
 from clipseg_ros.parameters import (
-    CONFIGURE_TIME_PARAMETERS, declare_parameters, NodeConfiguration, parameter_problem)
+    CONFIGURE_TIME_PARAMETERS, declare_parameters, NodeConfiguration, parameter_problem,
+    refine_settings)
 from clipseg_ros.prompt_services import PromptBook, PromptServices, ServiceContext
 from clipseg_ros.publishers import PromptSet
 from clipseg_ros.teach_services import SegmentedFrames, TeachContext, TeachServices
@@ -309,7 +310,8 @@ class ClipSegNode(LifecycleNode):
         prompt_set, threshold = self._prompts.current, self._param('threshold')
         try:
             results = engine.segment_batch([frame[3] for frame in frames], prompt_set.prompts,
-                                           threshold=threshold)
+                                           threshold=threshold,
+                                           refine=refine_settings(self._param))
         except Exception as error:  # one bad frame (OOM, driver error) must not stop the node
             free_device_cache(engine)
             if len(frames) > 1:  # retried frame by frame, where a failure is counted

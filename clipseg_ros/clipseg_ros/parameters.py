@@ -17,6 +17,7 @@ from clipseg_ros.core.options import (
     check_compile_mode, check_device_name, check_dtype_name, check_resolution,
     cpu_thread_count, MAX_RESOLUTION, MODEL_RESOLUTION, RESOLUTION_STEP)
 from clipseg_ros.core.prompts import MAX_PROMPTS
+from clipseg_ros.core.refine import REFINE_METHODS, RefineSettings
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 MAX_PROMPT_CHARACTERS = 300
@@ -25,7 +26,8 @@ LIVE = 'live'            # at once, validated
 CONFIGURE = 'configure'  # read at configure; changeable only while unconfigured
 START = 'start'          # fixed for the life of the process
 CHOICES = {'input_transport': ('raw', 'compressed'),
-           'qos_reliability': ('auto', 'best_effort', 'reliable')}
+           'qos_reliability': ('auto', 'best_effort', 'reliable'),
+           'refine': REFINE_METHODS}
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,18 @@ SPECS = (
                   'one for ROS from 4 cores)', CONFIGURE, integer_range=(0, 1024, 1)),
     ParameterSpec('threshold', 0.3, 'Probability a prompt must reach for a pixel to get its '
                   'label (1 labels nothing)', float_range=(0.0, 1.0)),
+    ParameterSpec('refine', 'none', 'Refinement of the probability maps at the frame\'s size '
+                  'before the threshold: guided (a guided filter by the frame\'s colour, so '
+                  'masks follow the edges: docs/refinement.md) or none (bilinear only)'),
+    ParameterSpec('refine_radius', 0.35, 'Radius of the refinement filter as a fraction of one '
+                  "model patch's footprint on the frame: larger follows edges further from the "
+                  "model's border", float_range=(0.05, 2.0)),
+    ParameterSpec('refine_epsilon', 0.001, 'Colour variance (colour in [0, 1]) below which the '
+                  'refinement ignores an edge: larger keeps the bilinear border more',
+                  float_range=(1e-6, 1.0)),
+    ParameterSpec('refine_depth_weight', 0.0, 'Weight of aligned depth in the refinement\'s '
+                  'guide, per metre (0 = colour only); used when depth is paired with the frame '
+                  'before inference', float_range=(0.0, 100.0)),
     ParameterSpec('resolution', MODEL_RESOLUTION, 'Model input side in pixels (the frame is '
                   "resized to resolution x resolution); 0 = the model's own input size",
                   integer_range=(MODEL_RESOLUTION, MAX_RESOLUTION, RESOLUTION_STEP)),
@@ -172,6 +186,12 @@ class NodeConfiguration:
         values['prompts'] = tuple(values['prompts'])
         values['cameras'] = tuple(values['cameras'])
         return cls(**values)
+
+
+def refine_settings(value_of: Callable[[str], Any]) -> RefineSettings:
+    """The refinement the live parameters ask for."""
+    return RefineSettings(value_of('refine'), value_of('refine_radius'),
+                          value_of('refine_epsilon'), value_of('refine_depth_weight'))
 
 
 def declare_parameters(node) -> None:

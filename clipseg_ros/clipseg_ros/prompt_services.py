@@ -15,7 +15,8 @@ from clipseg_ros import conversions
 from clipseg_ros.conversions import ImageConversionError
 from clipseg_ros.core.engine import ClipSegEngine
 from clipseg_ros.core.prompts import Prompt
-from clipseg_ros.parameters import MAX_PROMPT_CHARACTERS, validate_text_prompts
+from clipseg_ros.parameters import (
+    MAX_PROMPT_CHARACTERS, refine_settings, validate_text_prompts)
 from clipseg_ros.publishers import PromptSet, segmentation_msg
 import numpy as np
 
@@ -200,7 +201,8 @@ class PromptServices:
             return response
         threshold = self.context.parameter('threshold')
         try:
-            result = engine.segment(image_rgb, prompt_set.prompts, threshold=threshold)
+            result = engine.segment(image_rgb, prompt_set.prompts, threshold=threshold,
+                                    refine=refine_settings(self.context.parameter))
         except Exception as error:  # answer with the reason instead of failing the call
             self.context.free_device_cache(engine)
             response.message = f'inference failed: {type(error).__name__}: {error}'

@@ -13,6 +13,7 @@ import torch
 
 from clipseg_ros.conversions import image_to_array
 from clipseg_ros.core import options
+from clipseg_ros.core.refine import RefineSettings
 from clipseg_ros.main import keep_freed_memory
 from clipseg_ros.node import ClipSegNode
 from node_harness import (RunningNode, TEST_BACKEND, encode_frame, rgb_frame,
@@ -439,3 +440,34 @@ def test_deactivate_interrupts_the_rate_limit_wait(running):
     assert running.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
     assert not worker_thread.is_alive()
     assert running.node.counters.processed == 1
+
+
+def test_refinement_changes_at_runtime_and_none_gives_the_bilinear_outputs(running):
+    rgb = rgb_frame(96, 72)
+    frame = encode_frame(rgb, 'rgb8')
+    engine, prompts = running.node._engine, running.node.prompt_set.prompts
+
+    def published():
+        outputs = running.send_and_wait(frame)
+        return image_to_array(outputs['mask']), image_to_array(outputs['confidence'])
+
+    assert running.node.get_parameter('refine').value == 'none', 'off by default (docs/refinement.md: its cost)'
+    assert running.set_parameter('refine', 'none').successful
+    labels, confidence = published()
+    plain = engine.segment(rgb, prompts, threshold=0.3)
+    np.testing.assert_array_equal(labels, plain.labels)
+    np.testing.assert_array_equal(confidence, plain.confidence)
+    assert running.set_parameter('refine', 'guided').successful
+    assert running.set_parameter('refine_radius', 0.8).successful
+    labels, confidence = published()
+    refined = engine.segment(rgb, prompts, threshold=0.3,
+                             refine=RefineSettings('guided', radius=0.8))
+    np.testing.assert_array_equal(labels, refined.labels)
+    np.testing.assert_array_equal(confidence, refined.confidence)
+    assert np.abs(confidence - plain.confidence).max() > 1e-3, 'refinement changed nothing'
+    for name, bad in (('refine', 'bilateral'), ('refine_radius', 0.0),
+                      ('refine_epsilon', 2.0), ('refine_depth_weight', -1.0)):
+        refused = running.set_parameter(name, bad)
+        assert not refused.successful and refused.reason
+    assert running.node.get_parameter('refine_radius').value == 0.8
+    assert published()[0].shape == (72, 96), 'the node goes on after refused values'

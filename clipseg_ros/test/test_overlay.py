@@ -1,17 +1,52 @@
-"""The operator overlay: colours over labelled pixels only, a distinct colour per prompt."""
+"""The operator overlay: a light tint and an outline per prompt, labels inside and apart."""
 
-from clipseg_ros.core.overlay import PALETTE, render_overlay
+from clipseg_ros.core.overlay import (
+    FILL_ALPHA, label_box, outline_width, overlaps, PALETTE, region_borders, render_overlay)
 from clipseg_ros.core.region_stats import region_stats
 import numpy as np
 
 
-def test_overlay_tints_labelled_pixels_only():
-    image = np.full((20, 30, 3), 100, np.uint8)
-    labels = np.zeros((20, 30), np.uint8)
-    labels[5:10, 5:10] = 2
-    stats = region_stats(labels, np.ones((20, 30), np.float32), prompt_count=2)
+def test_overlay_tints_labelled_pixels_lightly_and_outlines_each_region():
+    image = np.full((40, 60, 3), 100, np.uint8)
+    labels = np.zeros((40, 60), np.uint8)
+    labels[5:25, 5:25] = 2
+    labels[10:30, 30:55] = 1
+    stats = region_stats(labels, np.ones((40, 60), np.float32), prompt_count=2)
     overlay = render_overlay(image, labels, stats, ['', ''])  # no text drawn
     np.testing.assert_array_equal(overlay[labels == 0], image[labels == 0])
-    expected = np.round(0.5 * 100 + 0.5 * PALETTE[2].astype(float))
-    assert np.abs(overlay[7, 7].astype(float) - expected).max() <= 1
+    expected = np.round((1 - FILL_ALPHA) * 100 + FILL_ALPHA * PALETTE[2].astype(float))
+    assert np.abs(overlay[15, 15].astype(float) - expected).max() <= 1
+    thickness = outline_width(40, 60)
+    for row, column, label in ((5, 10, 2), (5 + thickness - 1, 10, 2), (29, 40, 1),
+                               (20, 54, 1)):
+        assert overlay[row, column].tolist() == PALETTE[label].tolist()
+    assert overlay[5 + thickness, 15].tolist() != PALETTE[2].tolist()
     assert PALETTE[0].tolist() == [0, 0, 0] and len({tuple(c) for c in PALETTE[1:17]}) == 16
+
+
+def test_borders_are_inside_regions_and_between_touching_ones():
+    labels = np.zeros((12, 12), np.uint8)
+    labels[:, :6] = 1
+    labels[:, 6:] = 2
+    borders = region_borders(labels, 1)
+    assert borders[:, 5:7].all() and not borders[:, :5].any() and not borders[:, 7:].any()
+    labels[:] = 3
+    assert not region_borders(labels, 2).any(), 'the frame edge is not a border'
+
+
+def test_labels_stay_inside_the_frame_and_apart():
+    image = np.zeros((120, 160, 3), np.uint8)
+    labels = np.zeros((120, 160), np.uint8)
+    labels[0:3, 150:160] = 1     # a region in the top-right corner: its label would be cut
+    labels[60:64, 78:82] = 2     # two small regions side by side: labels would overlap
+    labels[60:64, 84:88] = 3
+    stats = region_stats(labels, np.ones((120, 160), np.float32), prompt_count=3)
+    placed = []
+    for index in range(3):
+        x, y = (int(v) for v in stats.centroids[index])
+        box = label_box(x - 40, y - 8, 80, 16, 160, 120, placed)
+        assert 0 <= box[0] and box[0] + box[2] <= 160 and 0 <= box[1] and box[1] + box[3] <= 120
+        assert not any(overlaps(box, other) for other in placed)
+        placed.append(box)
+    overlay = render_overlay(image, labels, stats, ['blue square', 'red circle', 'green star'])
+    assert overlay[:, :, :].any() and overlay.shape == image.shape

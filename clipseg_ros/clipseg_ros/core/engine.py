@@ -29,6 +29,8 @@ from clipseg_ros.core.model_loading import (
 from clipseg_ros.core.options import check_resolution
 from clipseg_ros.core.preprocess import FramePreprocessor
 from clipseg_ros.core.prompts import check_prompts, check_texts, Prompt, TextEmbeddingCache
+from clipseg_ros.core.refine import (
+    check_depths, GuidedRefinement, patch_footprint, RefineSettings)
 from clipseg_ros.core.results import frame_maps_to_host, host_result, SegmentationResult
 from clipseg_ros.core.rgb_images import check_rgb_image
 from clipseg_ros.core.visual_prompt import engineer_visual_prompt
@@ -238,28 +240,35 @@ class ClipSegEngine:
     # ------------------------------------------------------------------ inference
 
     def segment(self, image_rgb: np.ndarray, prompts: Sequence[Prompt], threshold: float = 0.3,
-                return_probabilities: bool = False) -> SegmentationResult:
+                return_probabilities: bool = False, refine: RefineSettings | None = None,
+                depth_m: np.ndarray | None = None) -> SegmentationResult:
         """
         Segment an (H, W, 3) uint8 RGB frame for all ``prompts`` with one encoder pass.
 
         A pixel gets label k (1-based prompt index) when prompt k has the highest probability
         there and that probability is >= ``threshold``; otherwise 0 (background). A threshold
-        of 1 labels nothing.
+        of 1 labels nothing. ``refine`` (default: none) refines the maps at the frame's size,
+        guided by the frame and ``depth_m``, aligned (H, W) metres (NaN or <= 0: no reading).
         """
-        return self.segment_batch([image_rgb], prompts, threshold, return_probabilities)[0]
+        return self.segment_batch([image_rgb], prompts, threshold, return_probabilities,
+                                  refine, None if depth_m is None else [depth_m])[0]
 
     def segment_batch(self, images_rgb: Sequence[np.ndarray], prompts: Sequence[Prompt],
-                      threshold: float = 0.3,
-                      return_probabilities: bool = False) -> list[SegmentationResult]:
+                      threshold: float = 0.3, return_probabilities: bool = False,
+                      refine: RefineSettings | None = None,
+                      depths_m: Sequence[np.ndarray | None] | None = None
+                      ) -> list[SegmentationResult]:
         """
         Segment several frames (of any sizes; several cameras', say) for the same prompts,
         with one encoder pass over all of them; one result per frame, as :meth:`segment`
-        gives. Each result's ``inference_seconds`` is the whole batch's.
+        gives. Each result's ``inference_seconds`` is the whole batch's. ``depths_m``: one
+        aligned depth image or None per frame, used by ``refine``.
         """
         if len(images_rgb) == 0:
             raise ValueError('no image given')
         for image_rgb in images_rgb:
             check_rgb_image(image_rgb)
+        depths_m = check_depths(depths_m, images_rgb)
         check_prompts(prompts, self._embedding_size)
         threshold = check_unit_interval('threshold', threshold)
         with self._lock, torch.inference_mode():
@@ -275,10 +284,29 @@ class ClipSegEngine:
             probabilities = self._network.probabilities(pixel_values, embeddings)
             host_maps = [
                 frame_maps_to_host(frame_probabilities, *image_rgb.shape[:2], threshold,
-                                   len(prompts), return_probabilities, self._device)
-                for image_rgb, frame_probabilities in zip(images_rgb, probabilities)]
+                                   len(prompts), return_probabilities, self._device,
+                                   self._refinement(frame_probabilities, image_rgb, depth_m,
+                                                    refine, return_probabilities))
+                for image_rgb, depth_m, frame_probabilities in zip(images_rgb, depths_m,
+                                                                   probabilities)]
         elapsed = time.perf_counter() - start
         return [host_result(host, len(prompts), elapsed) for host in host_maps]
+
+    def _refinement(self, probabilities: torch.Tensor, image_rgb: np.ndarray,
+                    depth_m: np.ndarray | None,
+                    refine: RefineSettings | None,
+                    every_prompt: bool) -> GuidedRefinement | None:
+        """The guided filter of one frame's maps, or None when refinement is off."""
+        if refine is None or not refine.enabled:
+            return None
+        height, width = image_rgb.shape[:2]
+        depth = None if depth_m is None or refine.depth_weight == 0 else \
+            torch.from_numpy(np.ascontiguousarray(depth_m)).to(self._device)
+        image = torch.from_numpy(np.ascontiguousarray(image_rgb)).to(self._device)
+        return GuidedRefinement(probabilities, image,
+                                depth, refine, every_prompt=every_prompt,
+                                patch_pixels=patch_footprint(height, width, self._resolution,
+                                                             self._network.patch_size))
 
     def preprocess(self, image_rgb: np.ndarray) -> torch.Tensor:
         """

@@ -3,6 +3,7 @@ From the model's probability maps to the camera frame: bilinear resize, best pro
 a slab of rows at a time so memory does not grow with prompts x pixels. torch, no ROS.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -47,7 +48,8 @@ def resize_with_interpolate(device: torch.device) -> bool:
 
 
 def labels_at_frame_size(probabilities: torch.Tensor, height: int, width: int,
-                         threshold: float, keep_probabilities: bool) -> FrameMaps:
+                         threshold: float, keep_probabilities: bool,
+                         make_slab: Callable[[slice], torch.Tensor] | None = None) -> FrameMaps:
     """
     Resize (N, r, r) probability maps to the frame bilinearly and label each pixel.
 
@@ -55,7 +57,8 @@ def labels_at_frame_size(probabilities: torch.Tensor, height: int, width: int,
     and its probability before the next, so memory does not grow with N x H x W (16 prompts on
     a 4096 x 4096 frame would need 1 GB a frame at once). A pixel gets label k (1-based) when
     prompt k is the most probable there and its probability reaches ``threshold``; a threshold
-    of 1 labels nothing, even where a probability rounds to 1.
+    of 1 labels nothing, even where a probability rounds to 1. ``make_slab(rows)``, when given,
+    makes each (N, rows, W) slab instead of the bilinear resize (core/refine.py).
     """
     count, rows_in, columns_in = probabilities.shape
     device = probabilities.device
@@ -71,7 +74,9 @@ def labels_at_frame_size(probabilities: torch.Tensor, height: int, width: int,
     on_cpu = resize_with_interpolate(device)
     for top in range(0, height, slab_rows):
         rows = slice(top, min(top + slab_rows, height))
-        if on_cpu and rows.stop - rows.start == height:
+        if make_slab is not None:
+            slab = make_slab(rows)
+        elif on_cpu and rows.stop - rows.start == height:
             # One slab for the whole frame: torch's own kernel does it all.
             slab = interpolate(probabilities.unsqueeze(0), size=(height, width),
                                mode='bilinear', align_corners=False).squeeze(0)

@@ -5,6 +5,7 @@ What the engine returns for one frame, and how one frame's maps become it. numpy
 from dataclasses import dataclass
 
 from clipseg_ros.core.frame_maps import labels_at_frame_size
+from clipseg_ros.core.refine import GuidedRefinement
 from clipseg_ros.core.region_stats import (
     label_histograms, region_stats, RegionStats, stats_from_label_histograms)
 import numpy as np
@@ -44,15 +45,19 @@ def to_host(tensors: list[torch.Tensor], device: torch.device) -> list[np.ndarra
 
 def frame_maps_to_host(frame_probabilities: torch.Tensor, height: int, width: int,
                        threshold: float, prompt_count: int, return_probabilities: bool,
-                       device: torch.device) -> dict[str, np.ndarray]:
+                       device: torch.device,
+                       refinement: GuidedRefinement | None = None) -> dict[str, np.ndarray]:
     """
     Bring one frame's (N, r, r) probabilities to its H x W labels and confidence, on the host.
+
+    With ``refinement`` (made from these probabilities), its refined maps replace the bilinear.
 
     On the GPU the per-prompt histograms are computed there too (microseconds, and only small
     tables travel); on the CPU :func:`host_result` computes the statistics with numpy.
     """
-    maps = labels_at_frame_size(frame_probabilities, height, width, threshold,
-                                return_probabilities)
+    maps = labels_at_frame_size(
+        refinement.cell_maps if refinement else frame_probabilities, height, width, threshold,
+        return_probabilities, make_slab=refinement.slab if refinement else None)
     outputs = {'labels': maps.labels, 'confidence': maps.confidence,
                'max_confidence': maps.max_confidence}
     if device.type == 'cuda':
