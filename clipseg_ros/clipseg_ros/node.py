@@ -20,6 +20,7 @@ from clipseg_ros.conversions import ImageConversionError
 from clipseg_ros.core.engine import ClipSegEngine
 from clipseg_ros.core.options import set_cpu_threads
 from clipseg_ros.diagnostics import CameraHealth, EngineHealth, node_statuses
+from clipseg_ros.engine_setup import forward_core_logs, int8_calibration
 from clipseg_ros.frame_slot import FrameCounters, FrameScheduler, Job
 from clipseg_ros.objects import CameraObjects
 from clipseg_ros.parameters import (
@@ -171,10 +172,12 @@ class ClipSegNode(LifecycleNode):
     def _configure_from(self, config: NodeConfiguration) -> None:
         """Load the model and create the topics; raises on any failure (the caller frees)."""
         threads = set_cpu_threads(config.cpu_threads)
-        engine = self._engine_factory(
-            model=config.model, device=config.device, dtype=config.dtype,
-            resolution=self._param('resolution'), compile_mode=config.compile_mode,
-            backend=config.backend, compiled_model_cache=config.compiled_model_cache)
+        with forward_core_logs(self.get_logger()):  # int8 says what it quantizes
+            engine = self._engine_factory(
+                model=config.model, device=config.device, dtype=config.dtype,
+                resolution=self._param('resolution'), compile_mode=config.compile_mode,
+                backend=config.backend, compiled_model_cache=config.compiled_model_cache,
+                int8_calibration=int8_calibration(config.dtype, config.int8_calibration))
         self._engine = engine  # from here on, a failure is cleaned up with the rest
         initial = engine.text_prompts(list(config.prompts))
         self._engine_error = ''
