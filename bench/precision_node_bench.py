@@ -107,6 +107,8 @@ def main() -> int:
     parser.add_argument('--isa', default='', help='ONEDNN_MAX_CPU_ISA for the nodes')
     parser.add_argument('--threads', type=int, default=0)
     parser.add_argument('--model', help='model folder (default: full-size random weights)')
+    parser.add_argument('--cache', type=Path, help='compiled-model cache to keep between runs '
+                        '(default: a fresh one; int8 is then quantized in the run)')
     args = parser.parse_args()
     use_large_image_profile()
     scratch = Path(tempfile.mkdtemp(prefix='clipseg_precision_bench_'))
@@ -121,7 +123,8 @@ def main() -> int:
     nodes = []
     try:
         for index, config in enumerate(args.configs.split(',')):
-            nodes.append(NodeUnderTest(index, config, model, scratch / 'cache', args.isa,
+            cache = args.cache or scratch / 'cache'
+            nodes.append(NodeUnderTest(index, config, model, cache, args.isa,
                                        args.threads, scratch, node))
             nodes[-1].wait_ready()  # one at a time: the first fills the cache for the next
             print(f'{config}: {nodes[-1].runtime}', flush=True)

@@ -4,9 +4,8 @@ quantization, from calibration samples the engine makes. No ROS.
 
 Settings (docs/cpu_backends.md has the measurements behind them): ``ModelType.TRANSFORMER``
 (SmoothQuant on the matrix multiplications, the attention's softmax and layer norms left in
-float), the performance preset (symmetric activations) and the decoder's transposed
-convolutions left in float: they turn 64 channels into the probability map, where a rounding
-step shows directly in the output.
+float, NNCF's mixed preset) and the decoder's transposed convolutions left in float: they turn
+64 channels into the probability map, where a rounding step shows directly in the output.
 """
 
 from collections.abc import Callable, Sequence
@@ -33,7 +32,6 @@ def nncf_settings() -> dict[str, Any]:
     """The keyword arguments given to ``nncf.quantize`` besides the model and the data."""
     import nncf
     return {'model_type': nncf.ModelType.TRANSFORMER,
-            'preset': nncf.QuantizationPreset.PERFORMANCE,
             'ignored_scope': nncf.IgnoredScope(types=list(FLOAT_LAYER_TYPES), validate=False)}
 
 
