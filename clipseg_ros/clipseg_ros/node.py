@@ -27,6 +27,7 @@ from clipseg_ros.parameters import (
     CONFIGURE_TIME_PARAMETERS, declare_parameters, NodeConfiguration, parameter_problem)
 from clipseg_ros.prompt_services import PromptBook, PromptServices, ServiceContext
 from clipseg_ros.publishers import PromptSet
+from clipseg_ros.segmented_frames import SegmentedFrame, SegmentedFrames
 from clipseg_ros_interfaces.srv import Segment, SetImagePrompt, SetTextPrompts
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 import numpy as np
@@ -61,6 +62,7 @@ class ClipSegNode(LifecycleNode):
         self._cameras: dict[str, CameraPipeline] = {}  # created at configure
         # Instances and tracks per camera, kept for the node's life: track ids are never reused.
         self._objects: dict[str, CameraObjects] = {}
+        self._segmented = SegmentedFrames()  # what ~/segment on the latest frame can reuse
         self._cpu_threads = 0  # applied at configure
         self._warn_times: dict[str, float] = {}
         # Guards _configured against parameter changes racing a configure or cleanup.
@@ -86,6 +88,7 @@ class ClipSegNode(LifecycleNode):
             latest_frame=self._worker.latest, frame_to_rgb=self._frame_to_rgb,
             free_device_cache=free_device_cache, log_error=self.get_logger().error,
             objects=lambda camera, *frame: self._objects[camera].match(*frame),
+            segmented=self._segmented_latest,
             depth_targets=lambda camera, *frame: (
                 self._cameras[camera].depth_targets(*frame) if camera in self._cameras
                 else None)), self._prompts)
@@ -224,6 +227,7 @@ class ClipSegNode(LifecycleNode):
                 camera.destroy()
             self._worker.clear()
             engine, self._engine = self._engine, None
+            self._segmented.clear()
             if engine is not None:
                 engine.release()  # waits for an inference in progress (engine lock)
             self._engine_error = 'not configured'
@@ -300,18 +304,29 @@ class ClipSegNode(LifecycleNode):
                 break
             try:  # one camera's failure leaves the others' results alone
                 paired = camera.depth_targets(msg.header, result.labels, len(prompt_set.prompts))
+                objects = self._objects[camera.name].update(msg.header, result, paired,
+                                                            prompt_set)
                 camera.outputs.publish(
                     msg.header, image_rgb, result, prompt_set, threshold,
                     with_overlay=self._param('publish_overlay'), paired=paired,
-                    objects=self._objects[camera.name].update(msg.header, result, paired,
-                                                              prompt_set),
-                    point_decimation=self._param('point_decimation'))
+                    objects=objects, point_decimation=self._param('point_decimation'))
+                self._segmented.remember(camera.name, SegmentedFrame(
+                    msg, prompt_set, threshold, engine.resolution, result, paired, objects))
             except Exception as error:  # noqa: B902 - counted and logged per camera
                 self._count_failures([(camera.name, msg, received_at)], error)
                 continue
             self._worker.counters(camera.name).count_processed(received_at,
                                                                result.inference_seconds)
         return True
+
+    def _segmented_latest(self, camera: str, threshold: float) -> SegmentedFrame | None:
+        """The worker's result for the camera's latest frame, if it was computed with the
+        prompts in force, ``threshold`` and the engine's resolution now."""
+        engine = self._engine
+        if engine is None:
+            return None
+        return self._segmented.find(camera, self._worker.latest(camera), self._prompts.current,
+                                    threshold, engine.resolution)
 
     def _count_failures(self, jobs: list[Job], error: Exception) -> None:
         for name, _, _ in jobs:
