@@ -76,7 +76,9 @@ class NodeUnderTest:
                 break
             time.sleep(1.0)
         if not self.runtime:
-            raise RuntimeError(f'{self.config}: the node did not come up; see {self.log}')
+            tail = self.log.read_text(errors='replace')[-2000:]  # the scratch folder goes
+            raise RuntimeError(f'{self.config}: the node did not come up (exit code '
+                               f'{self.process.poll()}); its log ends:\n{tail}')
         backend, dtype = self.config.split(':')
         ran = self.runtime.split(',')
         if not ran[0].startswith(backend) or (dtype != 'auto' and ran[1].split()[0] != dtype):
