@@ -7,7 +7,8 @@ One node process per configuration (``backend:dtype``, e.g. ``torch:float32``,
 full-size CLIPSeg architecture with random weights (speed does not depend on weight values).
 Then, round after round so drifts in the machine's load hit them alike, each node in turn gets
 a camera stream (640x480 at 30 Hz) for a few seconds at each prompt count, and a few ~/segment
-calls on its latest frame. Output frames per second = answered frames over the span of their
+calls on its latest frame (answered from the frame it published) and on a given image
+(segmented afresh). Output frames per second = answered frames over the span of their
 arrivals; the topic's frame period is its inverse. ``--isa`` runs the nodes under
 ``ONEDNN_MAX_CPU_ISA`` (what oneDNN may use: AVX2, AVX2_VNNI, AVX512_CORE_VNNI, ...). Checks
 that every node loaded the back end and precision it is listed under. The last line is JSON.
@@ -84,13 +85,15 @@ class NodeUnderTest:
         if not ran[0].startswith(backend) or (dtype != 'auto' and ran[1].split()[0] != dtype):
             raise RuntimeError(f'{self.config}: the node runs {self.runtime}')
 
-    def segment_round_trips(self, count: int) -> list[float]:
-        """Seconds of ``count`` ~/segment calls on the latest frame, one after the other."""
+    def segment_round_trips(self, count: int, image=None) -> list[float]:
+        """Seconds of ``count`` ~/segment calls, one after the other, on the latest frame (or
+        on ``image``, which the node segments afresh)."""
         times = []
+        request = Segment.Request() if image is None else Segment.Request(image=image)
         for _ in range(count):
             done = threading.Event()
             start = time.perf_counter()
-            future = self.segment.call_async(Segment.Request())
+            future = self.segment.call_async(request)
             future.add_done_callback(lambda _: done.set())
             if not done.wait(60.0) or not future.result().success:
                 raise RuntimeError(f'{self.config}: ~/segment failed')
@@ -132,6 +135,7 @@ def main() -> int:
             print(f'{config}: {nodes[-1].runtime}', flush=True)
         frames = {(n.config, c): [0, 0.0] for n in nodes for c in counts}
         segment = {(n.config, c): [] for n in nodes for c in counts}
+        given = {(n.config, c): [] for n in nodes for c in counts}
         for round_index in range(args.rounds + 1):  # round 0 warms up
             for count in counts:
                 for under_test in nodes:
@@ -139,12 +143,14 @@ def main() -> int:
                     measured = run_stream(under_test.stream, msgs, args.rate,
                                           int(args.rate * args.seconds))
                     trips = under_test.segment_round_trips(args.segment_calls)
+                    fresh = under_test.segment_round_trips(args.segment_calls, msgs[0])
                     if round_index:
                         span = (measured['processed'] - 1) / measured['output_rate_hz'] \
                             if measured['output_rate_hz'] > 0 else 0.0
                         frames[(under_test.config, count)][0] += measured['processed'] - 1
                         frames[(under_test.config, count)][1] += span
                         segment[(under_test.config, count)] += trips
+                        given[(under_test.config, count)] += fresh
         rows = []
         for count in counts:
             base = None
@@ -154,17 +160,22 @@ def main() -> int:
                 base = base or rate
                 trip = 1e3 * float(np.median(segment[(under_test.config, count)]))
                 period = 1e3 / rate if rate > 0 else float('nan')
+                trip_given = 1e3 * float(np.median(given[(under_test.config, count)]))
                 rows.append({'config': under_test.config, 'runtime': under_test.runtime,
                              'isa': args.isa or 'native', 'prompts': count,
                              'frames_per_s': round(rate, 2),
                              'vs_first': round(rate / base, 3) if base else 0.0,
                              'segment_p50_ms': round(trip, 1),
                              'frame_period_ms': round(period, 1),
-                             'segment_vs_period': round(trip / period, 3)})
+                             'segment_vs_period': round(trip / period, 3),
+                             'segment_given_image_p50_ms': round(trip_given, 1),
+                             'segment_given_vs_period': round(trip_given / period, 3)})
                 print(f"{under_test.config:<16} N={count:<3} {rate:6.2f} frames/s "
                       f"({rows[-1]['vs_first']:.2f}x {nodes[0].config}); ~/segment p50 "
                       f"{trip:6.1f} ms vs frame period {period:6.1f} ms "
-                      f"({100 * (trip / period - 1):+.0f}%)", flush=True)
+                      f"({100 * (trip / period - 1):+.0f}%); on a given image "
+                      f"{trip_given:6.1f} ms ({100 * (trip_given / period - 1):+.0f}%)",
+                      flush=True)
     finally:
         executor.shutdown()
         for under_test in nodes:
