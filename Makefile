@@ -111,7 +111,7 @@ bench: setup
 
 # Frames/s per CPU back end and precision, side by side; then configure time cold and warm.
 bench-backends: setup
-	@$(ENV) && python bench/backends_bench.py $(BENCH_ARGS) && python bench/backend_startup.py
+	@$(ENV) && python bench/backends_bench.py --isa-caps AVX2,AVX2_VNNI,AVX512_CORE_VNNI,native --prompts 1,13 --cameras 1 $(BENCH_ARGS) && python bench/backend_startup.py
 
 bench-node: setup
 	@$(ENV) && python bench/node_bench.py $(BENCH_ARGS)

@@ -46,6 +46,7 @@ from clipseg_ros.core.depth_targets import (  # noqa: E402
     axis_quantiles, CameraModel, EXTENT_FRACTIONS, prompt_targets)
 from clipseg_ros.core.engine import ClipSegEngine, PreprocessConfig  # noqa: E402
 from clipseg_ros.core.refine import RefineSettings  # noqa: E402
+from clipseg_ros.tools.calibration_scenes import synthetic_calibration_set  # noqa: E402
 from clipseg_ros.tools.scenes import (  # noqa: E402
     all_kinds, COLOURS, phrase, PHRASINGS, render_scene, SHAPES)
 
@@ -162,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--backend', default='torch',
                         help='auto, torch or openvino (default: torch, as the model card)')
-    parser.add_argument('--dtype', default='float32', help='auto, float32 or bfloat16')
+    parser.add_argument('--dtype', default='float32',
+                        help='auto, float32, bfloat16 or int8 (openvino; calibrated on the '
+                             "package's synthetic scenes, seeds apart from these)")
     parser.add_argument('--depth-weight', type=float, default=3.0,
                         help='depth weight of the third refinement (0: only none and guided)')
     parser.add_argument('--json', type=Path, help='also write the numbers to this file')
@@ -171,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     size = args.resolution or PreprocessConfig.from_file(
         args.model_dir / 'preprocessor_config.json').size
+    calibration = synthetic_calibration_set() if args.dtype == 'int8' else None
     engine = ClipSegEngine(str(args.model_dir), device='cpu', resolution=size,
-                           backend=args.backend, dtype=args.dtype)
+                           backend=args.backend, dtype=args.dtype, int8_calibration=calibration)
     kinds = all_kinds(SHAPES, COLOURS)
     scenes = [render_scene(EVAL_SEED_BASE + i, args.width, args.height)
               for i in range(args.scenes)]

@@ -20,6 +20,7 @@ from clipseg_ros.conversions import ImageConversionError
 from clipseg_ros.core.engine import ClipSegEngine
 from clipseg_ros.core.options import set_cpu_threads
 from clipseg_ros.diagnostics import CameraHealth, EngineHealth, node_statuses
+from clipseg_ros.engine_setup import forward_core_logs, int8_calibration
 from clipseg_ros.frame_slot import FrameCounters, FrameScheduler, Job
 from clipseg_ros.objects import CameraObjects
 from clipseg_ros.parameters import (
@@ -27,7 +28,8 @@ from clipseg_ros.parameters import (
     refine_settings)
 from clipseg_ros.prompt_services import PromptBook, PromptServices, ServiceContext
 from clipseg_ros.publishers import PromptSet
-from clipseg_ros.teach_services import SegmentedFrames, TeachContext, TeachServices
+from clipseg_ros.segmented_frames import SegmentedFrame, SegmentedFrames
+from clipseg_ros.teach_services import TeachContext, TeachServices
 from clipseg_ros_interfaces.srv import Forget, Segment, SetImagePrompt, SetTextPrompts, Teach
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 import numpy as np
@@ -65,6 +67,8 @@ class ClipSegNode(LifecycleNode):
         self._cameras: dict[str, CameraPipeline] = {}  # created at configure
         # Instances and tracks per camera, kept for the node's life: track ids are never reused.
         self._objects: dict[str, CameraObjects] = {}
+        # Each camera's last published frame: ~/segment on it answers from it, clicks teach on it.
+        self._segmented = SegmentedFrames()
         self._cpu_threads = 0  # applied at configure
         self._warn_times: dict[str, float] = {}
         # Guards _configured against parameter changes racing a configure or cleanup.
@@ -90,10 +94,10 @@ class ClipSegNode(LifecycleNode):
             latest_frame=self._worker.latest, frame_to_rgb=self._frame_to_rgb,
             free_device_cache=free_device_cache, log_error=self.get_logger().error,
             objects=lambda camera, *frame: self._objects[camera].match(*frame),
+            segmented=self._segmented_latest,
             depth_targets=lambda camera, *frame: (
                 self._cameras[camera].depth_targets(*frame) if camera in self._cameras
                 else None)), self._prompts)
-        self._segmented = SegmentedFrames()
         self._teaching = TeachServices(TeachContext(
             engine=lambda: self._engine, engine_error=lambda: self._engine_error,
             parameter=self._param, cameras=lambda: self._worker.cameras,
@@ -185,10 +189,12 @@ class ClipSegNode(LifecycleNode):
     def _configure_from(self, config: NodeConfiguration) -> None:
         """Load the model and create the topics; raises on any failure (the caller frees)."""
         threads = set_cpu_threads(config.cpu_threads)
-        engine = self._engine_factory(
-            model=config.model, device=config.device, dtype=config.dtype,
-            resolution=self._param('resolution'), compile_mode=config.compile_mode,
-            backend=config.backend, compiled_model_cache=config.compiled_model_cache)
+        with forward_core_logs(self.get_logger()):  # int8 says what it quantizes
+            engine = self._engine_factory(
+                model=config.model, device=config.device, dtype=config.dtype,
+                resolution=self._param('resolution'), compile_mode=config.compile_mode,
+                backend=config.backend, compiled_model_cache=config.compiled_model_cache,
+                int8_calibration=int8_calibration(config.dtype, config.int8_calibration))
         self._engine = engine  # from here on, a failure is cleaned up with the rest
         initial = engine.text_prompts(list(config.prompts))
         self._engine_error = ''
@@ -237,6 +243,7 @@ class ClipSegNode(LifecycleNode):
             self._worker.clear()
             self._segmented.clear()
             engine, self._engine = self._engine, None
+            self._segmented.clear()
             if engine is not None:
                 engine.release()  # waits for an inference in progress (engine lock)
             self._engine_error = 'not configured'
@@ -308,10 +315,10 @@ class ClipSegNode(LifecycleNode):
     def _segment_and_publish(self, engine: ClipSegEngine, frames: list) -> bool:
         """Segment frames in one batch and publish each; False when the inference failed."""
         prompt_set, threshold = self._prompts.current, self._param('threshold')
+        refine = refine_settings(self._param)
         try:
             results = engine.segment_batch([frame[3] for frame in frames], prompt_set.prompts,
-                                           threshold=threshold,
-                                           refine=refine_settings(self._param))
+                                           threshold=threshold, refine=refine)
         except Exception as error:  # one bad frame (OOM, driver error) must not stop the node
             free_device_cache(engine)
             if len(frames) > 1:  # retried frame by frame, where a failure is counted
@@ -327,8 +334,11 @@ class ClipSegNode(LifecycleNode):
                 paired = camera.depth_targets(msg.header, result.labels, len(prompt_set.prompts))
                 objects = self._objects[camera.name].update(msg.header, result, paired,
                                                             prompt_set, image_rgb)
-                # Before publishing: whoever saw the outputs can teach on this frame.
-                self._segmented.record(camera.name, msg.header, image_rgb, objects, paired)
+                # Before publishing: whoever saw the outputs can teach on this frame, or ask
+                # ~/segment about it.
+                self._segmented.remember(camera.name, SegmentedFrame(
+                    msg, prompt_set, threshold, engine.resolution, refine, result, paired,
+                    objects, image_rgb))
                 camera.outputs.publish(
                     msg.header, image_rgb, result, prompt_set, threshold,
                     with_overlay=self._param('publish_overlay'), paired=paired,
@@ -339,6 +349,15 @@ class ClipSegNode(LifecycleNode):
             self._worker.counters(camera.name).count_processed(received_at,
                                                                result.inference_seconds)
         return True
+
+    def _segmented_latest(self, camera: str, threshold: float) -> SegmentedFrame | None:
+        """The worker's result for the camera's latest frame, if it was computed with the
+        prompts in force, ``threshold``, the engine's resolution and the refinement now."""
+        engine = self._engine
+        if engine is None:
+            return None
+        return self._segmented.find(camera, self._worker.latest(camera), self._prompts.current,
+                                    threshold, engine.resolution, refine_settings(self._param))
 
     def _count_failures(self, jobs: list[Job], error: Exception) -> None:
         for name, _, _ in jobs:

@@ -63,8 +63,12 @@ SPECS = (
     ParameterSpec('device', 'auto', 'auto (cuda when available), cpu, cuda or cuda:N',
                   CONFIGURE),
     ParameterSpec('dtype', 'auto', 'auto (float16 on CUDA; on the CPU bfloat16 where it '
-                  'computes it natively, AMX or AVX-512 BF16, else float32), float32, float16 '
-                  'or bfloat16', CONFIGURE),
+                  'computes it natively, AMX or AVX-512 BF16, else float32), float32, float16, '
+                  'bfloat16 or int8 (openvino back end, a CPU with VNNI or AMX-INT8)',
+                  CONFIGURE),
+    ParameterSpec('int8_calibration', '', "Folder of the robot's own camera frames that "
+                  "dtype int8 is quantized from (up to 64 used); '' = the package's synthetic "
+                  'scenes', CONFIGURE),
     ParameterSpec('backend', 'auto', 'Runtime of the network: auto (torch on CUDA, openvino '
                   'on the CPU when installed), torch or openvino', CONFIGURE),
     ParameterSpec('compiled_model_cache', AUTO_CACHE, 'Folder for converted models (openvino '
@@ -170,6 +174,7 @@ class NodeConfiguration:
     model: str
     device: str
     dtype: str
+    int8_calibration: str
     backend: str
     compiled_model_cache: str
     compile_mode: str

@@ -77,6 +77,9 @@ class ServiceContext:
     # The instances of a segmented image (camera, header, result, paired, prompt set,
     # with_tracks): with_tracks gives that camera's track ids, for its latest frame.
     objects: Callable[..., Any] | None = None
+    # The worker's result for a camera's latest frame when it was segmented with the prompts
+    # in force and this threshold (camera, threshold), else None.
+    segmented: Callable[[str, float], Any] | None = None
 
 
 def support_prompt(engine: ClipSegEngine, support: np.ndarray, mask: np.ndarray | None,
@@ -195,11 +198,13 @@ class PromptServices:
             if not prompt_set.prompts:
                 raise ValueError('no prompts in force')
             camera = self._camera(request.camera)
+            threshold = self.context.parameter('threshold')
+            if self._answer_from_published(request, camera, threshold, response):
+                return response
             header, image_rgb = self._image_to_segment(request.image, camera)
         except ValueError as error:
             response.message = str(error)
             return response
-        threshold = self.context.parameter('threshold')
         try:
             result = engine.segment(image_rgb, prompt_set.prompts, threshold=threshold,
                                     refine=refine_settings(self.context.parameter))
@@ -223,6 +228,27 @@ class PromptServices:
         response.message = f'segmented {image_rgb.shape[1]}x{image_rgb.shape[0]} with ' \
                            f'{len(prompt_set.prompts)} prompt(s)'
         return response
+
+    def _answer_from_published(self, request, camera: str, threshold: float,
+                               response) -> bool:
+        """Fill ``response`` from the frame the worker already segmented and published when the
+        request asks for just that (latest frame, prompts in force); False otherwise."""
+        if len(request.image.data) or request.image.width or request.image.height or \
+                len(request.prompts) or self.context.segmented is None:
+            return False
+        done = self.context.segmented(camera, threshold)
+        if done is None:
+            return False
+        header, result = done.msg.header, done.result
+        response.segmentation = segmentation_msg(header, result, done.prompt_set, threshold,
+                                                 done.paired, done.objects)
+        response.mask = conversions.array_to_image(result.labels, 'mono8', header)
+        response.confidence = conversions.array_to_image(result.confidence, '32FC1', header)
+        response.success = True
+        response.message = (f'segmented {result.labels.shape[1]}x{result.labels.shape[0]} with '
+                            f'{len(done.prompt_set.prompts)} prompt(s) (the frame already '
+                            'published)')
+        return True
 
     def _camera(self, name: str) -> str:
         """The camera a request names ('' = the first camera), or a refusal listing them."""

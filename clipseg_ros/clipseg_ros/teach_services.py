@@ -5,7 +5,8 @@ A click (``image_mouse_left`` of a camera, geometry_msgs/PointStamped) or a ~/te
 names a pixel; the object under it in the camera's newest segmented frame
 (core/teach_region.py: the instance there, else the depth surface, else a colour region)
 becomes a support-image prompt made exactly as ~/set_image_prompt makes one. The node keeps,
-per camera, that frame's image, instances and paired depth (references, no copies).
+per camera, that frame's image, instances and paired depth (segmented_frames.py: references,
+no copies).
 """
 
 from collections.abc import Callable
@@ -19,41 +20,8 @@ from clipseg_ros.core.depth_targets import CameraModel
 from clipseg_ros.core.teach_region import object_under_pixel, TaughtRegion
 from clipseg_ros.parameters import MAX_PROMPT_CHARACTERS
 from clipseg_ros.prompt_services import always_answers, PromptBook, support_prompt
+from clipseg_ros.segmented_frames import SegmentedFrame, SegmentedFrames
 import numpy as np
-
-
-@dataclass
-class SegmentedFrame:
-    """A camera's newest segmented frame and what the node found in it."""
-
-    header: Any
-    rgb: np.ndarray
-    instance_image: np.ndarray | None     # (H, W) uint16, 0 = none
-    depth_m: np.ndarray | None            # paired depth, metres, NaN = none
-    camera_model: CameraModel | None
-
-
-class SegmentedFrames:
-    """The newest segmented frame of each camera, written by the worker, read by services."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._frames: dict[str, SegmentedFrame] = {}
-
-    def record(self, camera: str, header, rgb: np.ndarray, objects, paired) -> None:
-        depth = paired.depth_m if paired is not None else None
-        model = paired.camera if paired is not None else None
-        instances = objects.instances.image if objects is not None else None
-        with self._lock:
-            self._frames[camera] = SegmentedFrame(header, rgb, instances, depth, model)
-
-    def get(self, camera: str) -> SegmentedFrame | None:
-        with self._lock:
-            return self._frames.get(camera)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._frames.clear()
 
 
 @dataclass

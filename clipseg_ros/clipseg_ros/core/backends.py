@@ -4,6 +4,7 @@ precision, chosen from the engine's options and what the machine has. No ROS.
 
 auto picks torch on CUDA and OpenVINO on the CPU when it is installed; dtype auto picks float16
 on CUDA, bfloat16 on a CPU that computes it natively and float32 elsewhere (docs/cpu_backends.md).
+int8 is never picked by auto (it changes the outputs): the user asks for it, on OpenVINO.
 """
 
 from dataclasses import dataclass
@@ -16,11 +17,13 @@ from clipseg_ros.core.cpu_features import CpuFeatures, host_cpu_features
 from clipseg_ros.core.model_loading import ModelLoadError
 from clipseg_ros.core.network import SharedEncoderNetwork
 from clipseg_ros.core.options import (
-    check_compile_mode, check_resolution, effective_compile_mode, resolve_device, resolve_dtype)
+    check_compile_mode, check_dtype_name, check_resolution, effective_compile_mode,
+    resolve_device, resolve_dtype)
 import torch
 
 BACKEND_CHOICES = ('auto', 'torch', 'openvino')
 OPENVINO_INSTALL = 'pip install openvino'
+NNCF_INSTALL = 'pip install nncf'
 # compiled_model_cache 'auto': this folder under the user's cache directory.
 AUTO_CACHE = 'auto'
 
@@ -70,6 +73,14 @@ class Runtime:
     missed: str = ''      # what auto could not use, and how to get it
 
     @property
+    def float_dtype(self) -> torch.dtype:
+        """The float precision of the layers int8 leaves in float: the best the CPU computes
+        natively; the precision itself for the float dtypes."""
+        if self.dtype != torch.int8:
+            return self.dtype
+        return torch.bfloat16 if self.cpu.native_bfloat16 else torch.float32
+
+    @property
     def tensor_dtype(self) -> torch.dtype:
         """dtype of the torch model, prompts and frames: OpenVINO takes float32 and applies the
         precision itself when it compiles."""
@@ -78,6 +89,8 @@ class Runtime:
     def summary(self) -> str:
         """One line for logs and diagnostics."""
         precision = str(self.dtype).replace('torch.', '')
+        if self.dtype == torch.int8:
+            precision += f" ({str(self.float_dtype).replace('torch.', '')} elsewhere)"
         where = f'{self.device}' if self.device.type == 'cuda' else f'cpu: {self.cpu.summary()}'
         version = ''
         if self.backend == 'openvino':
@@ -100,7 +113,8 @@ def resolve_runtime(device: str, dtype: str, backend: str, resolution: int, comp
     check_resolution(resolution)
     mode = check_compile_mode(compile_mode)
     # OpenVINO runs on the CPU here, so device auto means the CPU for it.
-    torch_device = resolve_device('cpu' if name == 'openvino' and device == 'auto' else device)
+    on_cpu = name == 'openvino' or check_dtype_name(dtype) == 'int8'
+    torch_device = resolve_device('cpu' if on_cpu and device == 'auto' else device)
     cpu = cpu or host_cpu_features()
     torch_dtype = resolve_dtype(dtype, torch_device, cpu)
     missed = ''
@@ -121,16 +135,42 @@ def resolve_runtime(device: str, dtype: str, backend: str, resolution: int, comp
                 missed = (f'OpenVINO is not installed, so the CPU runs torch (several times '
                           f"slower): '{OPENVINO_INSTALL}'")
                 _LOGGER.warning('backend auto: %s', missed)
+    if torch_dtype == torch.int8:
+        check_int8_backend(name, openvino)
     return Runtime(name, torch_device, torch_dtype, cpu, missed), mode
 
 
+def nncf_version() -> str | None:
+    """The installed NNCF's version, or None when ``import nncf`` fails."""
+    try:
+        import nncf
+    except Exception:  # ImportError, or a broken install failing in its own imports
+        return None
+    return str(nncf.__version__)
+
+
+def check_int8_backend(backend: str, openvino: Callable[[], str | None],
+                       nncf: Callable[[], str | None] = nncf_version) -> None:
+    """Refuse int8 on torch, and without OpenVINO or NNCF installed, with the reason."""
+    if backend == 'torch':
+        installed = '' if openvino() is not None else \
+            f" (OpenVINO is not installed: '{OPENVINO_INSTALL}')"
+        raise ValueError("dtype 'int8' runs on the openvino back end only, not on torch"
+                         f"{installed}: use backend 'openvino' or 'auto'")
+    if nncf() is None:
+        raise ModelLoadError(f"dtype 'int8' quantizes with NNCF, which is not installed: "
+                             f"install it with '{NNCF_INSTALL}', or use dtype 'auto'")
+
+
 def build_network(model: Any, model_name: str, runtime: Runtime, compile_mode: str,
-                  compiled_model_cache: str | None) -> Any:
-    """The network object the engine drives, on ``runtime``'s back end (model already moved)."""
+                  compiled_model_cache: str | None, calibration: Any = None) -> Any:
+    """The network object the engine drives, on ``runtime``'s back end (model already moved);
+    ``calibration``: the :class:`~clipseg_ros.core.openvino_network.Int8Calibration` of int8."""
     if runtime.backend == 'openvino':
         from clipseg_ros.core.openvino_network import OpenVinoNetwork
         return OpenVinoNetwork(model, model_name, runtime.dtype,
-                               cache_folder(compiled_model_cache))
+                               cache_folder(compiled_model_cache), runtime.float_dtype,
+                               calibration)
     if runtime.backend != 'torch':
         raise ModelLoadError(f'no network for back end {runtime.backend!r}')
     return SharedEncoderNetwork(

@@ -14,6 +14,7 @@ Typical use::
 """
 
 from collections.abc import Mapping, Sequence
+import functools
 import gc
 import logging
 import numbers
@@ -21,8 +22,10 @@ import threading
 import time
 from typing import Any
 
-from clipseg_ros.core.backends import build_network, resolve_runtime, Runtime
+from clipseg_ros.core.backends import build_network, nncf_version, resolve_runtime, Runtime
 from clipseg_ros.core.cpu_features import CpuFeatures
+from clipseg_ros.core.int8_calibration import (
+    CalibrationSet, folder_calibration_set, Int8Calibration)
 from clipseg_ros.core.model_loading import (
     check_transformers_version, DEFAULT_MODEL, describe_error, load_pretrained, ModelLoadError,
     PreprocessConfig)
@@ -58,22 +61,28 @@ class ClipSegEngine:
     def __init__(self, model: str = DEFAULT_MODEL, device: str = 'auto', dtype: str = 'auto',
                  resolution: int = 0, compile_mode: str = 'auto', backend: str = 'auto',
                  compiled_model_cache: str | None = 'auto',
-                 cpu_features: CpuFeatures | None = None) -> None:
+                 cpu_features: CpuFeatures | None = None,
+                 int8_calibration: CalibrationSet | str | None = None) -> None:
         """
         Load ``model`` (hub id or ``save_pretrained`` folder) onto ``device``, computed by
         ``backend`` (auto, torch, openvino) in ``dtype``; ``compiled_model_cache``: folder of
         converted models ('auto': the user's cache folder; '' or None: none); ``cpu_features``
-        default to this machine's (see :mod:`clipseg_ros.core.backends`).
+        default to this machine's (see :mod:`clipseg_ros.core.backends`);
+        ``int8_calibration``: for dtype int8, the frames to quantize from (a
+        :class:`CalibrationSet` or a folder of camera frames; the package's synthetic scenes
+        are ``clipseg_ros.tools.calibration_scenes.synthetic_calibration_set()``).
 
-        Raises ValueError for invalid arguments and ModelLoadError when the model cannot be
-        loaded (the message names the model, the cause and the fix).
+        Raises ValueError for invalid arguments (a bad calibration folder included) and
+        ModelLoadError when the model cannot be loaded (the message names the model, the cause
+        and the fix).
         """
         runtime, mode = resolve_runtime(device, dtype, backend, resolution, compile_mode,
                                         cpu_features)
+        calibration = _calibration_set(runtime, int8_calibration)
         check_transformers_version()
         network, tokenizer, preprocess = load_pretrained(model, runtime.tensor_dtype)
         self._setup(network, tokenizer, preprocess, runtime, resolution, mode, model,
-                    compiled_model_cache)
+                    compiled_model_cache, calibration)
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any,
@@ -82,7 +91,8 @@ class ClipSegEngine:
                    compile_mode: str = 'auto',
                    model_name: str = 'in-memory model', backend: str = 'auto',
                    compiled_model_cache: str | None = 'auto',
-                   cpu_features: CpuFeatures | None = None) -> 'ClipSegEngine':
+                   cpu_features: CpuFeatures | None = None,
+                   int8_calibration: CalibrationSet | str | None = None) -> 'ClipSegEngine':
         """
         Build an engine around an already constructed ``CLIPSegForImageSegmentation``.
 
@@ -91,16 +101,18 @@ class ClipSegEngine:
         """
         runtime, mode = resolve_runtime(device, dtype, backend, resolution, compile_mode,
                                         cpu_features)
+        calibration = _calibration_set(runtime, int8_calibration)
         if not isinstance(preprocess, PreprocessConfig):
             preprocess = PreprocessConfig.from_dict(preprocess)
         engine = cls.__new__(cls)
         engine._setup(model, tokenizer, preprocess, runtime, resolution, mode, model_name,
-                      compiled_model_cache)
+                      compiled_model_cache, calibration)
         return engine
 
     def _setup(self, model: Any, tokenizer: Any, preprocess: PreprocessConfig,
                runtime: Runtime, resolution: int, compile_mode: str, model_name: str,
-               compiled_model_cache: str | None) -> None:
+               compiled_model_cache: str | None,
+               calibration: CalibrationSet | None = None) -> None:
         self._lock = threading.RLock()
         self._runtime = runtime
         # _dtype: the torch side's tensors (float32 under OpenVINO, which applies the precision)
@@ -115,15 +127,45 @@ class ClipSegEngine:
         self._tokenizer = tokenizer
         self._embedding_size = int(model.config.projection_dim)
         self._max_text_tokens = int(model.config.text_config.max_position_embeddings)
+        self._frame_preprocessor = FramePreprocessor(preprocess, device, dtype)
+        self._text_cache = TextEmbeddingCache(self._encode_texts)
+        int8 = None
+        if calibration is not None:
+            int8 = Int8Calibration(calibration.digest, calibration.description,
+                                   functools.partial(self._calibration_samples, calibration),
+                                   nncf_version() or '')
         self._network = build_network(self._model, model_name, runtime, compile_mode,
-                                      compiled_model_cache)
+                                      compiled_model_cache, int8)
         self._resolution = self.check_model_resolution(resolution)
         if self._resolution != preprocess.size:
             _LOGGER.info('running at %d px; the processor config of %s says %d px',
                          self._resolution, model_name, preprocess.size)
-        self._network.prepare(self._resolution)  # OpenVINO converts here, not at frame one
-        self._frame_preprocessor = FramePreprocessor(preprocess, device, dtype)
-        self._text_cache = TextEmbeddingCache(self._encode_texts)
+        # OpenVINO converts (and quantizes) here, not at frame one.
+        self._network.prepare(self._resolution)
+
+    def _calibration_samples(self, calibration: CalibrationSet,
+                             size: int) -> list[list[np.ndarray]]:
+        """
+        The network's inputs for each calibration frame at ``size``: the frame preprocessed as
+        a camera frame, and the embeddings of its text prompts and of the previous frame as a
+        support image (so image prompts' embeddings are calibrated too).
+        """
+        samples, previous = [], None
+        config = self._preprocess_config
+        with torch.inference_mode():
+            for rgb, texts in calibration.samples():
+                embeddings = self._encode_texts(list(texts))
+                if previous is not None:
+                    support = torch.from_numpy(engineer_visual_prompt(
+                        previous, None, size, mean=config.mean, std=config.std,
+                        rescale_factor=config.rescale_factor)).unsqueeze(0)
+                    image = self._model.clip.get_image_features(
+                        pixel_values=support.to(self._device, self._dtype)).pooler_output
+                    embeddings = torch.cat([embeddings, image])
+                pixels = self._frame_preprocessor(rgb, size, False)
+                samples.append([pixels.float().numpy(), embeddings.float().numpy()])
+                previous = rgb
+        return samples
 
     # ------------------------------------------------------------------ properties
 
@@ -357,3 +399,17 @@ class ClipSegEngine:
         if self._model is None:
             raise RuntimeError('the engine was released; create a new ClipSegEngine')
         return self._model
+
+
+def _calibration_set(runtime: Runtime,
+                     calibration: CalibrationSet | str | None) -> CalibrationSet | None:
+    """The calibration set of an int8 runtime (a folder is read and checked here); None for
+    the float precisions, which take none."""
+    if runtime.dtype != torch.int8:
+        return None
+    if isinstance(calibration, CalibrationSet):
+        return calibration
+    if not isinstance(calibration, str) or not calibration.strip():
+        raise ValueError("dtype 'int8' needs calibration frames: a folder of camera frames, or "
+                         'the synthetic set of clipseg_ros.tools.calibration_scenes')
+    return folder_calibration_set(calibration.strip())

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 DEVICE_CHOICES = ('auto', 'cpu', 'cuda', 'cuda:N')
-DTYPE_CHOICES = ('auto', 'float32', 'float16', 'bfloat16')
+DTYPE_CHOICES = ('auto', 'float32', 'float16', 'bfloat16', 'int8')
 # auto = cuda_graphs on CUDA, none on the CPU (docs/results.md, "GPU": why torch.compile is not
 # offered).
 COMPILE_MODES = ('auto', 'none', 'cuda_graphs')
@@ -27,6 +27,8 @@ _DTYPES = {
     'float32': torch.float32,
     'float16': torch.float16,
     'bfloat16': torch.bfloat16,
+    # int8: OpenVINO only, the converted graph quantized (docs/cpu_backends.md)
+    'int8': torch.int8,
 }
 
 _LOGGER = logging.getLogger(__name__)
@@ -91,9 +93,13 @@ def resolve_dtype(dtype: str, device: torch.device,
     """
     Turn a dtype string into a torch dtype for ``device``. auto: float16 on CUDA; on the CPU
     bfloat16 where it computes bfloat16 natively (``cpu``, default this machine's), else
-    float32. float16 needs CUDA, bfloat16 CUDA or such a CPU.
+    float32. float16 needs CUDA, bfloat16 CUDA or such a CPU, int8 a CPU with VNNI or AMX-INT8
+    (the back end's check that it is OpenVINO is in :mod:`clipseg_ros.core.backends`).
     """
     name = check_dtype_name(dtype)
+    if name == 'int8' and device.type != 'cpu':
+        raise ValueError(f"dtype 'int8' runs on the CPU (OpenVINO back end), not on {device}: "
+                         "use dtype 'float16' or 'auto' there")
     if device.type == 'cuda':
         return torch.float16 if name == 'auto' else _DTYPES[name]
     cpu = cpu or host_cpu_features()
@@ -104,6 +110,11 @@ def resolve_dtype(dtype: str, device: torch.device,
             f"dtype 'bfloat16' needs a CPU that computes it natively (AMX or AVX-512 BF16); "
             f'{cpu.summary()} would emulate it, slower than float32: use dtype \'float32\' '
             "or 'auto'")
+    if name == 'int8' and not cpu.native_int8:
+        raise ValueError(
+            f"dtype 'int8' needs a CPU with int8 dot products (VNNI: avx_vnni or avx512_vnni, "
+            f'or AMX-INT8: amx_int8); {cpu.summary()} has none, and int8 would be slower than '
+            "float32 there: use dtype 'auto'")
     if name == 'float16':
         raise ValueError(
             "dtype 'float16' is not supported on the CPU (slow or missing there): use dtype "
