@@ -27,3 +27,14 @@ def camera_names_problem(names: list[str]) -> str | None:
 
 def topic_prefix(camera: str) -> str:
     return camera + '/' if camera else ''
+
+
+def served_camera(cameras: list[str], name: str) -> str:
+    """The camera a request names ('' = the first one served), or ValueError listing them."""
+    if not name:
+        return cameras[0]
+    if name not in cameras:
+        served = ', '.join(f"'{c}'" for c in cameras)
+        shown = name if len(name) <= 80 else name[:80] + '...'
+        raise ValueError(f"no camera '{shown}': this node serves {served}")
+    return name

@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 from clipseg_ros import conversions
+from clipseg_ros.camera_names import served_camera
 from clipseg_ros.conversions import ImageConversionError
 from clipseg_ros.core.engine import ClipSegEngine
 from clipseg_ros.core.prompts import Prompt
@@ -252,14 +253,7 @@ class PromptServices:
 
     def _camera(self, name: str) -> str:
         """The camera a request names ('' = the first camera), or a refusal listing them."""
-        cameras = self.context.cameras()
-        if not name:
-            return cameras[0]
-        if name not in cameras:
-            served = ', '.join(f"'{c}'" for c in cameras)
-            shown = name if len(name) <= 80 else name[:80] + '...'
-            raise ValueError(f"no camera '{shown}': this node serves {served}")
-        return name
+        return served_camera(self.context.cameras(), name)
 
     def _image_to_segment(self, image, camera: str) -> tuple[Any, np.ndarray]:
         """The request's image, or the camera's latest frame when it is empty."""

@@ -16,7 +16,7 @@ import threading
 from typing import Any
 
 from clipseg_ros import conversions
-from clipseg_ros.core.depth_targets import CameraModel
+from clipseg_ros.camera_names import served_camera
 from clipseg_ros.core.teach_region import object_under_pixel, TaughtRegion
 from clipseg_ros.parameters import MAX_PROMPT_CHARACTERS
 from clipseg_ros.prompt_services import always_answers, PromptBook, support_prompt
@@ -83,13 +83,7 @@ class TeachServices:
         self._count_lock = threading.Lock()
 
     def _camera(self, name: str) -> str:
-        cameras = self.context.cameras()
-        if not name:
-            return cameras[0]
-        if name not in cameras:
-            served = ', '.join(f"'{c}'" for c in cameras)
-            raise ValueError(f"no camera '{name[:80]}': this node serves {served}")
-        return name
+        return served_camera(self.context.cameras(), name)
 
     def _next_label(self) -> str:
         with self._count_lock:
