@@ -28,7 +28,7 @@ from clipseg_ros.parameters import (
     refine_settings)
 from clipseg_ros.prompt_services import PromptBook, PromptServices, ServiceContext
 from clipseg_ros.publishers import PromptSet
-from clipseg_ros.segmented_frames import SegmentedFrame, SegmentedFrames
+from clipseg_ros.segmented_frames import object_settings, SegmentedFrame, SegmentedFrames
 from clipseg_ros.teach_services import TeachContext, TeachServices
 from clipseg_ros_interfaces.srv import Forget, Segment, SetImagePrompt, SetTextPrompts, Teach
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -139,7 +139,8 @@ class ClipSegNode(LifecycleNode):
         return parameter_problem(
             name, value, max_prompts=self._param('max_prompts'),
             prompts_in_force=len(self._prompts.current.prompts),
-            check_model_resolution=engine.check_model_resolution if engine else None)
+            check_model_resolution=engine.check_model_resolution if engine else None,
+            int8_resolution=engine.resolution if engine and engine.quantized else None)
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
         # Validate every change first; apply only when all are accepted. Nothing may raise out
@@ -331,6 +332,8 @@ class ClipSegNode(LifecycleNode):
             if not self._worker.active:
                 break
             try:  # one camera's failure leaves the others' results alone
+                # Read before they are used: a change meanwhile then only costs a reuse.
+                settings = object_settings(self._param)
                 paired = camera.depth_targets(msg.header, result.labels, len(prompt_set.prompts))
                 objects = self._objects[camera.name].update(msg.header, result, paired,
                                                             prompt_set, image_rgb)
@@ -338,7 +341,7 @@ class ClipSegNode(LifecycleNode):
                 # ~/segment about it.
                 self._segmented.remember(camera.name, SegmentedFrame(
                     msg, prompt_set, threshold, engine.resolution, refine, result, paired,
-                    objects, image_rgb))
+                    objects, image_rgb, settings))
                 camera.outputs.publish(
                     msg.header, image_rgb, result, prompt_set, threshold,
                     with_overlay=self._param('publish_overlay'), paired=paired,
@@ -352,12 +355,14 @@ class ClipSegNode(LifecycleNode):
 
     def _segmented_latest(self, camera: str, threshold: float) -> SegmentedFrame | None:
         """The worker's result for the camera's latest frame, if it was computed with the
-        prompts in force, ``threshold``, the engine's resolution and the refinement now."""
+        prompts in force, ``threshold``, the engine's resolution, the refinement and the object
+        settings now."""
         engine = self._engine
         if engine is None:
             return None
         return self._segmented.find(camera, self._worker.latest(camera), self._prompts.current,
-                                    threshold, engine.resolution, refine_settings(self._param))
+                                    threshold, engine.resolution, refine_settings(self._param),
+                                    object_settings(self._param))
 
     def _count_failures(self, jobs: list[Job], error: Exception) -> None:
         for name, _, _ in jobs:

@@ -220,11 +220,13 @@ def validate_text_prompts(prompts: Sequence[str], max_prompts: int) -> str | Non
 
 
 def parameter_problem(name: str, value: Any, *, max_prompts: int, prompts_in_force: int,
-                      check_model_resolution: Callable[[int], int] | None) -> str | None:
+                      check_model_resolution: Callable[[int], int] | None,
+                      int8_resolution: int | None = None) -> str | None:
     """
     Why ``value`` is unacceptable for parameter ``name`` now, or None.
 
-    ``check_model_resolution`` is the loaded model's own check (patch size), None without one.
+    ``check_model_resolution`` is the loaded model's own check (patch size), None without one;
+    ``int8_resolution`` the input side of an engine running int8, None when none does.
     """
     try:
         if name == 'model':
@@ -251,7 +253,12 @@ def parameter_problem(name: str, value: Any, *, max_prompts: int, prompts_in_for
             if not 0.0 <= value <= 1.0:  # False for NaN too
                 return 'threshold must be within [0, 1]'
         elif name == 'resolution':
-            (check_model_resolution or check_resolution)(value)
+            side = (check_model_resolution or check_resolution)(value)
+            if int8_resolution is not None and side != int8_resolution:
+                # Quantizing for the new size would hold the engine (and every frame) for
+                # minutes; configure is where that wait belongs.
+                return ('the engine runs int8, quantized for one input size: cleanup, set it, '
+                        'then configure again')
         elif name == 'teach_label_prefix':
             if not value.strip() or len(value) > MAX_PROMPT_CHARACTERS - 10:
                 return ('teach_label_prefix must be non-empty and at most '

@@ -6,15 +6,28 @@ so that a click or ~/teach finds the object under a pixel of the frame the opera
 
 One entry per camera (its arrays are one frame's mask and confidence), replaced by each
 published frame and dropped at cleanup. An entry answers only for the very frame message, prompt
-set, threshold, input resolution and refinement it was computed with.
+set, threshold, input resolution, refinement and object settings it was computed with.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 import threading
 from typing import Any
 
 from clipseg_ros.core.depth_targets import CameraModel
 import numpy as np
+
+
+# The live parameters a published frame's 3D targets, instances and tracks were computed with.
+OBJECT_PARAMETERS = (
+    'depth_max_delay', 'max_depth', 'depth_erosion_px', 'min_instance_pixels',
+    'instance_depth_gap', 'max_instances_per_prompt', 'tracking', 'track_max_missed_frames',
+    'track_min_frames', 'track_smoothing', 'track_gate', 'track_reid_seconds')
+
+
+def object_settings(value_of: Callable[[str], Any]) -> tuple:
+    """The values of :data:`OBJECT_PARAMETERS` now, ``value_of(name)`` reading one."""
+    return tuple(value_of(name) for name in OBJECT_PARAMETERS)
 
 
 @dataclass(frozen=True)
@@ -30,6 +43,7 @@ class SegmentedFrame:
     paired: Any         # its 3D targets, or None
     objects: Any        # its instances and tracks
     rgb: np.ndarray     # the frame as the engine saw it (a reference, not a copy)
+    object_settings: tuple = ()  # object_settings() when its objects were found
 
     @property
     def header(self) -> Any:
@@ -67,14 +81,15 @@ class SegmentedFrames:
             return self._frames.get(camera)
 
     def find(self, camera: str, msg: Any, prompt_set: Any, threshold: float,
-             resolution: int, refine: Any) -> SegmentedFrame | None:
-        """The entry for exactly this frame, prompt set, threshold, resolution and refinement,
-        or None."""
+             resolution: int, refine: Any, settings: tuple) -> SegmentedFrame | None:
+        """The entry for exactly this frame, prompt set, threshold, resolution, refinement and
+        object settings (:func:`object_settings`), or None."""
         with self._lock:
             frame = self._frames.get(camera)
         if frame is None or msg is None or frame.msg is not msg or \
                 frame.prompt_set is not prompt_set or frame.threshold != threshold or \
-                frame.resolution != resolution or frame.refine != refine:
+                frame.resolution != resolution or frame.refine != refine or \
+                frame.object_settings != settings:
             return None
         return frame
 

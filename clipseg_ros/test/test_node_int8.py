@@ -12,7 +12,7 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from node_harness import encode_frame, rgb_frame, RunningNode
 import pytest
 from rclpy.lifecycle import TransitionCallbackReturn
-from test_int8 import _bad_folders, needs_int8
+from test_int8 import _bad_folders, needs_int8, needs_native_int8
 from clipseg_ros.tools.scenes import render_scene
 import torch
 
@@ -30,6 +30,7 @@ def _good_folder(root):
 
 
 @needs_int8
+@needs_native_int8
 def test_bad_calibration_folders_fail_configure_then_a_good_one_runs_int8(
         ros_context, tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(backends, 'host_cpu_features', lambda: WITH_VNNI)
@@ -59,6 +60,34 @@ def test_bad_calibration_folders_fail_configure_then_a_good_one_runs_int8(
             image=encode_frame(rgb_frame(48, 32), 'rgb8')))
         assert response.success and response.mask.width == 48
         assert engine._network.calls >= calls + 2  # both went through the int8 network
+    finally:
+        harness.close()
+
+
+@needs_int8
+@needs_native_int8
+def test_a_live_resolution_change_is_refused_in_int8_and_taken_at_configure(
+        ros_context, tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(backends, 'host_cpu_features', lambda: WITH_VNNI)
+    harness = RunningNode(ros_context, tiny_model_dir, backend='openvino', dtype='int8',
+                          int8_calibration=str(_good_folder(tmp_path)))
+    try:
+        engine = harness.node._engine
+        assert engine.dtype == torch.int8
+        side, quantizations = engine.resolution, engine._network.quantizations
+        result = harness.set_parameter('resolution', side + 32)
+        assert not result.successful
+        assert 'int8' in result.reason and 'cleanup, set it, then configure' in result.reason
+        # Nothing was quantized in the callback, and frames still run at the old size.
+        assert engine.resolution == side
+        assert engine._network.quantizations == quantizations
+        assert harness.send_and_wait(encode_frame(rgb_frame(40, 30), 'rgb8'))['mask'].width == 40
+        assert harness.set_parameter('resolution', side).successful  # no change: accepted
+        assert harness.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert harness.node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        assert harness.set_parameter('resolution', side + 32).successful
+        assert harness.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert harness.node._engine.resolution == side + 32
     finally:
         harness.close()
 

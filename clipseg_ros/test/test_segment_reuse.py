@@ -1,7 +1,8 @@
 """
 ~/segment on a camera's latest frame with the prompts in force answers from the frame the node
 already segmented and published (no second inference), and segments afresh whenever anything
-that result depends on differs: another threshold, other prompts, a given image, a new frame.
+that result depends on differs: another threshold, other prompts, a given image, a new frame,
+another refinement or instance / tracking setting.
 """
 
 from clipseg_ros.conversions import image_to_array
@@ -45,13 +46,14 @@ def test_the_latest_published_frame_is_answered_without_a_second_inference(runni
     published = outputs['segmentation']
     assert response.segmentation.labels == published.labels
     assert list(response.segmentation.pixel_count) == list(published.pixel_count)
-    # Computed afresh, the same frame gives the same answer.
-    assert running.set_parameter('threshold', 0.31).successful
-    fresh, inferences = _segment(running)
+    # The same frame given as the request's image is segmented afresh: the same answer.
+    fresh, inferences = _segment(running, image=frame)
     assert inferences == 1 and 'already published' not in fresh.message
-    assert running.set_parameter('threshold', 0.3).successful
-    same, _ = _segment(running)
-    assert np.array_equal(image_to_array(same.mask), image_to_array(response.mask))
+    assert np.array_equal(image_to_array(fresh.mask), image_to_array(response.mask))
+    assert np.array_equal(image_to_array(fresh.confidence),
+                          image_to_array(response.confidence))
+    assert fresh.segmentation.labels == response.segmentation.labels
+    assert list(fresh.segmentation.pixel_count) == list(response.segmentation.pixel_count)
 
 
 def test_anything_the_result_depends_on_makes_the_call_segment_afresh(running):
@@ -65,3 +67,19 @@ def test_anything_the_result_depends_on_makes_the_call_segment_afresh(running):
     assert _segment(running)[1] == 0  # the new frame, published with them
     assert running.set_parameter('resolution', 96).successful
     assert _segment(running)[1] == 1  # another input size
+
+
+@pytest.mark.parametrize('name, changed', [
+    ('refine', 'guided'), ('min_instance_pixels', 7), ('instance_depth_gap', 0.2),
+    ('max_instances_per_prompt', 1), ('depth_erosion_px', 0), ('tracking', False),
+    ('track_min_frames', 1)])
+def test_a_changed_refinement_or_object_setting_makes_the_call_segment_afresh(
+        running, name, changed):
+    running.send_and_wait(encode_frame(rgb_frame(64, 48, seed=8), 'rgb8'))
+    assert _segment(running)[1] == 0
+    default = running.node.get_parameter(name).value
+    assert running.set_parameter(name, changed).successful
+    response, inferences = _segment(running)
+    assert inferences == 1 and 'already published' not in response.message
+    assert running.set_parameter(name, default).successful
+    assert _segment(running)[1] == 0  # what the frame was published with again

@@ -189,6 +189,11 @@ class ClipSegEngine:
         return 'cuda_graphs' if self._network.graphs.enabled else 'none'
 
     @property
+    def quantized(self) -> bool:
+        """Whether the network runs in int8 (another input size means quantizing again)."""
+        return self.dtype == torch.int8
+
+    @property
     def resolution(self) -> int:
         """Side of the square image the encoder sees, in pixels."""
         return self._resolution
