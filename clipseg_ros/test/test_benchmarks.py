@@ -72,6 +72,22 @@ def test_tracking_bench_check_fails_a_tracker_that_skipped_frames_or_reported_no
     assert 'no ground truth' in tracking.check('scene', [empty] * 3, {'node': [frame] * 3})
 
 
+def test_tracking_bench_names_the_scenes_where_the_node_tracker_misses_its_targets():
+    tracking = load_bench('tracking_bench')
+    rows = [{'scene': 'occlusion, 20 frames', 'tracker': 'node', 'idf1': 0.9,
+             'id_switches': 0},
+            {'scene': 'touch and part, 2 of a kind', 'tracker': 'node', 'idf1': 0.97,
+             'id_switches': 1},
+            {'scene': 'dropped frames', 'tracker': 'node', 'idf1': 0.99, 'id_switches': 2},
+            {'scene': 'occlusion, 20 frames', 'tracker': 'ByteTrack', 'idf1': 0.5,
+             'id_switches': 3}]
+    missed = tracking.missed_targets(rows)
+    assert len(missed) == 2
+    assert missed[0].startswith('occlusion, 20 frames: IDF1 0.900')
+    assert missed[1] == 'touch and part, 2 of a kind: 1 ID switches'
+    assert tracking.missed_targets(rows[2:]) == []
+
+
 def test_tracking_bench_runs_one_scene(tmp_path):
     result = subprocess.run(
         [sys.executable, str(BENCH / 'tracking_bench.py'), '--scenes', 'touch2', '--json',

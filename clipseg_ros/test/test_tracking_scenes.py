@@ -7,7 +7,7 @@ benchmark's metric code (TrackEval) on a case worked out by hand.
 
 from clipseg_ros.core.appearance import colour_signatures
 from clipseg_ros.core.instances import find_instances, InstanceSettings
-from clipseg_ros.core.tracks import InstanceTracker, MAX_COASTING_PER_PROMPT, TrackerSettings
+from clipseg_ros.core.tracks import InstanceTracker, TrackerSettings
 from clipseg_ros.tools.mot_scoring import box_iou_xywh, FrameBoxes, score
 from clipseg_ros.tools.tracker_runs import camera_model, detect, run_node_tracker, truth
 from clipseg_ros.tools.tracking_scenarios import observations, occlusion, touch_and_part
@@ -118,7 +118,7 @@ def test_blobs_that_merge_and_part_at_random_keep_the_reports_consistent():
     """
     Squares of one prompt that wander, overlap and part at random (with colour signatures of
     a random image): in every frame an id is reported once, a merged instance has no id and
-    names only tracks listed as held, and the tracks kept stay bounded.
+    names only tracks listed as held (the bound on tracks kept: test_tracks.py).
     """
     rng = np.random.default_rng(11)
     tracker = InstanceTracker(TrackerSettings(min_frames=1, max_missed_frames=30))
@@ -145,7 +145,6 @@ def test_blobs_that_merge_and_part_at_random_keep_the_reports_consistent():
                 assert tracked.track_ids[column] == 0 and len(merged) >= 2
                 named |= set(merged)
         assert named == held
-        assert len(tracked.coasting) <= MAX_COASTING_PER_PROMPT
     assert merged_seen > 10
 
 

@@ -7,6 +7,7 @@ The masks flicker as CLIPSeg's do: every frame, each object's mask is eroded or 
 random 0 to 2 pixels before it becomes the prompt's label image.
 """
 
+from clipseg_ros.core.appearance import colour_signatures
 from clipseg_ros.core.depth_targets import depth_in_metres
 from clipseg_ros.core.instances import find_instances, InstanceSettings
 from clipseg_ros.core.tracks import InstanceTracker, MAX_COASTING_PER_PROMPT, TrackerSettings
@@ -209,3 +210,84 @@ def test_an_instance_without_a_track_id_yet_keeps_its_raw_centroid_as_the_smooth
         else:  # reported: the filter's value, which lags the moving objects' raw one
             assert tracked.track_ids.all()
             assert (np.linalg.norm(tracked.smoothed - raw, axis=1) > 1e-6).all()
+
+
+def squares_instances(corners, size: int = 16, shape=(120, 160)):
+    """One prompt's instances of ``size`` px squares at (x, y) corners, and a flat colour."""
+    labels = np.zeros(shape, np.uint8)
+    for x, y in corners:
+        labels[y:y + size, x:x + size] = 1
+    instances = find_instances(labels, labels.astype(np.float32), 1,
+                               InstanceSettings(min_pixels=10))
+    rgb = np.zeros(shape + (3,), np.uint8)
+    rgb[..., 0] = 200
+    return instances, colour_signatures(rgb, instances.image, len(instances))
+
+
+def step(tracker: InstanceTracker, corners, stamp: float):
+    """The tracker's update on squares at ``corners``, with their colour signatures."""
+    instances, signatures = squares_instances(corners)
+    return tracker.update(instances, stamp, 1, signatures)
+
+
+def test_an_object_taken_out_of_a_merged_block_is_no_longer_held():
+    """
+    Four squares seen apart, then touching in a 2x2 block (one region, all four held); one
+    corner taken away leaves the block's outer box as it was: its track is no longer held
+    (it coasts, then is lost), the other three stay held.
+    """
+    tracker = InstanceTracker(TrackerSettings(min_frames=1, max_missed_frames=3))
+    apart = [(40, 40), (58, 40), (40, 58), (58, 58)]
+    block = [(40, 40), (56, 40), (40, 56), (56, 56)]
+    for index in range(3):
+        instances, _ = squares_instances(apart)
+        tracked = tracker.update(instances, index / 15.0, 1)
+    ids = {tuple(box[:2]): int(i) for box, i in zip(instances.boxes.tolist(),
+                                                    tracked.track_ids)}
+    assert sorted(ids.values()) == [1, 2, 3, 4]
+    tracked = tracker.update(squares_instances(block)[0], 3 / 15.0, 1)
+    assert sorted(tracked.merged[0]) == [1, 2, 3, 4]
+    removed = ids[(58, 58)]
+    for index in range(4, 8):
+        instances, _ = squares_instances(block[:3])
+        tracked = tracker.update(instances, index / 15.0, 1)
+        assert len(instances) == 1
+        assert sorted(tracked.merged[0]) == sorted(set(ids.values()) - {removed})
+        coasting = {track.track_id: track for track in tracked.coasting}
+        if removed in coasting:
+            assert not coasting[removed].held
+            assert coasting[removed].missed_frames == index - 3
+    assert removed not in coasting  # lost after max_missed_frames
+    assert all(coasting[i].held for i in ids.values() if i != removed)
+
+
+@pytest.mark.parametrize('back_at, same_id', [((70, 50), True), ((130, 90), False),
+                                              ((10, 90), False)])
+def test_a_look_alike_far_from_where_a_track_was_lost_gets_a_new_id(back_at, same_id):
+    """
+    A red square (no depth) tracked, then gone long enough to be lost; a square of the same
+    colour comes back near where it left (its id back) or far from it, not at the border it
+    left by (a new id: a second object of the kind, not the lost one).
+    """
+    tracker = InstanceTracker(TrackerSettings(min_frames=1, max_missed_frames=2))
+    for index in range(3):
+        tracked = step(tracker, [(60, 50)], index / 15.0)
+    first = int(tracked.track_ids[0])
+    for index in range(3, 7):
+        tracked = step(tracker, [], index / 15.0)
+    assert not tracked.coasting
+    tracked = step(tracker, [back_at], 7 / 15.0)
+    assert (int(tracked.track_ids[0]) == first) == same_id
+    assert tracked.track_ids[0] != 0
+
+
+def test_an_object_back_at_the_border_it_left_by_gets_its_id_back():
+    """Out on the right for 2 s (no depth): back at the right border further down, its id."""
+    tracker = InstanceTracker(TrackerSettings(min_frames=1, max_missed_frames=2))
+    for index in range(3):
+        tracked = step(tracker, [(144, 10)], index / 15.0)
+    first = int(tracked.track_ids[0])
+    for index in range(3, 33):
+        step(tracker, [], index / 15.0)
+    tracked = step(tracker, [(144, 100)], 33 / 15.0)
+    assert tracked.track_ids[0] == first

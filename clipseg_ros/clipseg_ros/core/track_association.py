@@ -13,8 +13,10 @@ between pairs whose positions cost about the same.
 
 Merges: objects of one prompt that touch in the image at one depth become one instance, whose
 centroid lies between them. An instance whose box covers most of the predicted boxes of two or
-more reported tracks (and, with depth, whose 3D extent holds their predicted centroids) is a
-merge: it continues none of them.
+more reported tracks, whose mask fills most of each one's pixels inside its box (the box
+alone would keep holding an object taken out of a block whose outer box it did not change), and
+with
+depth, whose 3D extent holds their predicted centroids, is a merge: it continues none of them.
 """
 
 from dataclasses import dataclass
@@ -96,11 +98,13 @@ def assign(costs: np.ndarray) -> list[tuple[int, int]]:
 
 
 def merges(tracks: Side, candidates: np.ndarray, found: Side, extent_min: np.ndarray,
-           extent_max: np.ndarray, gate_m: float) -> dict[int, list[int]]:
+           extent_max: np.ndarray, gate_m: float,
+           on_mask: np.ndarray | None = None) -> dict[int, list[int]]:
     """
     {instance: [tracks]} for the instances that cover the predictions of two or more of the
     tracks flagged in ``candidates`` (each track counted in the instance covering most of it).
-    ``extent_min`` / ``extent_max`` (K, 3) are the instances' 3D extents (NaN: no depth).
+    ``extent_min`` / ``extent_max`` (K, 3) are the instances' 3D extents (NaN: no depth);
+    ``on_mask`` (T, K): whether an instance's mask fills a track's box (None: not checked).
     """
     rows = np.flatnonzero(candidates)
     if len(rows) < 2 or not len(found.boxes):
@@ -115,6 +119,8 @@ def merges(tracks: Side, candidates: np.ndarray, found: Side, extent_min: np.nda
                   & (positions <= extent_max[None] + margin)).all(axis=2)
     known = np.isfinite(positions).all(axis=2) & np.isfinite(extent_min).all(axis=1)[None]
     coverage = np.where(known & ~inside, 0.0, coverage)
+    if on_mask is not None:
+        coverage = np.where(on_mask[rows], coverage, 0.0)
     best = np.argmax(coverage, axis=1)
     groups: dict[int, list[int]] = {}
     for index, (row, column) in enumerate(zip(rows.tolist(), best.tolist())):

@@ -15,7 +15,7 @@ each part goes back to the held track it is nearest to.
 
 Return: a reported track lost after ``max_missed_frames`` is remembered for ``reid_seconds``
 (core/track_gallery.py); a new track that looks like it (colour signature) takes its id back
-when it is reported.
+when it is reported, if it is where the lost object could have got to since (see there).
 
 Smoothing: a constant-velocity alpha-beta filter on the 3D centroid (and on the box centre),
 beta = alpha^2 / (2 - alpha) (Benedict-Bordner): it follows a moving object without the lag of
@@ -29,13 +29,14 @@ import threading
 from clipseg_ros.core.instances import Instances
 from clipseg_ros.core.track_association import (
     assign, association_costs, box_iou, merges, Side)
-from clipseg_ros.core.track_gallery import LostTrack, LostTracks
+from clipseg_ros.core.track_gallery import LostTrack, LostTracks, Reach, Sighting
 import numpy as np
 
 BOX_SMOOTHING = 0.7      # the box centre follows the image quickly
 MAX_SPEED_M_S = 3.0      # a velocity estimate beyond this is noise, not an object on a table
 MAX_COASTING_PER_PROMPT = 32   # tracks of a prompt kept while not seen (see _bounded)
 SIGNATURE_SMOOTHING = 0.3      # weight of a frame's colour signature in the track's
+MERGE_MASK_SHARE = 0.5         # of a track's pixels a merged mask fills in its box (_on_masks)
 
 __all__ = ['BOX_SMOOTHING', 'CoastingTrack', 'InstanceTracker', 'MAX_COASTING_PER_PROMPT',
            'TrackedObjects', 'TrackerSettings', 'box_iou']
@@ -66,7 +67,7 @@ class _Track:
     extent: tuple = (np.full(3, np.nan), np.full(3, np.nan))
     raw: np.ndarray = field(default_factory=lambda: np.full(3, np.nan))
     signature: np.ndarray | None = None
-    pixels: float = 0.0            # the instance's usual pixel count (signature weight)
+    pixels: float = 0.0            # the instance's usual pixel count (signature, merges)
     track_id: int = 0              # 0 until reported
     hits: int = 1
     missed: int = 0
@@ -142,6 +143,27 @@ def _bounded(tracks: list[_Track]) -> list[_Track]:
             if not (track.missed or track.held) or id(track) in keep]
 
 
+def _on_masks(tracks: list[_Track], boxes: np.ndarray, image: np.ndarray,
+              columns: np.ndarray) -> np.ndarray:
+    """
+    (T, K): whether the mask of each of the instances ``columns`` fills at least
+    MERGE_MASK_SHARE of each track's usual pixel count inside its predicted box (``image``:
+    the instance label image, k = instance k - 1). A count, not one pixel: noisy masks have
+    holes.
+    """
+    height, width = image.shape
+    shares = np.zeros((len(tracks), len(columns)))
+    for row, (track, box) in enumerate(zip(tracks, boxes)):
+        x0, y0 = (int(max(0, np.floor(value))) for value in box[:2])
+        x1 = int(min(width, np.ceil(box[0] + box[2])))
+        y1 = int(min(height, np.ceil(box[1] + box[3])))
+        if x1 <= x0 or y1 <= y0:
+            continue
+        counts = np.bincount(image[y0:y1, x0:x1].ravel(), minlength=int(columns.max()) + 2)
+        shares[row] = counts[columns + 1] / max(track.pixels, 1.0)
+    return shares >= MERGE_MASK_SHARE
+
+
 @dataclass
 class _Association:
     pairs: list[tuple[int, int]]               # (track, instance)
@@ -188,8 +210,10 @@ class InstanceTracker:
                 track_side.signatures = np.array([track.signature for track in group])
                 found.signatures = signatures[columns]
             candidates = np.array([bool(t.track_id) and t.missed == 0 for t in group])
-            merged = merges(track_side, candidates, found, targets.extent_min[columns],
-                            targets.extent_max[columns], self.settings.gate_m)
+            on_mask = _on_masks(group, track_side.boxes, instances.image, columns)
+            merged = merges(track_side, candidates, found,
+                            targets.extent_min[columns], targets.extent_max[columns],
+                            self.settings.gate_m, on_mask)
             held = np.array([bool(t.held) for t in group])
             costs = association_costs(track_side, found, self.settings.gate_m, held)
             for column, held_rows in merged.items():
@@ -257,8 +281,8 @@ class InstanceTracker:
             return True
         if track.track_id and track.signature is not None and self.settings.reid_seconds > 0:
             self._lost.add(LostTrack(track.track_id, track.prompt, track.signature,
-                                     track.box.copy(), stamp, track.first_stamp,
-                                     track.frames))
+                                     track.box.copy(), stamp, track.position.copy(),
+                                     track.last_seen, track.first_stamp, track.frames))
         return False
 
     def _new_track(self, instances: Instances, column: int, stamp: float,
@@ -270,15 +294,22 @@ class InstanceTracker:
                        velocity=np.zeros(3), signature=signature,
                        pixels=float(instances.pixel_count[column]))
         self._remember(track, instances, column)
-        self._confirm(track, stamp)
+        self._confirm(track, stamp, instances.image.shape)
         return track
 
-    def _confirm(self, track: _Track, stamp: float) -> None:
+    def _confirm(self, track: _Track, stamp: float, image_shape: tuple[int, ...]) -> None:
         if track.track_id or track.hits < self.settings.min_frames:
             return
         if self.settings.reid_seconds > 0:
             self._lost.expire(stamp, self.settings.reid_seconds)
-            lost = self._lost.claim(track.prompt, track.signature, track.box)
+            live = [Sighting(other.box, other.position, other.signature)
+                    for other in self._tracks if other.prompt == track.prompt
+                    and other.track_id and not other.missed]
+            reach = Reach(MAX_SPEED_M_S, self.settings.gate_m,
+                          (int(image_shape[1]), int(image_shape[0])))
+            lost = self._lost.claim(track.prompt,
+                                    Sighting(track.box, track.position, track.signature),
+                                    stamp, reach, live)
             if lost is not None:  # the object is back: its old id and age
                 track.track_id, track.first_stamp = lost.track_id, lost.first_stamp
                 track.frames += lost.frames
@@ -323,7 +354,7 @@ class InstanceTracker:
         if signature is not None:
             self._blend_signature(track, signature, float(instances.pixel_count[column]))
         self._remember(track, instances, column)
-        self._confirm(track, stamp)
+        self._confirm(track, stamp, instances.image.shape)
 
     @staticmethod
     def _blend_signature(track: _Track, signature: np.ndarray, pixels: float) -> None:
