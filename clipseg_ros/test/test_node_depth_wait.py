@@ -303,9 +303,10 @@ def test_depth_after_the_next_frame_still_pairs_most_frames(depth_wait_node):
     """30 Hz, depth 40-50 ms late: each frame's depth comes after the next frame."""
     delays = list(np.random.default_rng(1).uniform(0.040, 0.050, STREAM_FRAMES))
     result = depth_stream(depth_wait_node, delays)
-    # Without the waiting list: 17 of 60 out, none with depth. Frames also go missing when
-    # this loaded host's worker falls behind the camera (the newest ready frame goes).
-    assert result.with_own_depth >= 0.6 * result.sent
+    # Without the waiting list: 17 of 60 out, at most 7 with their own depth. Frames also go
+    # missing when the worker falls behind the camera (the newest ready frame goes): in a full
+    # suite run on 2 cores it processed 16 frames a second, 31 of 60 out, all with their own.
+    assert result.answered >= 0.4 * result.sent
     assert result.with_own_depth >= 0.95 * result.answered
     assert result.with_own_depth == result.with_depth  # never another frame's depth
 
@@ -340,7 +341,9 @@ def test_depth_that_keeps_coming_but_never_pairs_costs_one_wait(depth_wait_node,
     assert pairing.counters.depth_received >= STREAM_FRAMES // 2
     assert result.with_depth == 0
     assert harness.node.counters.inputs_timed_out == 1  # then the stall: no wait per image
-    assert result.answered >= 0.6 * result.sent  # without the fix: 16 of 60
+    # Without the fix: 16 of 60 out; in a full suite run on 2 cores, with the worker at 19
+    # frames a second, 35 of 60.
+    assert result.answered >= 0.4 * result.sent
     assert pairing.counters.wait_skipped >= result.answered - 1
 
 
