@@ -73,12 +73,19 @@ $(BUILD_STAMP): $(DEPS_STAMP) $(PACKAGE_SOURCES)
 OPENVINO_NODE_TESTS := $(addprefix clipseg_ros/test/,test_node.py test_node_cameras.py \
 	test_node_depth.py test_semantic.py)
 
+# all: every test. ros: only the test modules that touch ROS (clipseg_ros/test/ros_scope.py),
+# what `make test` runs on the distros after the first: the rest runs the same Python packages.
+TEST_SCOPE ?= all
+
 ifneq ($(DISTRO_GIVEN),)
 test: setup
-	@$(ENV) && python -m pytest clipseg_ros/test --junitxml=$(JUNIT_XML) $(PYTEST_ARGS)
+	@$(ENV) && CLIPSEG_TEST_SCOPE=$(TEST_SCOPE) python -m pytest clipseg_ros/test \
+		--junitxml=$(JUNIT_XML) $(PYTEST_ARGS)
+ifeq ($(TEST_SCOPE),all)
 	@$(ENV) && echo '==> node tests on the openvino back end' && CLIPSEG_TEST_BACKEND=openvino \
 		python -m pytest $(OPENVINO_NODE_TESTS) --junitxml=$(JUNIT_XML:.xml=-openvino.xml) \
 		$(PYTEST_ARGS)
+endif
 else
 test:
 	@scripts/test_distros.sh $(ROS_DISTROS)

@@ -6,14 +6,18 @@ their publishers.
 reliable, best effort otherwise (and while there is none: best effort matches either kind).
 Every GRAPH_POLL_S the subscription re-reads the topic's publishers from the node's graph cache
 (a local read, no network traffic; rclpy has no per-topic graph callback). When the answer
-changes it creates the new subscription first and lets the old one deliver until the new one
-has matched a publisher, then destroys it; both feed the same callback, so the camera's
-scheduler slot, counters and depth pairing never notice. Under auto, the incompatible-QoS
+changes it creates the new subscription first and keeps the old one until the new one has
+matched a publisher and a poll has passed, then destroys it. Meanwhile both deliver and a
+message already delivered (same stamp and frame_id: the other subscription's copy) is passed
+over: the publisher's side matches the new subscription after the new one sees the publisher,
+and a message sent in between reaches only the old one. Both feed the same callback, so the
+camera's scheduler slot, counters and depth pairing never notice. Under auto, the incompatible-QoS
 event a new best-effort publisher raises against a reliable subscription triggers that
 re-reading at once. A reliability forced by the user that a publisher cannot serve is reported
 once per topic, with the fix, from that event, and counted for /diagnostics.
 """
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +26,8 @@ from rclpy.qos import HistoryPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolic
 
 GRAPH_POLL_S = 1.0
 RELIABILITY_MODES = ('auto', 'best_effort', 'reliable')
+# Messages remembered during a swap to pass over the second copy: a few frames' worth.
+SWAP_RECENT_MESSAGES = 16
 _NAMES = {ReliabilityPolicy.RELIABLE: 'reliable', ReliabilityPolicy.BEST_EFFORT: 'best_effort'}
 
 
@@ -61,6 +67,8 @@ class FollowingSubscription:
         self.incompatible_events = 0
         self._reported = False
         self._retiring = None  # the subscription being replaced, still delivering
+        self._retire_next_poll = False
+        self._recent: deque = deque(maxlen=SWAP_RECENT_MESSAGES)  # keys delivered in a swap
         self.reliability = reliability_for(mode, self._offered())
         self.subscription = self._subscribe(self.reliability)
         self._timer = node.create_timer(GRAPH_POLL_S, self.refresh,
@@ -79,11 +87,19 @@ class FollowingSubscription:
         subscription = None
 
         def deliver(msg) -> None:
-            # During a swap only the subscription in charge passes frames on: no duplicates.
-            if subscription is self.subscription or (
-                    subscription is self._retiring and self.subscription is not None and
-                    self.subscription.get_publisher_count() == 0):
-                self._callback(msg)
+            if self._retiring is None:
+                if subscription is self.subscription:
+                    self._callback(msg)
+                return
+            # A swap: whichever subscription has a message first passes it on, once.
+            header = getattr(msg, 'header', None)
+            key = None if header is None else (
+                header.stamp.sec, header.stamp.nanosec, header.frame_id)
+            if key is not None:
+                if key in self._recent:
+                    return
+                self._recent.append(key)
+            self._callback(msg)
 
         subscription = self._node.create_subscription(
             self._message_type, self.topic, deliver, input_qos(reliability),
@@ -95,8 +111,13 @@ class FollowingSubscription:
         """Re-read the publishers and follow them (timer; never raises into the executor)."""
         try:
             if self._retiring is not None and self.subscription.get_publisher_count() > 0:
-                self._node.destroy_subscription(self._retiring)
-                self._retiring = None
+                # One more poll before the old one goes: the publisher's side of the match.
+                if self._retire_next_poll:
+                    self._node.destroy_subscription(self._retiring)
+                    self._retiring, self._retire_next_poll = None, False
+                    self._recent.clear()
+                else:
+                    self._retire_next_poll = True
             wanted = reliability_for(self.mode, self._offered())
             if wanted == self.reliability or self._retiring is not None:
                 return

@@ -1,9 +1,28 @@
 """Shared pytest fixtures for the clipseg_ros tests."""
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
+
+
+TEST_SCOPES = ('all', 'ros')
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """CLIPSEG_TEST_SCOPE=ros: only the modules that touch ROS (a second distro's run)."""
+    scope = os.environ.get('CLIPSEG_TEST_SCOPE', 'all')
+    if scope not in TEST_SCOPES:
+        raise pytest.UsageError(f'CLIPSEG_TEST_SCOPE must be one of {TEST_SCOPES}, not {scope!r}')
+    if scope == 'all':
+        return
+    from ros_scope import touches_ros
+    kept = [item for item in items if touches_ros(Path(str(item.fspath)))]
+    dropped = [item for item in items if item not in kept]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture(scope='session', autouse=True)

@@ -15,16 +15,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import ReliabilityPolicy
 from sensor_msgs.msg import Image
-
-
-def rgb_frame(width: int, height: int, seed: int = 0) -> np.ndarray:
-    """A smooth synthetic scene (gradients and a bright square), deterministic per seed."""
-    rng = np.random.default_rng(seed)
-    rows, cols = np.mgrid[0:height, 0:width]
-    frame = np.stack([cols * 255 // max(width - 1, 1), rows * 255 // max(height - 1, 1),
-                      np.full((height, width), rng.integers(0, 256))], axis=2).astype(np.uint8)
-    frame[height // 4:height // 2, width // 4:width // 2] = (250, 30, 30)
-    return frame
+from synthetic_frames import rgb_frame  # noqa: F401  (the node tests take it from here)
 
 
 def encode_frame(rgb: np.ndarray, encoding: str) -> Image:
@@ -100,6 +91,29 @@ def tiny_model_overrides(model_dir, **extra) -> list[Parameter]:
     return [Parameter(name, value=value) for name, value in values.items()]
 
 
+class BackgroundSpin:
+    """Spins an executor on a thread until stop(), which ends the loop before shutting it down.
+
+    Shutting an executor down while executor.spin() runs a callback lets the spin thread raise
+    from a destroyed guard condition (seen in CI); stopping the loop first avoids that race.
+    """
+
+    def __init__(self, executor):
+        self.executor = executor
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self):
+        while not self._stop.is_set():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def stop(self):
+        self._stop.set()
+        self.thread.join(timeout=10.0)
+        self.executor.shutdown()
+
+
 class RunningNode:
     """A clipseg node, a camera/collector node and a spinning executor, torn down together."""
 
@@ -116,8 +130,7 @@ class RunningNode:
         self.executor.add_node(self.camera.node)
         if autostart:
             assert self.node.autostart_if_enabled()
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.spin = BackgroundSpin(self.executor)
         self.clients = {
             'text': self.client_node.create_client(SetTextPrompts, '/clipseg/set_text_prompts'),
             'image': self.client_node.create_client(SetImagePrompt, '/clipseg/set_image_prompt'),
@@ -141,7 +154,6 @@ class RunningNode:
         return outputs
 
     def close(self):
-        self.executor.shutdown()
-        self.thread.join(timeout=10.0)
+        self.spin.stop()
         self.node.destroy_node()
         self.camera.node.destroy_node()

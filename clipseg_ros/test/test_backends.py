@@ -18,9 +18,9 @@ from clipseg_ros.core.cpu_features import CpuFeatures, host_cpu_features, parse_
 from clipseg_ros.core.engine import ClipSegEngine
 from clipseg_ros.core.model_loading import ModelLoadError
 from clipseg_ros.tools.tiny_model import build_random_model, PREPROCESSOR_CONFIG
-from node_harness import rgb_frame
 import numpy as np
 import pytest
+from synthetic_frames import rgb_frame
 import torch
 
 WITH_BF16 = CpuFeatures('fake Xeon with AMX', frozenset({'avx2', 'avx512f', 'amx_bf16'}))

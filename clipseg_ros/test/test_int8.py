@@ -213,3 +213,29 @@ def test_the_synthetic_set_is_keyed_by_its_scenes_and_made_only_when_asked() -> 
     assert len(samples) == 2 and all(f.shape == (480, 640, 3) and p for f, p in samples)
     assert any('circle' in t or 'square' in t or 'triangle' in t or 'star' in t
                for _, prompts in samples for t in prompts)
+
+
+# Largest probability difference of int8 to float32 on the full-size architecture (random
+# weights), 2 held-out scenes x 2 prompts at 160 px. Bound with margin over what was measured
+# (docs/cpu_backends.md):
+MAX_FULL_SIZE_INT8_DIFFERENCE = 0.2
+
+
+@needs_int8
+@needs_native_int8
+def test_int8_on_the_full_size_architecture_stays_close_to_float32(tmp_path) -> None:
+    """The real checkpoint's layer sizes: what the rounding of its 12 ViT-B/16 layers costs."""
+    engines = {}
+    for dtype in ('float32', 'int8'):
+        model, tokenizer = build_random_model('full', seed=0)
+        engines[dtype] = ClipSegEngine.from_model(
+            model, tokenizer, PREPROCESSOR_CONFIG, device='cpu', dtype=dtype,
+            backend='openvino', resolution=160, compiled_model_cache=str(tmp_path),
+            cpu_features=AVX512_VNNI,
+            int8_calibration=_calibration(7_300_000, 4) if dtype == 'int8' else None)
+    assert _int8_layers(engines['int8']._network) > 0
+    difference = np.abs(_probabilities(engines['int8']) -
+                        _probabilities(engines['float32'])).max()
+    print(f'full-size architecture, int8 against float32: largest probability difference '
+          f'{difference:.4f}')
+    assert 0.0 < difference <= MAX_FULL_SIZE_INT8_DIFFERENCE

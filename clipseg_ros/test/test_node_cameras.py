@@ -11,7 +11,8 @@ from clipseg_ros.node import ClipSegNode
 from clipseg_ros.tools.drive import CameraStream
 from clipseg_ros_interfaces.srv import Segment, SetTextPrompts
 from diagnostic_msgs.msg import DiagnosticStatus
-from node_harness import call_service, encode_frame, rgb_frame, tiny_model_overrides
+from node_harness import (BackgroundSpin, call_service, encode_frame, rgb_frame,
+                          tiny_model_overrides)
 import pytest
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
@@ -42,8 +43,7 @@ class CamerasHarness:
         self.executor.add_node(self.node)
         self.executor.add_node(self.test_node)
         assert self.node.autostart_if_enabled()
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.spin = BackgroundSpin(self.executor)
         for stream in self.streams.values():
             assert stream.wait_for_subscriber()
 
@@ -63,8 +63,7 @@ class CamerasHarness:
             self.test_node.destroy_client(client)
 
     def close(self):
-        self.executor.shutdown()
-        self.thread.join(timeout=10.0)
+        self.spin.stop()
         self.node.destroy_node()
         self.test_node.destroy_node()
 
