@@ -17,8 +17,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError(f'CLIPSEG_TEST_SCOPE must be one of {TEST_SCOPES}, not {scope!r}')
     if scope == 'all':
         return
-    from ros_scope import touches_ros
-    kept = [item for item in items if touches_ros(Path(str(item.fspath)))]
+    from ros_scope import runs_on_every_distro
+    kept = [item for item in items if runs_on_every_distro(Path(str(item.fspath)))]
     dropped = [item for item in items if item not in kept]
     if dropped:
         config.hook.pytest_deselected(items=dropped)

@@ -7,6 +7,8 @@ is shared), so the later distros run only the modules that import ROS, directly 
 what they import, run or load: test helpers, clipseg_ros modules, and bench/ or scripts/ files
 named in their source (started as a subprocess or loaded by name). clipseg_ros.core is ROS-free
 by design (test_core_boundary.py holds it to that), so the search does not go into it.
+A module that touches ROS only to run something whose ROS side is tested elsewhere (the
+benchmarks' smoke runs) says so with a module-level FIRST_DISTRO_ONLY = '<why>'.
 """
 
 import ast
@@ -83,3 +85,18 @@ def touches_ros(path: Path) -> bool:
         pending.extend(file for module in modules if (file := _local_file(module)) is not None)
         pending.extend(files)
     return False
+
+
+def first_distro_only(path: Path) -> str | None:
+    """The reason a test module gives for running on the first distro only, else None."""
+    for node in ast.parse(Path(path).read_text(), str(path)).body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and any(
+                isinstance(target, ast.Name) and target.id == 'FIRST_DISTRO_ONLY'
+                for target in node.targets):
+            return str(node.value.value)
+    return None
+
+
+def runs_on_every_distro(path: Path) -> bool:
+    """What a later distro runs: the modules that touch ROS and do not opt out."""
+    return touches_ros(path) and first_distro_only(path) is None

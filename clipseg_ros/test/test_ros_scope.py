@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from ros_scope import is_ros_module, TEST_DIR, touches_ros
+from ros_scope import is_ros_module, runs_on_every_distro, TEST_DIR, touches_ros
 
 
 @pytest.mark.parametrize('name, ros', [
@@ -25,3 +25,9 @@ def test_a_module_touches_ros_through_what_it_imports_or_starts(tmp_path):
     started = tmp_path / 'starts_a_script.py'
     started.write_text("import subprocess\nsubprocess.run(['python', 'fuzz_node.py'])\n")
     assert touches_ros(Path(started))                          # scripts/fuzz_node.py is a node
+
+
+def test_a_module_that_touches_ros_may_opt_out_of_the_later_distros(tmp_path):
+    assert runs_on_every_distro(TEST_DIR / 'test_node.py')
+    assert not runs_on_every_distro(TEST_DIR / 'test_benchmarks.py')  # FIRST_DISTRO_ONLY
+    assert not runs_on_every_distro(TEST_DIR / 'test_tracks.py')
