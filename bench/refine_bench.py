@@ -27,6 +27,7 @@ from clipseg_ros.core.refine import GuidedRefinement, patch_footprint, RefineSet
 from clipseg_ros.core.results import frame_maps_to_host, host_result
 from clipseg_ros.tools.scenes import all_kinds, phrase, render_scene
 
+THRESHOLD = 0.3  # the node's default
 MINI_MODEL = Path(__file__).resolve().parents[1] / 'clipseg_ros' / 'models' / \
     'clipseg_shapes_mini'
 
@@ -52,7 +53,7 @@ class RefineStep:
     def bilinear(self) -> dict:
         height, width = self.image.shape[:2]
         with torch.inference_mode():
-            return frame_maps_to_host(self.maps, height, width, 0.3, self.count, False,
+            return frame_maps_to_host(self.maps, height, width, THRESHOLD, self.count, False,
                                       self.engine.device)
 
     def refined(self) -> dict:
@@ -60,8 +61,8 @@ class RefineStep:
         with torch.inference_mode():
             refinement = GuidedRefinement(
                 self.maps, torch.from_numpy(self.image).to(self.engine.device), None,
-                self.settings, self.footprint, every_prompt=False)
-            host = frame_maps_to_host(self.maps, height, width, 0.3, self.count, False,
+                self.settings, self.footprint, every_prompt=False, threshold=THRESHOLD)
+            host = frame_maps_to_host(self.maps, height, width, THRESHOLD, self.count, False,
                                       self.engine.device, refinement)
         self.active_fraction = refinement.active_cells / refinement.active.numel()
         return host

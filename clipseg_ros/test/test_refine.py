@@ -10,16 +10,17 @@ import torch
 
 from clipseg_ros.core.frame_maps import labels_at_frame_size
 from clipseg_ros.core.refine import (
-    cell_size, CELL_RADIUS, check_depths, GuidedRefinement, RefineSettings)
+    box, cell_size, CELL_RADIUS, check_depths, GuidedRefinement, neighbourhood_max,
+    RefineSettings)
 
 
 def refined_maps(maps, image, depth=None, settings=RefineSettings(), patch_pixels=24.0,
-                 threshold=0.5, every_prompt=True):
+                 threshold=0.5, every_prompt=True, told_threshold=False):
     """The frame maps the engine makes from (N, r, r) maps with this refinement."""
     refinement = GuidedRefinement(
         torch.from_numpy(maps), torch.from_numpy(image),
         None if depth is None else torch.from_numpy(depth), settings, patch_pixels,
-        every_prompt=every_prompt)
+        every_prompt=every_prompt, threshold=threshold if told_threshold else None)
     height, width = image.shape[:2]
     result = labels_at_frame_size(refinement.cell_maps, height, width, threshold, True,
                                   make_slab=refinement.slab)
@@ -203,6 +204,26 @@ def test_contending_prompts_only_leave_labels_and_confidence_unchanged():
     assert refinement.active_cells < all_cells
 
 
+def test_told_the_threshold_only_cells_that_can_change_a_label_are_exact():
+    """Labels as the exact filter's; confidence elsewhere on the same side of the threshold."""
+    height, width = 96, 128
+    truth = disc(height, width, (48, 64), 25)
+    image = two_colour_frame(height, width, truth)
+    image[10:30, 10:120] = (230, 230, 30)  # an edge far from the object's border
+    maps = np.stack([blurred_map(truth, 16, (2, 2)), 0.05 * blurred_map(~truth, 16)])
+    every, _ = refined_maps(maps, image, threshold=0.3)
+    contending, by_contention = refined_maps(maps, image, threshold=0.3, every_prompt=False)
+    told, by_threshold = refined_maps(maps, image, threshold=0.3, every_prompt=False,
+                                      told_threshold=True)
+    np.testing.assert_array_equal(every.labels.numpy(), told.labels.numpy())
+    assert 0 < by_threshold.active_cells < by_contention.active_cells
+    exact, approximate = every.confidence.numpy(), told.confidence.numpy()
+    moved = np.abs(exact - approximate) > 1e-6
+    assert moved.any()  # the cells away from the border were not filtered pixel by pixel
+    assert np.array_equal(exact[moved] >= 0.3, approximate[moved] >= 0.3)
+    np.testing.assert_array_equal(contending.labels.numpy(), told.labels.numpy())
+
+
 def test_settings_and_depth_images_are_checked():
     for bad in (dict(method='bilateral'), dict(radius=0.0), dict(radius=float('nan')),
                 dict(epsilon=0.0), dict(depth_weight=-1.0), dict(radius=True)):
@@ -215,3 +236,24 @@ def test_settings_and_depth_images_are_checked():
                 ['depth']):
         with pytest.raises(ValueError):
             check_depths(bad, [frame])
+
+
+@pytest.mark.parametrize('shape, radius', [((3, 37, 53), 2), ((130, 9, 7), 1), ((2, 1, 7), 3),
+                                           ((1, 6, 1), 5), ((4, 20, 20), 0)])
+def test_the_box_filter_is_a_mean_over_windows_cut_at_the_edges(shape, radius):
+    maps = torch.from_numpy(np.random.default_rng(5).random(shape, dtype=np.float32))
+    expected = np.empty(shape, np.float32)
+    values = maps.numpy()
+    for row in range(shape[1]):
+        for column in range(shape[2]):
+            window = values[:, max(0, row - radius):row + radius + 1,
+                            max(0, column - radius):column + radius + 1]
+            expected[:, row, column] = window.mean(axis=(1, 2))
+    np.testing.assert_allclose(box(maps, radius).numpy(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize('shape', [(3, 7, 9), (1, 1, 5), (2, 5, 1), (1, 1, 1)])
+def test_the_neighbourhood_maximum_is_three_by_three_max_pooling(shape):
+    maps = torch.from_numpy(np.random.default_rng(6).standard_normal(shape).astype(np.float32))
+    expected = torch.nn.functional.max_pool2d(maps.unsqueeze(0), 3, stride=1, padding=1)
+    assert torch.equal(neighbourhood_max(maps), expected.squeeze(0))

@@ -333,7 +333,7 @@ class ClipSegEngine:
                 frame_maps_to_host(frame_probabilities, *image_rgb.shape[:2], threshold,
                                    len(prompts), return_probabilities, self._device,
                                    self._refinement(frame_probabilities, image_rgb, depth_m,
-                                                    refine, return_probabilities))
+                                                    refine, return_probabilities, threshold))
                 for image_rgb, depth_m, frame_probabilities in zip(images_rgb, depths_m,
                                                                    probabilities)]
         elapsed = time.perf_counter() - start
@@ -342,7 +342,7 @@ class ClipSegEngine:
     def _refinement(self, probabilities: torch.Tensor, image_rgb: np.ndarray,
                     depth_m: np.ndarray | None,
                     refine: RefineSettings | None,
-                    every_prompt: bool) -> GuidedRefinement | None:
+                    every_prompt: bool, threshold: float) -> GuidedRefinement | None:
         """The guided filter of one frame's maps, or None when refinement is off."""
         if refine is None or not refine.enabled:
             return None
@@ -351,7 +351,7 @@ class ClipSegEngine:
             torch.from_numpy(np.ascontiguousarray(depth_m)).to(self._device)
         image = torch.from_numpy(np.ascontiguousarray(image_rgb)).to(self._device)
         return GuidedRefinement(probabilities, image,
-                                depth, refine, every_prompt=every_prompt,
+                                depth, refine, every_prompt=every_prompt, threshold=threshold,
                                 patch_pixels=patch_footprint(height, width, self._resolution,
                                                              self._network.patch_size))
 

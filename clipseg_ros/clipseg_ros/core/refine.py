@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import math
 import numbers
 
+import cv2
 import numpy as np
 import torch
 from torch.nn.functional import avg_pool2d, interpolate, max_pool2d, pad
@@ -34,6 +35,8 @@ FLAT_COEFFICIENT = 1e-3
 _GUIDE_SLAB_ELEMENTS = 1 << 22
 # Pixel values computed at once by the exact filter: bounds its temporaries for any frame.
 _PATCH_ELEMENTS = 1 << 20
+# Channels OpenCV's box filter takes in one image (more failed with OpenCV 5.0.0).
+_OPENCV_MAX_CHANNELS = 128
 
 
 @dataclass(frozen=True)
@@ -99,11 +102,49 @@ def cell_size(radius_px: float) -> int:
 
 def box(maps: torch.Tensor, radius: int) -> torch.Tensor:
     """Mean over the (2 radius + 1)^2 window of each (C, h, w) map, windows cut at the edges."""
+    if maps.device.type == 'cpu' and maps.dtype == torch.float32:
+        return _box_opencv(maps, radius)
     side = 2 * radius + 1
     rows = avg_pool2d(maps.unsqueeze(0), (side, 1), stride=1, padding=(radius, 0),
                       count_include_pad=False)
     return avg_pool2d(rows, (1, side), stride=1, padding=(0, radius),
                       count_include_pad=False).squeeze(0)
+
+
+def neighbourhood_max(maps: torch.Tensor) -> torch.Tensor:
+    """The maximum over the 3 x 3 cells around each cell of (N, h, w) maps (edges: those
+    inside), as shifted maxima: max pooling took ten times longer on such small grids."""
+    rows = maps.clone()
+    torch.maximum(rows[:, 1:], maps[:, :-1], out=rows[:, 1:])
+    torch.maximum(rows[:, :-1], maps[:, 1:], out=rows[:, :-1])
+    result = rows.clone()
+    torch.maximum(result[:, :, 1:], rows[:, :, :-1], out=result[:, :, 1:])
+    torch.maximum(result[:, :, :-1], rows[:, :, 1:], out=result[:, :, :-1])
+    return result
+
+
+def _window_counts(length: int, radius: int) -> np.ndarray:
+    positions = np.arange(length)
+    return (np.minimum(positions + radius, length - 1) - np.maximum(positions - radius, 0) + 1)
+
+
+def _box_opencv(maps: torch.Tensor, radius: int) -> torch.Tensor:
+    """
+    The CPU's box filter: OpenCV's running sums over channels-last planes, several times
+    faster than pooling on grids of a few thousand cells (bench/refine_bench.py).
+    """
+    count, height, width = maps.shape
+    side = 2 * radius + 1
+    planes = maps.permute(1, 2, 0).contiguous().numpy()
+    summed = np.empty_like(planes)
+    for first in range(0, count, _OPENCV_MAX_CHANNELS):
+        part = slice(first, first + _OPENCV_MAX_CHANNELS)
+        summed[:, :, part] = cv2.boxFilter(
+            np.ascontiguousarray(planes[:, :, part]), -1, (side, side), normalize=False,
+            borderType=cv2.BORDER_CONSTANT).reshape(height, width, -1)
+    pixels = np.outer(_window_counts(height, radius), _window_counts(width, radius))
+    summed /= pixels[:, :, None].astype(np.float32)
+    return torch.from_numpy(summed).permute(2, 0, 1).contiguous()
 
 
 def cell_means(image: torch.Tensor, depth: torch.Tensor | None, size: int,
@@ -115,6 +156,8 @@ def cell_means(image: torch.Tensor, depth: torch.Tensor | None, size: int,
     Made a slab of rows at a time, so no frame-size float copy of the image is made.
     """
     height, width = image.shape[:2]
+    if depth is None and image.device.type == 'cpu' and image.dtype == torch.uint8:
+        return _colour_cell_means(image, size)
     rows_per_slab = size * max(1, _GUIDE_SLAB_ELEMENTS // (size * width * 5))
     sums = []
     for top in range(0, height, rows_per_slab):
@@ -136,6 +179,19 @@ def cell_means(image: torch.Tensor, depth: torch.Tensor | None, size: int,
     readings = summed[4]
     mean_depth = torch.where(readings > 0, summed[3] / readings.clamp(min=1.0), 0.0)
     return torch.cat([colour, depth_weight * _fill_empty(mean_depth, readings > 0)[None]])
+
+
+def _colour_cell_means(image: torch.Tensor, size: int) -> torch.Tensor:
+    """(3, h, w) colour means in [0, 1] over s x s cells from OpenCV's integral image of the
+    uint8 frame (exact integer sums; twice as fast as pooling a float copy on the CPU)."""
+    height, width = image.shape[:2]
+    integral = cv2.integral(np.ascontiguousarray(image.numpy()))  # (H + 1, W + 1, 3) int32
+    rows = np.minimum(np.arange(0, height + size, size), height)[:math.ceil(height / size) + 1]
+    columns = np.minimum(np.arange(0, width + size, size), width)[:math.ceil(width / size) + 1]
+    corners = integral[rows][:, columns].astype(np.float64)
+    sums = corners[1:, 1:] - corners[:-1, 1:] - corners[1:, :-1] + corners[:-1, :-1]
+    pixels = np.outer(np.diff(rows), np.diff(columns))[:, :, None] * 255.0
+    return torch.from_numpy((sums / pixels).astype(np.float32)).permute(2, 0, 1).contiguous()
 
 
 def _cell_counts(length: int, size: int, device: torch.device) -> torch.Tensor:
@@ -160,10 +216,18 @@ def _fill_empty(values: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
 
 def symmetric_inverse(matrix: torch.Tensor) -> torch.Tensor:
     """
-    Inverse of (C, C, h, w) symmetric positive definite matrices, one per cell, by
-    Gauss-Jordan elimination on whole maps (C is 3 or 4: cheaper than a batched LAPACK call).
+    Inverse of (C, C, h, w) symmetric positive definite matrices, one per cell: cofactors for
+    C = 3, else Gauss-Jordan elimination on whole maps (C is 3 or 4: cheaper than a batched
+    LAPACK call).
     """
     size = matrix.shape[0]
+    if size == 3:  # the colour guide: cofactors, a third of elimination's operations
+        (a, b, c), (_, d, e), (_, _, f) = matrix[0], matrix[1], matrix[2]
+        first, second, third = d * f - e * e, c * e - b * f, b * e - c * d
+        scale = 1.0 / (a * first + b * second + c * third)
+        fourth, fifth, sixth = a * f - c * c, b * c - a * e, a * d - b * b
+        rows = ((first, second, third), (second, fourth, fifth), (third, fifth, sixth))
+        return torch.stack([torch.stack([value * scale for value in row]) for row in rows])
     left = [[matrix[i, j].clone() for j in range(size)] for i in range(size)]
     right = [[torch.ones_like(matrix[0, 0]) if i == j else torch.zeros_like(matrix[0, 0])
               for j in range(size)] for i in range(size)]
@@ -185,23 +249,30 @@ def guided_coefficients(guide: torch.Tensor, maps: torch.Tensor, radius: int,
     """
     Guided-filter coefficients of (N, h, w) maps with a (C, h, w) guide: A (N, C, h, w) and
     B (N, h, w), window means already taken, so that ``q = A . guide + B``.
+
+    Every window mean of a step is one box filter over the stacked planes: on cell grids of a
+    few thousand cells the cost is the number of calls, not their size.
     """
     channels, count = guide.shape[0], maps.shape[0]
     height, width = guide.shape[1:]
-    guide_mean, map_mean = box(guide, radius), box(maps, radius)
-    products = (guide[None] * maps[:, None]).reshape(count * channels, height, width)
-    covariance = box(products, radius).view(count, channels, height, width) - \
+    pairs = [(i, j) for i in range(channels) for j in range(i, channels)]
+    planes = torch.cat([guide, maps, (guide[None] * maps[:, None]).reshape(-1, height, width),
+                        torch.stack([guide[i] * guide[j] for i, j in pairs])])
+    means = box(planes, radius)
+    guide_mean, map_mean = means[:channels], means[channels:channels + count]
+    products = means[channels + count:channels + count + count * channels]
+    covariance = products.view(count, channels, height, width) - \
         guide_mean[None] * map_mean[:, None]
-    outer = (guide[:, None] * guide[None]).reshape(channels * channels, height, width)
-    variance = box(outer, radius).view(channels, channels, height, width) - \
-        guide_mean[:, None] * guide_mean[None]
-    variance = variance + epsilon * torch.eye(channels, device=guide.device)[:, :, None, None]
+    second = dict(zip(pairs, means[channels + count + count * channels:]))
+    variance = torch.stack([torch.stack([
+        second[min(i, j), max(i, j)] - guide_mean[i] * guide_mean[j] + (epsilon if i == j else 0.0)
+        for j in range(channels)]) for i in range(channels)])
     inverse = symmetric_inverse(variance)  # one system per cell, shared by every prompt
     a = (inverse[None] * covariance[:, None]).sum(dim=2)  # (N, C, h, w)
     b = map_mean - (a * guide_mean[None]).sum(dim=1)
-    a = box(a.reshape(count * channels, height, width), radius).view(count, channels, height,
-                                                                     width)
-    return a, box(b, radius)
+    smoothed = box(torch.cat([a.reshape(count * channels, height, width), b]), radius)
+    return smoothed[:count * channels].view(count, channels, height, width), \
+        smoothed[count * channels:]
 
 
 def cell_weights(size: int, device: torch.device) -> torch.Tensor:
@@ -217,6 +288,44 @@ def cell_weights(size: int, device: torch.device) -> torch.Tensor:
     return weights
 
 
+def colour_cell_ranges(image: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(3, h, w) lowest and highest colour, in [0, 1], over each s x s cell of a uint8 frame."""
+    if image.device.type == 'cpu':
+        frame = np.ascontiguousarray(image.numpy())
+        kernel = np.ones((size, size), np.uint8)
+        # Anchored at the kernel's corner, the pixel at a cell's corner sees the whole cell;
+        # pixels past the frame's edge are left out (OpenCV's default border for both).
+        ranges = [operation(frame, kernel, anchor=(0, 0))[::size, ::size].reshape(
+            -(-frame.shape[0] // size), -(-frame.shape[1] // size), -1)
+            for operation in (cv2.erode, cv2.dilate)]
+        return tuple(torch.from_numpy(r.astype(np.float32) / 255.0).permute(2, 0, 1)
+                     for r in ranges)
+    planes = image.permute(2, 0, 1).to(torch.float32).unsqueeze(0) / 255.0
+    return (-max_pool2d(-planes, size, stride=size, ceil_mode=True).squeeze(0),
+            max_pool2d(planes, size, stride=size, ceil_mode=True).squeeze(0))
+
+
+def _deciding(lowest: torch.Tensor, highest: torch.Tensor,
+              threshold: float | None) -> torch.Tensor:
+    """
+    (N, h, w) bool: the (prompt, cell) pairs whose exact values can change a label, from the
+    range of values each prompt may take on the cell. A prompt whose highest value stays below
+    another's lowest is never the best (nor the confidence) there.
+
+    Told the ``threshold``, a prompt that cannot reach it there is never labelled; one that can
+    is exact where it may fall short of it, or where another prompt that can reach it may pass
+    it. Elsewhere its label is settled and its confidence is the cell's filter output resized
+    (as in the cells without an edge), on the same side of the threshold.
+    """
+    contending = highest >= lowest.amax(dim=0, keepdim=True)
+    if threshold is None:
+        return contending
+    labellable = contending & (highest >= threshold)
+    # For each prompt k, the labellable prompts whose highest reaches k's lowest (k too).
+    rivals = (labellable[None] & (highest[None] >= lowest[:, None])).sum(dim=1)
+    return labellable & ((lowest < threshold) | (rivals > 1))
+
+
 class GuidedRefinement:
     """
     The guided filter of one frame's (N, r, r) probability maps, frame (H, W, 3) uint8 and
@@ -229,17 +338,17 @@ class GuidedRefinement:
 
     def __init__(self, probabilities: torch.Tensor, image: torch.Tensor,
                  depth: torch.Tensor | None, settings: RefineSettings,
-                 patch_pixels: float, every_prompt: bool = True) -> None:
+                 patch_pixels: float, every_prompt: bool = True,
+                 threshold: float | None = None) -> None:
         self.height, self.width = image.shape[:2]
         radius_px = settings.radius * patch_pixels
         self.size = size = cell_size(radius_px)
         cell_radius = max(1, int(round(radius_px / size)))
-        self._image = image
-        # The frame as (h, s, w, s, 3) cells, where it is a whole number of them.
-        self._cells_view = (
-            image.view(self.height // size, size, self.width // size, size, 3)
-            if self.height % size == 0 and self.width % size == 0 and image.is_contiguous()
-            else None)
+        # The frame as (h, s, w, s, 3) cells: where it is not a whole number of them, a copy
+        # with the last row and column repeated (as the filter reads past the frame's edge).
+        cells = _whole_cells(image, size)
+        self._cells_view = cells.view(cells.shape[0] // size, size, cells.shape[1] // size,
+                                      size, 3)
         self._depth = depth if settings.depth_weight > 0 else None
         self._depth_weight = float(settings.depth_weight)
         self._guide = guide = cell_means(image, self._depth, size, self._depth_weight)
@@ -252,7 +361,8 @@ class GuidedRefinement:
         self._table = table.permute(0, 2, 3, 1).contiguous()
         self.active = self._active_cells(a)
         if not every_prompt and self._depth is None:
-            self.active &= self._contending(a, b)
+            lowest, highest = self._value_ranges(a, b, colour_cell_ranges(image, size))
+            self.active &= _deciding(lowest, highest, threshold)
         self._weights = cell_weights(size, image.device)
         rows, columns = guide.shape[1:]
         self._row_taps = _scaled_taps(rows * size, rows, image.device)
@@ -264,21 +374,32 @@ class GuidedRefinement:
         A with |A| summed over the guide's channels above FLAT_COEFFICIENT.
         """
         strength = a.abs().sum(dim=1).unsqueeze(0)
-        return max_pool2d(strength, 3, stride=1, padding=1).squeeze(0) > FLAT_COEFFICIENT
+        return neighbourhood_max(strength.squeeze(0)) > FLAT_COEFFICIENT
 
-    @staticmethod
-    def _contending(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def _value_ranges(self, a: torch.Tensor, b: torch.Tensor,
+                      colour_ranges: tuple[torch.Tensor, torch.Tensor]
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """
-        (N, h, w) bool: the prompts that may be the most probable somewhere in a cell. With
-        the colour guide in [0, 1], ``q`` lies between B plus the negative and B plus the
-        positive parts of A, over the 3 x 3 cells a pixel reads; a prompt whose highest value
-        stays below another's lowest is never the best (nor the confidence) there.
+        (N, h, w) lowest and highest values a prompt may take on each cell's pixels, exact or
+        not. A pixel's coefficients blend those of the 3 x 3 cells around it, each within
+        their range there, and its colour lies within its cell's range: the exact ``q`` lies
+        within the extremes of ``A . G + B`` over those boxes. Where not filtered pixel by
+        pixel, it is a blend of those cells' own values (:attr:`cell_maps`).
         """
-        highest = max_pool2d((b + a.clamp(min=0.0).sum(dim=1)).unsqueeze(0), 3, stride=1,
-                             padding=1).squeeze(0)
-        lowest = -max_pool2d((-b - a.clamp(max=0.0).sum(dim=1)).unsqueeze(0), 3, stride=1,
-                             padding=1).squeeze(0)
-        return highest >= lowest.amax(dim=0, keepdim=True)
+        coefficients = torch.cat([a, b[:, None]], dim=1)  # (N, C + 1, h, w)
+        count, planes, rows, columns = coefficients.shape
+        flat = coefficients.view(count * planes, rows, columns)
+        high_coefficients = neighbourhood_max(flat).view(count, planes, rows, columns)
+        low_coefficients = -neighbourhood_max(-flat).view(count, planes, rows, columns)
+        low_colour, high_colour = (c[None] for c in colour_ranges)  # (1, 3, h, w)
+        corners = torch.stack([low_coefficients[:, :-1] * low_colour,
+                               low_coefficients[:, :-1] * high_colour,
+                               high_coefficients[:, :-1] * low_colour,
+                               high_coefficients[:, :-1] * high_colour])
+        lowest = low_coefficients[:, -1] + corners.amin(dim=0).sum(dim=1)
+        highest = high_coefficients[:, -1] + corners.amax(dim=0).sum(dim=1)
+        return (torch.minimum(lowest, -neighbourhood_max(-self.cell_maps)),
+                torch.maximum(highest, neighbourhood_max(self.cell_maps)))
 
     @property
     def active_cells(self) -> int:
@@ -295,14 +416,11 @@ class GuidedRefinement:
         prompt, cell_row, cell_column = torch.nonzero(self.active[:, first:end], as_tuple=True)
         if prompt.numel() == 0:
             return buffer[:, rows.start - first * size:rows.stop - first * size, :self.width]
-        # The slab's colour as (cell rows, w, 3, s, s), where the frame is whole cells.
-        colour = None if self._cells_view is None else \
-            self._cells_view[first:end].permute(0, 2, 4, 1, 3).to(torch.float32)
         chunk = max(1, _PATCH_ELEMENTS // (size * size * self._table.shape[-1]))
         for start in range(0, prompt.numel(), chunk):
             part = slice(start, start + chunk)
             cells[prompt[part], cell_row[part], :, cell_column[part], :] = self._exact(
-                prompt[part], cell_row[part], cell_column[part], first, colour)
+                prompt[part], cell_row[part] + first, cell_column[part])
         top = rows.start - first * size
         return buffer[:, top:top + rows.stop - rows.start, :self.width]
 
@@ -315,18 +433,18 @@ class GuidedRefinement:
         return interpolate(blended.view(1, count * height, columns), scale_factor=self.size,
                            mode='linear', align_corners=False).view(count, height, -1)
 
-    def _exact(self, prompt: torch.Tensor, slab_row: torch.Tensor, cell_column: torch.Tensor,
-               first: int, colour: torch.Tensor | None) -> torch.Tensor:
-        """(K, s, s) filter output on the pixels of K (prompt, cell) pairs of a slab."""
-        cell_row = slab_row + first
+    def _exact(self, prompt: torch.Tensor, cell_row: torch.Tensor,
+               cell_column: torch.Tensor) -> torch.Tensor:
+        """(K, s, s) filter output on the pixels of K (prompt, cell) pairs."""
         near = torch.arange(3, device=prompt.device)
         block = self._table[prompt[:, None, None], (cell_row[:, None] + near)[:, :, None],
                             (cell_column[:, None] + near)[:, None, :]]  # (K, 3, 3, C + 1)
         weights = self._weights
         # (K, C + 1, s, s): rows then columns, as two small matrix products per cell.
         coefficients = weights @ block.permute(0, 3, 1, 2) @ weights.T
-        guide = self._pixel_guide(cell_row, cell_column) if colour is None else \
-            colour[slab_row, cell_column] * (1.0 / 255.0)  # (K, C, s, s)
+        # (K, s, s, 3) uint8 of the cells, then (K, 3, s, s) in [0, 1].
+        guide = self._cells_view[cell_row, :, cell_column].permute(0, 3, 1, 2).to(
+            torch.float32) * (1.0 / 255.0)
         if self._depth is not None:
             guide = torch.cat([guide, self._pixel_depth(cell_row, cell_column)], dim=1)
         values = coefficients[:, -1]
@@ -342,11 +460,6 @@ class GuidedRefinement:
         x = (cell_column[:, None] * self.size + offsets).clamp(max=self.width - 1)
         return y[:, :, None], x[:, None, :]
 
-    def _pixel_guide(self, cell_row: torch.Tensor, cell_column: torch.Tensor) -> torch.Tensor:
-        """(K, 3, s, s) colour on the cells' pixels, for frames that are not whole cells."""
-        y, x = self._pixel_indices(cell_row, cell_column)
-        return self._image[y, x].permute(0, 3, 1, 2).to(torch.float32) * (1.0 / 255.0)
-
     def _pixel_depth(self, cell_row: torch.Tensor, cell_column: torch.Tensor) -> torch.Tensor:
         """(K, 1, s, s) weighted depth on the cells' pixels."""
         y, x = self._pixel_indices(cell_row, cell_column)
@@ -355,6 +468,17 @@ class GuidedRefinement:
         cell_mean = self._guide[3][cell_row, cell_column][:, None, None]
         readable = torch.isfinite(metres) & (metres > 0)
         return torch.where(readable, self._depth_weight * metres, cell_mean).unsqueeze(1)
+
+
+def _whole_cells(image: torch.Tensor, size: int) -> torch.Tensor:
+    """The (H, W, 3) frame, contiguous, grown to whole s x s cells by repeating its edges."""
+    height, width = image.shape[:2]
+    extra_rows, extra_columns = -height % size, -width % size
+    if extra_rows:
+        image = torch.cat([image, image[-1:].expand(extra_rows, -1, -1)])
+    if extra_columns:
+        image = torch.cat([image, image[:, -1:].expand(-1, extra_columns, -1)], dim=1)
+    return image.contiguous()
 
 
 def _scaled_taps(out_size: int, in_size: int,
