@@ -14,7 +14,7 @@ from typing import Any
 from clipseg_ros import conversions
 from clipseg_ros.camera_names import topic_prefix
 from clipseg_ros.conversions import ImageConversionError
-from clipseg_ros.depth_input import PairedTargets
+from clipseg_ros.depth_input import PairedDepth, PairedTargets
 from clipseg_ros.depth_topics import DepthTopics
 from clipseg_ros.frame_slot import FrameCounters
 from clipseg_ros.input_qos import FollowingSubscription
@@ -94,11 +94,18 @@ class CameraPipeline:
         if self.depth is not None:
             self.depth.wait_ran_out(msg.header, received_at, waited_s)
 
-    def depth_targets(self, header, labels: np.ndarray,
-                      prompt_count: int) -> PairedTargets | None:
-        """The frame's 3D targets when depth is in use, else None."""
+    def depth_for_refinement(self, header, image_rgb: np.ndarray) -> PairedDepth | None:
+        """The frame's depth, paired before segmenting it, when depth is in use, else None."""
+        if self.depth is None:
+            return None
+        return self.depth.depth_for(header, image_rgb.shape[1], image_rgb.shape[0])
+
+    def depth_targets(self, header, labels: np.ndarray, prompt_count: int,
+                      paired: PairedDepth | None = None) -> PairedTargets | None:
+        """The frame's 3D targets when depth is in use (from ``paired`` when given), else None."""
         depth = self.depth
-        return depth.targets_for(header, labels, prompt_count) if depth is not None else None
+        return depth.targets_for(header, labels, prompt_count, paired) \
+            if depth is not None else None
 
     def destroy(self) -> None:
         self.image_input.destroy()

@@ -83,6 +83,26 @@ class PairedTargets:
     camera: CameraModel | None = None
 
 
+@dataclass
+class PairedDepth:
+    """The depth image in metres paired with one frame, before or without its labels."""
+
+    depth_stamp_ns: int | None     # None: no depth paired
+    depth_m: np.ndarray | None
+    camera: CameraModel | None
+    problem: str | None = None     # why not, when a depth image or camera_info did not fit
+
+
+def targets_of(paired: PairedDepth, labels: np.ndarray, prompt_count: int,
+               erosion_px: int) -> PairedTargets:
+    """The 3D targets of a frame's labels from the depth paired with it."""
+    if paired.depth_m is None:
+        return PairedTargets(PromptTargets.unknown(prompt_count), None, paired.problem)
+    return PairedTargets(
+        prompt_targets(labels, paired.depth_m, paired.camera, prompt_count, erosion_px),
+        paired.depth_stamp_ns, depth_m=paired.depth_m, camera=paired.camera)
+
+
 class DepthPairing:
     """Recent depth images and the latest camera model, shared by the callbacks and workers."""
 
@@ -182,16 +202,15 @@ class DepthPairing:
             return None, None, camera, camera_problem
         return best[1], best[2], camera, camera_problem
 
-    def targets_for(self, header, labels: np.ndarray, prompt_count: int, *, max_delay: float,
-                    max_depth: float, erosion_px: int) -> PairedTargets:
-        """3D targets of a frame with its labels; NaN with a reason when depth does not fit."""
-        unknown = PromptTargets.unknown(prompt_count)
+    def depth_for(self, header, width: int, height: int, *, max_delay: float,
+                  max_depth: float) -> PairedDepth:
+        """The depth in metres for a width x height frame; none, with a reason, when it does
+        not fit. Counted once per frame (paired, without depth, refused)."""
         depth_stamp, msg, camera, camera_problem = self._nearest(
             stamp_ns(header), int(max_delay * 1e9))
         if msg is None:
             self.counters.frames_without_depth += 1
-            return PairedTargets(unknown, None)
-        height, width = labels.shape
+            return PairedDepth(None, None, None)
         problem = None
         if camera is None:
             problem = camera_problem
@@ -203,8 +222,14 @@ class DepthPairing:
                        f'{width}x{height}: give depth registered to the colour image')
         if problem is not None:
             self.counters.frames_depth_refused += 1
-            return PairedTargets(unknown, None, problem)
-        metres = depth_in_metres(depth_array(msg), msg.encoding, max_depth)
+            return PairedDepth(None, None, None, problem)
         self.counters.frames_paired += 1
-        return PairedTargets(prompt_targets(labels, metres, camera, prompt_count, erosion_px),
-                             depth_stamp, depth_m=metres, camera=camera)
+        return PairedDepth(depth_stamp, depth_in_metres(depth_array(msg), msg.encoding, max_depth),
+                           camera)
+
+    def targets_for(self, header, labels: np.ndarray, prompt_count: int, *, max_delay: float,
+                    max_depth: float, erosion_px: int) -> PairedTargets:
+        """3D targets of a frame with its labels; NaN with a reason when depth does not fit."""
+        height, width = labels.shape
+        paired = self.depth_for(header, width, height, max_delay=max_delay, max_depth=max_depth)
+        return targets_of(paired, labels, prompt_count, erosion_px)

@@ -3,7 +3,8 @@
 from collections.abc import Callable
 import time
 
-from clipseg_ros.depth_input import DepthPairing, PairedTargets, stamp_ns
+from clipseg_ros.depth_input import (
+    DepthPairing, PairedDepth, PairedTargets, stamp_ns, targets_of)
 from clipseg_ros.depth_stall import DepthStall
 from clipseg_ros.input_qos import FollowingSubscription
 import numpy as np
@@ -83,15 +84,22 @@ class DepthTopics:
     def _value(self, name: str):
         return self._node.get_parameter(name).value
 
-    def targets_for(self, header, labels: np.ndarray, prompt_count: int) -> PairedTargets:
-        """The 3D targets of a frame, with the node's live depth parameters."""
-        value = self._node.get_parameter
-        paired = self.pairing.targets_for(
-            header, labels, prompt_count, max_delay=value('depth_max_delay').value,
-            max_depth=value('max_depth').value, erosion_px=value('depth_erosion_px').value)
+    def depth_for(self, header, width: int, height: int) -> PairedDepth:
+        """The depth paired with a frame, with the node's live depth parameters."""
+        paired = self.pairing.depth_for(header, width, height,
+                                        max_delay=self._value('depth_max_delay'),
+                                        max_depth=self._value('max_depth'))
         if paired.problem is not None:
             self._warn('depth_pairing', f'no 3D for this frame: {paired.problem}')
         return paired
+
+    def targets_for(self, header, labels: np.ndarray, prompt_count: int,
+                    paired: PairedDepth | None = None) -> PairedTargets:
+        """The 3D targets of a frame: from ``paired`` when the frame's depth was paired before
+        segmenting it (for the refinement), else paired now."""
+        if paired is None:
+            paired = self.depth_for(header, labels.shape[1], labels.shape[0])
+        return targets_of(paired, labels, prompt_count, self._value('depth_erosion_px'))
 
     def destroy(self) -> None:
         for following in self.inputs:

@@ -317,9 +317,16 @@ class ClipSegNode(LifecycleNode):
         """Segment frames in one batch and publish each; False when the inference failed."""
         prompt_set, threshold = self._prompts.current, self._param('threshold')
         refine = refine_settings(self._param)
+        # A refinement guided by depth needs each frame's depth before segmenting it (the
+        # depth wait has it there); its 3D targets then come from the same depth image.
+        paired_depths = [camera.depth_for_refinement(msg.header, image_rgb)
+                         if refine.enabled and refine.depth_weight > 0 else None
+                         for camera, msg, _, image_rgb in frames]
+        depths_m = [None if paired is None else paired.depth_m for paired in paired_depths]
         try:
             results = engine.segment_batch([frame[3] for frame in frames], prompt_set.prompts,
-                                           threshold=threshold, refine=refine)
+                                           threshold=threshold, refine=refine,
+                                           depths_m=depths_m)
         except Exception as error:  # one bad frame (OOM, driver error) must not stop the node
             free_device_cache(engine)
             if len(frames) > 1:  # retried frame by frame, where a failure is counted
@@ -328,13 +335,15 @@ class ClipSegNode(LifecycleNode):
             else:
                 self._count_failures([(c.name, msg, t) for c, msg, t, _ in frames], error)
             return False
-        for (camera, msg, received_at, image_rgb), result in zip(frames, results):
+        for (camera, msg, received_at, image_rgb), result, paired_depth in zip(
+                frames, results, paired_depths):
             if not self._worker.active:
                 break
             try:  # one camera's failure leaves the others' results alone
                 # Read before they are used: a change meanwhile then only costs a reuse.
                 settings = object_settings(self._param)
-                paired = camera.depth_targets(msg.header, result.labels, len(prompt_set.prompts))
+                paired = camera.depth_targets(msg.header, result.labels,
+                                              len(prompt_set.prompts), paired_depth)
                 objects = self._objects[camera.name].update(msg.header, result, paired,
                                                             prompt_set, image_rgb)
                 # Before publishing: whoever saw the outputs can teach on this frame, or ask

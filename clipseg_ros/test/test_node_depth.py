@@ -10,6 +10,9 @@ object in 3D is tested with the trained miniature model.
 import array
 import threading
 
+from clipseg_ros.conversions import image_to_array
+from clipseg_ros.core.depth_targets import depth_in_metres
+from clipseg_ros.core.refine import RefineSettings
 from clipseg_ros_interfaces.srv import Segment
 from clipseg_ros.tools.scenes import render_scene
 from node_harness import encode_frame, RunningNode
@@ -77,7 +80,8 @@ def whole_frame_median(scene, encoding: str) -> np.ndarray:
     return np.median(points, axis=0)
 
 
-def send_with_depth(harness, scene, encoding: str, depth_offset_ns: int = 0, depth_scene=None):
+def send_with_depth(harness, scene, encoding: str, depth_offset_ns: int = 0, depth_scene=None,
+                    names=('mask', 'segmentation')):
     """Publish camera_info and a depth image, then the colour frame; return its outputs.
 
     ``depth_scene``: where depth and camera_info come from, when not from ``scene``.
@@ -100,7 +104,7 @@ def send_with_depth(harness, scene, encoding: str, depth_offset_ns: int = 0, dep
     before = deadline_counter.depth_received
     assert camera.wait_for(lambda: deadline_counter.depth_received > before, 10)
     key = camera.publish(encode_frame(scene.rgb, 'rgb8'), stamp=stamp)
-    outputs = camera.wait_outputs(key, names=('mask', 'segmentation'))
+    outputs = camera.wait_outputs(key, names=names)
     assert outputs is not None, 'no output for the frame'
     return outputs
 
@@ -180,3 +184,26 @@ def test_refused_depth_inputs_are_counted_and_the_node_goes_on(depth_node, scene
     assert counters.frames_depth_refused == before + 1
     segmentation = send_with_depth(depth_node, scene, '16UC1')['segmentation']
     assert segmentation.has_depth, 'the node is still pairing depth'
+
+
+def test_a_refinement_guided_by_depth_gets_the_frames_own_depth(depth_node, scene):
+    """refine_depth_weight > 0: the node refines with the depth paired with the frame, as the
+    engine does given that depth, and takes the frame's 3D targets from the same image."""
+    harness = depth_node
+    engine, prompts = harness.node._engine, harness.node.prompt_set.prompts
+    metres = depth_in_metres(scene.depth_mm(), '16UC1', harness.node.get_parameter(
+        'max_depth').value)
+    assert harness.set_parameter('refine', 'guided').successful
+    confidences = {}
+    for weight in (0.0, 3.0):
+        assert harness.set_parameter('refine_depth_weight', weight).successful
+        outputs = send_with_depth(harness, scene, '16UC1', names=('confidence', 'segmentation'))
+        confidences[weight] = image_to_array(outputs['confidence'])
+        assert outputs['segmentation'].has_depth
+        expected = engine.segment(scene.rgb, prompts, threshold=0.0,
+                                  refine=RefineSettings('guided', depth_weight=weight),
+                                  depth_m=metres if weight > 0 else None)
+        np.testing.assert_array_equal(confidences[weight], expected.confidence)
+    assert np.abs(confidences[3.0] - confidences[0.0]).max() > 1e-3, 'depth changed nothing'
+    # Paired once a frame, before segmenting it when the refinement needs it.
+    assert harness.node.camera().depth.pairing.counters.frames_paired == 2
