@@ -14,6 +14,7 @@ from typing import Any
 from clipseg_ros import conversions
 from clipseg_ros.camera_names import topic_prefix
 from clipseg_ros.conversions import ImageConversionError
+from clipseg_ros.core.refine import RefineSettings
 from clipseg_ros.depth_input import PairedDepth, PairedTargets
 from clipseg_ros.depth_topics import DepthTopics
 from clipseg_ros.frame_slot import FrameCounters
@@ -114,3 +115,14 @@ class CameraPipeline:
         self.outputs.destroy()
         if self.depth is not None:
             self.depth.destroy()
+
+
+def refinement_depths(frames: list, refine: RefineSettings) -> list[PairedDepth | None]:
+    """
+    Each (camera, msg, received_at, image_rgb) frame's depth, paired before it is segmented
+    where a refinement guided by depth needs it (the depth wait has it there); else None.
+    """
+    if not (refine.enabled and refine.depth_weight > 0):
+        return [None] * len(frames)
+    return [camera.depth_for_refinement(msg.header, image_rgb)
+            for camera, msg, _, image_rgb in frames]

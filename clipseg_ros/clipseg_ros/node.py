@@ -15,7 +15,7 @@ import time
 
 from clipseg_ros import conversions
 from clipseg_ros.camera_names import camera_names_problem
-from clipseg_ros.camera_pipeline import CameraPipeline
+from clipseg_ros.camera_pipeline import CameraPipeline, refinement_depths
 from clipseg_ros.conversions import ImageConversionError
 from clipseg_ros.core.engine import ClipSegEngine
 from clipseg_ros.core.options import set_cpu_threads
@@ -317,16 +317,11 @@ class ClipSegNode(LifecycleNode):
         """Segment frames in one batch and publish each; False when the inference failed."""
         prompt_set, threshold = self._prompts.current, self._param('threshold')
         refine = refine_settings(self._param)
-        # A refinement guided by depth needs each frame's depth before segmenting it (the
-        # depth wait has it there); its 3D targets then come from the same depth image.
-        paired_depths = [camera.depth_for_refinement(msg.header, image_rgb)
-                         if refine.enabled and refine.depth_weight > 0 else None
-                         for camera, msg, _, image_rgb in frames]
-        depths_m = [None if paired is None else paired.depth_m for paired in paired_depths]
+        paired_depths = refinement_depths(frames, refine)  # the 3D targets use them too
         try:
-            results = engine.segment_batch([frame[3] for frame in frames], prompt_set.prompts,
-                                           threshold=threshold, refine=refine,
-                                           depths_m=depths_m)
+            results = engine.segment_batch(
+                [frame[3] for frame in frames], prompt_set.prompts, threshold=threshold,
+                refine=refine, depths_m=[paired and paired.depth_m for paired in paired_depths])
         except Exception as error:  # one bad frame (OOM, driver error) must not stop the node
             free_device_cache(engine)
             if len(frames) > 1:  # retried frame by frame, where a failure is counted
@@ -346,8 +341,7 @@ class ClipSegNode(LifecycleNode):
                                               len(prompt_set.prompts), paired_depth)
                 objects = self._objects[camera.name].update(msg.header, result, paired,
                                                             prompt_set, image_rgb)
-                # Before publishing: whoever saw the outputs can teach on this frame, or ask
-                # ~/segment about it.
+                # Before publishing: whoever saw the outputs may teach or ask ~/segment on it.
                 self._segmented.remember(camera.name, SegmentedFrame(
                     msg, prompt_set, threshold, engine.resolution, refine, result, paired,
                     objects, image_rgb, settings))
@@ -363,9 +357,8 @@ class ClipSegNode(LifecycleNode):
         return True
 
     def _segmented_latest(self, camera: str, threshold: float) -> SegmentedFrame | None:
-        """The worker's result for the camera's latest frame, if it was computed with the
-        prompts in force, ``threshold``, the engine's resolution, the refinement and the object
-        settings now."""
+        """The worker's result for the camera's latest frame, if made with the prompts, the
+        ``threshold``, resolution, refinement and object settings in force now."""
         engine = self._engine
         if engine is None:
             return None
@@ -383,8 +376,7 @@ class ClipSegNode(LifecycleNode):
     # ----------------------------------------------------------------- diagnostics
     def diagnostic_statuses(self) -> list[DiagnosticStatus]:
         """The node's DiagnosticStatus entries: one, or the engine's and one per camera."""
-        now = time.monotonic()
-        prompt_set = self._prompts.current
+        now, prompt_set = time.monotonic(), self._prompts.current
         health = EngineHealth.of(self._engine, self._engine_error, self._worker.active,
                                  self._cpu_threads, len(prompt_set.prompts), prompt_set.version,
                                  self._param('model'))

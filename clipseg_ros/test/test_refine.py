@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from clipseg_ros.core.cell_statistics import box, neighbourhood_max
 from clipseg_ros.core.frame_maps import labels_at_frame_size
 from clipseg_ros.core.refine import (
-    box, cell_size, CELL_RADIUS, check_depths, GuidedRefinement, neighbourhood_max,
-    RefineSettings)
+    cell_size, CELL_RADIUS, check_depths, GuidedRefinement, RefineSettings)
 
 
 def refined_maps(maps, image, depth=None, settings=RefineSettings(), patch_pixels=24.0,

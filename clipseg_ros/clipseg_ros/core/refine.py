@@ -9,7 +9,8 @@ pixel's guide. Where a prompt's coefficients A are about 0 around a cell (its ma
 follow the guide there), ``q`` is the resized ``B + A . mean(G)``, which is exactly the slab the
 bilinear path already makes; only the other cells (near the prompts' borders) are computed
 pixel by pixel. So the frame-size work is one bilinear resize plus the border cells, and the
-memory one frame-size map more than without refinement.
+memory one frame-size map more than without refinement. The cell grid's statistics are in
+core/cell_statistics.py.
 """
 
 from collections.abc import Sequence
@@ -17,10 +18,11 @@ from dataclasses import dataclass
 import math
 import numbers
 
-import cv2
+from clipseg_ros.core.cell_statistics import (
+    cell_means, colour_cell_ranges, guided_coefficients, neighbourhood_max)
 import numpy as np
 import torch
-from torch.nn.functional import avg_pool2d, interpolate, max_pool2d, pad
+from torch.nn.functional import interpolate, pad
 
 
 REFINE_METHODS = ('none', 'guided')
@@ -32,11 +34,8 @@ MAX_CELL = 16
 # takes the resized B + A . mean(G): the difference from the exact filter is about |A| times
 # the guide's variation inside the cell.
 FLAT_COEFFICIENT = 1e-3
-_GUIDE_SLAB_ELEMENTS = 1 << 22
 # Pixel values computed at once by the exact filter: bounds its temporaries for any frame.
 _PATCH_ELEMENTS = 1 << 20
-# Channels OpenCV's box filter takes in one image (more failed with OpenCV 5.0.0).
-_OPENCV_MAX_CHANNELS = 128
 
 
 @dataclass(frozen=True)
@@ -100,181 +99,6 @@ def cell_size(radius_px: float) -> int:
     return min(MAX_CELL, max(1, int(round(radius_px / CELL_RADIUS))))
 
 
-def box(maps: torch.Tensor, radius: int) -> torch.Tensor:
-    """Mean over the (2 radius + 1)^2 window of each (C, h, w) map, windows cut at the edges."""
-    if maps.device.type == 'cpu' and maps.dtype == torch.float32:
-        return _box_opencv(maps, radius)
-    side = 2 * radius + 1
-    rows = avg_pool2d(maps.unsqueeze(0), (side, 1), stride=1, padding=(radius, 0),
-                      count_include_pad=False)
-    return avg_pool2d(rows, (1, side), stride=1, padding=(0, radius),
-                      count_include_pad=False).squeeze(0)
-
-
-def neighbourhood_max(maps: torch.Tensor) -> torch.Tensor:
-    """The maximum over the 3 x 3 cells around each cell of (N, h, w) maps (edges: those
-    inside), as shifted maxima: max pooling took ten times longer on such small grids."""
-    rows = maps.clone()
-    torch.maximum(rows[:, 1:], maps[:, :-1], out=rows[:, 1:])
-    torch.maximum(rows[:, :-1], maps[:, 1:], out=rows[:, :-1])
-    result = rows.clone()
-    torch.maximum(result[:, :, 1:], rows[:, :, :-1], out=result[:, :, 1:])
-    torch.maximum(result[:, :, :-1], rows[:, :, 1:], out=result[:, :, :-1])
-    return result
-
-
-def _window_counts(length: int, radius: int) -> np.ndarray:
-    positions = np.arange(length)
-    return (np.minimum(positions + radius, length - 1) - np.maximum(positions - radius, 0) + 1)
-
-
-def _box_opencv(maps: torch.Tensor, radius: int) -> torch.Tensor:
-    """
-    The CPU's box filter: OpenCV's running sums over channels-last planes, several times
-    faster than pooling on grids of a few thousand cells (bench/refine_bench.py).
-    """
-    count, height, width = maps.shape
-    side = 2 * radius + 1
-    planes = maps.permute(1, 2, 0).contiguous().numpy()
-    summed = np.empty_like(planes)
-    for first in range(0, count, _OPENCV_MAX_CHANNELS):
-        part = slice(first, first + _OPENCV_MAX_CHANNELS)
-        summed[:, :, part] = cv2.boxFilter(
-            np.ascontiguousarray(planes[:, :, part]), -1, (side, side), normalize=False,
-            borderType=cv2.BORDER_CONSTANT).reshape(height, width, -1)
-    pixels = np.outer(_window_counts(height, radius), _window_counts(width, radius))
-    summed /= pixels[:, :, None].astype(np.float32)
-    return torch.from_numpy(summed).permute(2, 0, 1).contiguous()
-
-
-def cell_means(image: torch.Tensor, depth: torch.Tensor | None, size: int,
-               depth_weight: float) -> torch.Tensor:
-    """
-    (C, h, w) guide means over s x s cells (the last ones partial): colour in [0, 1], then
-    ``depth_weight`` x depth (metres) averaged over valid readings, cells without one filled.
-
-    Made a slab of rows at a time, so no frame-size float copy of the image is made.
-    """
-    height, width = image.shape[:2]
-    if depth is None and image.device.type == 'cpu' and image.dtype == torch.uint8:
-        return _colour_cell_means(image, size)
-    rows_per_slab = size * max(1, _GUIDE_SLAB_ELEMENTS // (size * width * 5))
-    sums = []
-    for top in range(0, height, rows_per_slab):
-        block = image[top:top + rows_per_slab].permute(2, 0, 1).to(torch.float32)
-        planes = [block]
-        if depth is not None:
-            metres = depth[top:top + rows_per_slab].to(torch.float32).unsqueeze(0)
-            readable = torch.isfinite(metres) & (metres > 0)
-            planes += [torch.where(readable, metres, 0.0), readable.to(torch.float32)]
-        planes = torch.cat(planes).unsqueeze(0)
-        sums.append(avg_pool2d(planes, size, stride=size, ceil_mode=True,
-                               divisor_override=1).squeeze(0))
-    summed = torch.cat(sums, dim=1)
-    pixels = _cell_counts(height, size, image.device)[:, None] * \
-        _cell_counts(width, size, image.device)[None, :]
-    colour = summed[:3] / (255.0 * pixels)
-    if depth is None:
-        return colour
-    readings = summed[4]
-    mean_depth = torch.where(readings > 0, summed[3] / readings.clamp(min=1.0), 0.0)
-    return torch.cat([colour, depth_weight * _fill_empty(mean_depth, readings > 0)[None]])
-
-
-def _colour_cell_means(image: torch.Tensor, size: int) -> torch.Tensor:
-    """(3, h, w) colour means in [0, 1] over s x s cells from OpenCV's integral image of the
-    uint8 frame (exact integer sums; twice as fast as pooling a float copy on the CPU)."""
-    height, width = image.shape[:2]
-    integral = cv2.integral(np.ascontiguousarray(image.numpy()))  # (H + 1, W + 1, 3) int32
-    rows = np.minimum(np.arange(0, height + size, size), height)[:math.ceil(height / size) + 1]
-    columns = np.minimum(np.arange(0, width + size, size), width)[:math.ceil(width / size) + 1]
-    corners = integral[rows][:, columns].astype(np.float64)
-    sums = corners[1:, 1:] - corners[:-1, 1:] - corners[1:, :-1] + corners[:-1, :-1]
-    pixels = np.outer(np.diff(rows), np.diff(columns))[:, :, None] * 255.0
-    return torch.from_numpy((sums / pixels).astype(np.float32)).permute(2, 0, 1).contiguous()
-
-
-def _cell_counts(length: int, size: int, device: torch.device) -> torch.Tensor:
-    counts = torch.full((math.ceil(length / size),), float(size), device=device)
-    counts[-1] = length - size * (counts.numel() - 1)
-    return counts
-
-
-def _fill_empty(values: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-    """Cells without a reading take their neighbours' mean (a few passes), else the mean."""
-    for _ in range(4):
-        if bool(known.all()):
-            return values
-        weights = box(known.to(values.dtype)[None], 1)[0]
-        spread = box((values * known)[None], 1)[0]
-        grow = ~known & (weights > 0)
-        values = torch.where(grow, spread / weights.clamp(min=1e-12), values)
-        known = known | grow
-    fallback = values[known].mean() if bool(known.any()) else values.new_tensor(0.0)
-    return torch.where(known, values, fallback)
-
-
-def symmetric_inverse(matrix: torch.Tensor) -> torch.Tensor:
-    """
-    Inverse of (C, C, h, w) symmetric positive definite matrices, one per cell: cofactors for
-    C = 3, else Gauss-Jordan elimination on whole maps (C is 3 or 4: cheaper than a batched
-    LAPACK call).
-    """
-    size = matrix.shape[0]
-    if size == 3:  # the colour guide: cofactors, a third of elimination's operations
-        (a, b, c), (_, d, e), (_, _, f) = matrix[0], matrix[1], matrix[2]
-        first, second, third = d * f - e * e, c * e - b * f, b * e - c * d
-        scale = 1.0 / (a * first + b * second + c * third)
-        fourth, fifth, sixth = a * f - c * c, b * c - a * e, a * d - b * b
-        rows = ((first, second, third), (second, fourth, fifth), (third, fifth, sixth))
-        return torch.stack([torch.stack([value * scale for value in row]) for row in rows])
-    left = [[matrix[i, j].clone() for j in range(size)] for i in range(size)]
-    right = [[torch.ones_like(matrix[0, 0]) if i == j else torch.zeros_like(matrix[0, 0])
-              for j in range(size)] for i in range(size)]
-    for pivot in range(size):
-        scale = 1.0 / left[pivot][pivot]
-        left[pivot] = [value * scale for value in left[pivot]]
-        right[pivot] = [value * scale for value in right[pivot]]
-        for row in range(size):
-            if row == pivot:
-                continue
-            factor = left[row][pivot]
-            left[row] = [value - factor * p for value, p in zip(left[row], left[pivot])]
-            right[row] = [value - factor * p for value, p in zip(right[row], right[pivot])]
-    return torch.stack([torch.stack(row) for row in right])
-
-
-def guided_coefficients(guide: torch.Tensor, maps: torch.Tensor, radius: int,
-                        epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """
-    Guided-filter coefficients of (N, h, w) maps with a (C, h, w) guide: A (N, C, h, w) and
-    B (N, h, w), window means already taken, so that ``q = A . guide + B``.
-
-    Every window mean of a step is one box filter over the stacked planes: on cell grids of a
-    few thousand cells the cost is the number of calls, not their size.
-    """
-    channels, count = guide.shape[0], maps.shape[0]
-    height, width = guide.shape[1:]
-    pairs = [(i, j) for i in range(channels) for j in range(i, channels)]
-    planes = torch.cat([guide, maps, (guide[None] * maps[:, None]).reshape(-1, height, width),
-                        torch.stack([guide[i] * guide[j] for i, j in pairs])])
-    means = box(planes, radius)
-    guide_mean, map_mean = means[:channels], means[channels:channels + count]
-    products = means[channels + count:channels + count + count * channels]
-    covariance = products.view(count, channels, height, width) - \
-        guide_mean[None] * map_mean[:, None]
-    second = dict(zip(pairs, means[channels + count + count * channels:]))
-    variance = torch.stack([torch.stack([
-        second[min(i, j), max(i, j)] - guide_mean[i] * guide_mean[j] + (epsilon if i == j else 0.0)
-        for j in range(channels)]) for i in range(channels)])
-    inverse = symmetric_inverse(variance)  # one system per cell, shared by every prompt
-    a = (inverse[None] * covariance[:, None]).sum(dim=2)  # (N, C, h, w)
-    b = map_mean - (a * guide_mean[None]).sum(dim=1)
-    smoothed = box(torch.cat([a.reshape(count * channels, height, width), b]), radius)
-    return smoothed[:count * channels].view(count, channels, height, width), \
-        smoothed[count * channels:]
-
-
 def cell_weights(size: int, device: torch.device) -> torch.Tensor:
     """
     (s, 3) bilinear weights of a cell's s pixel rows (or columns) on the cell before, the
@@ -286,23 +110,6 @@ def cell_weights(size: int, device: torch.device) -> torch.Tensor:
     weights[:, 2] = position.clamp(min=0.0)
     weights[:, 1] = 1.0 - weights[:, 0] - weights[:, 2]
     return weights
-
-
-def colour_cell_ranges(image: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(3, h, w) lowest and highest colour, in [0, 1], over each s x s cell of a uint8 frame."""
-    if image.device.type == 'cpu':
-        frame = np.ascontiguousarray(image.numpy())
-        kernel = np.ones((size, size), np.uint8)
-        # Anchored at the kernel's corner, the pixel at a cell's corner sees the whole cell;
-        # pixels past the frame's edge are left out (OpenCV's default border for both).
-        ranges = [operation(frame, kernel, anchor=(0, 0))[::size, ::size].reshape(
-            -(-frame.shape[0] // size), -(-frame.shape[1] // size), -1)
-            for operation in (cv2.erode, cv2.dilate)]
-        return tuple(torch.from_numpy(r.astype(np.float32) / 255.0).permute(2, 0, 1)
-                     for r in ranges)
-    planes = image.permute(2, 0, 1).to(torch.float32).unsqueeze(0) / 255.0
-    return (-max_pool2d(-planes, size, stride=size, ceil_mode=True).squeeze(0),
-            max_pool2d(planes, size, stride=size, ceil_mode=True).squeeze(0))
 
 
 def _deciding(lowest: torch.Tensor, highest: torch.Tensor,
