@@ -29,8 +29,8 @@ from rclpy.parameter import Parameter
 
 from clipseg_ros.tools.depth_stream import DepthFeed, stream_with_depth
 from clipseg_ros.tools.drive import (
-    CameraStream, percentile_ms, rgb_image_msg, start_node_process, stop_node_process,
-    use_large_image_profile)
+    CameraStream, percentile_ms, rgb_image_msg, service_response, start_node_process,
+    stop_node_process, use_large_image_profile)
 from clipseg_ros.tools.scenes import render_scene
 from clipseg_ros.tools.tiny_model import write_tiny_model
 
@@ -40,12 +40,10 @@ SCENARIOS = {'after': (0.0, 0.030), 'late': (0.040, 0.050), 'before': (-0.010, 0
 
 
 def call(client, request, timeout: float = 30.0):
-    done = threading.Event()
-    future = client.call_async(request)
-    future.add_done_callback(lambda _: done.set())
-    if not done.wait(timeout):
+    response = service_response(client, request, timeout)
+    if response is None:
         raise TimeoutError(f'{client.srv_name} did not answer')
-    return future.result()
+    return response
 
 
 def set_depth_wait(clients, seconds: float) -> None:

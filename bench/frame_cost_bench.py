@@ -33,11 +33,11 @@ import threading
 import time
 
 from clipseg_ros.tools.drive import (
-    installed_node_command, stop_node_process, use_large_image_profile)
+    installed_node_command, spin_until_shutdown, stop_node_process, use_large_image_profile)
 from clipseg_ros.tools.tiny_model import write_tiny_model
 import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -198,13 +198,7 @@ def serve_echo(ros_args, model: str, size: tuple[int, int], masks: str,
     if with_depth:
         node.create_subscription(Image, 'depth', lambda msg: None, qos)
         node.create_subscription(CameraInfo, 'camera_info', lambda msg: None, qos)
-    try:
-        rclpy.spin(node, SingleThreadedExecutor())
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_until_shutdown(node)
 
 
 def start_server(kind: str, model: str, size, masks: str, with_depth: bool, log_path: Path,

@@ -37,13 +37,13 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from sensor_msgs.msg import Image
 
 from clipseg_ros.core.engine import ClipSegEngine
 from clipseg_ros.tools.drive import (
-    CameraStream, installed_node_command, percentile_ms, rgb_image_msg, stop_node_process,
-    synthetic_frame, use_large_image_profile)
+    CameraStream, installed_node_command, percentile_ms, rgb_image_msg, spin_until_shutdown,
+    stop_node_process, synthetic_frame, use_large_image_profile)
 from clipseg_ros.tools.tiny_model import write_tiny_model
 
 OUTPUT_NAMES = ('mask', 'confidence', 'segmentation')
@@ -145,13 +145,7 @@ def serve_echo(ros_args, tune_malloc: bool = True) -> None:
         publishers['segmentation'].publish(Segmentation(header=msg.header, labels=['object']))
 
     node.create_subscription(Image, 'image', answer, camera_qos('best_effort'))
-    try:
-        rclpy.spin(node, SingleThreadedExecutor())
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_until_shutdown(node)
 
 
 def start_server(kind: str, model: str, log_path: Path, counts_path: Path) -> subprocess.Popen:

@@ -29,17 +29,9 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from clipseg_ros.tools import fuzz
 from clipseg_ros.tools.drive import (
-    CameraStream, rgb_image_msg, start_node_process, stop_node_process, synthetic_frame)
+    CameraStream, rgb_image_msg, service_response, start_node_process, stop_node_process,
+    synthetic_frame)
 from clipseg_ros.tools.tiny_model import write_tiny_model
-
-
-def call(client, request, timeout: float = 30.0):
-    done = threading.Event()
-    future = client.call_async(request)
-    future.add_done_callback(lambda _: done.set())
-    if not done.wait(timeout):
-        return None
-    return future.result()
 
 
 def shifted(stamp, nanoseconds: int):
@@ -162,7 +154,7 @@ def main() -> int:
                 time.sleep(0.005)  # 200 Hz: well above any camera, below what rclpy can dispatch
                 continue
             which, make = generators[(index // 2) % len(generators)]
-            response = call(clients[which], make(rng))
+            response = service_response(clients[which], make(rng))
             counts['requests_sent'] += 1
             if response is None:
                 counts['requests_unanswered'] += 1
@@ -174,7 +166,7 @@ def main() -> int:
         # Afterwards the node must still do its job on a good frame and a good request.
         healthy = False
         if process.poll() is None:
-            response = call(clients['text'], SetTextPrompts.Request(prompts=['mug']))
+            response = service_response(clients['text'], SetTextPrompts.Request(prompts=['mug']))
             frame = synthetic_frame(64, 48, 0)
             if compressed:
                 good = CompressedImage(format='png')

@@ -17,44 +17,41 @@ import time
 from typing import Any
 
 
-class RecentTimes:
-    """Times of recent events, appended by one thread while another reads the rate."""
-
-    def __init__(self, capacity: int = 300) -> None:
-        self._times: deque = deque(maxlen=capacity)
-        self._lock = threading.Lock()
-
-    def append(self, when: float) -> None:
-        with self._lock:
-            self._times.append(when)
-
-    def rate(self, now: float, window: float = 5.0) -> float:
-        """Events per second over the last ``window`` seconds (0 with fewer than two)."""
-        with self._lock:
-            recent = [t for t in self._times if now - t <= window]
-        if len(recent) < 2:
-            return 0.0
-        return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6)
-
-
-class RecentDurations:
-    """Recent durations in seconds, appended by one thread while another reads percentiles."""
+class RecentValues:
+    """Recent values, appended by one thread while another reads them."""
 
     def __init__(self, capacity: int = 300) -> None:
         self._values: deque = deque(maxlen=capacity)
         self._lock = threading.Lock()
 
-    def append(self, seconds: float) -> None:
+    def append(self, value: float) -> None:
         with self._lock:
-            self._values.append(seconds)
+            self._values.append(value)
+
+    def snapshot(self) -> list[float]:
+        with self._lock:
+            return list(self._values)
+
+
+class RecentTimes(RecentValues):
+    """Times of recent events, read as a rate."""
+
+    def rate(self, now: float, window: float = 5.0) -> float:
+        """Events per second over the last ``window`` seconds (0 with fewer than two)."""
+        recent = [t for t in self.snapshot() if now - t <= window]
+        if len(recent) < 2:
+            return 0.0
+        return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6)
+
+
+class RecentDurations(RecentValues):
+    """Recent durations in seconds, read as percentiles."""
 
     def percentile(self, q: float) -> float | None:
         """The q-th percentile of the recent durations, None while there are none."""
-        with self._lock:
-            values = list(self._values)
+        values = sorted(self.snapshot())
         if not values:
             return None
-        values.sort()
         rank = math.ceil(q / 100.0 * len(values))  # nearest rank
         return values[min(max(rank, 1), len(values)) - 1]
 

@@ -244,7 +244,6 @@ class ClipSegNode(LifecycleNode):
             self._worker.clear()
             self._segmented.clear()
             engine, self._engine = self._engine, None
-            self._segmented.clear()
             if engine is not None:
                 engine.release()  # waits for an inference in progress (engine lock)
             self._engine_error = 'not configured'

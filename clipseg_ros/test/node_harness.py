@@ -6,7 +6,7 @@ import threading
 import time
 
 from clipseg_ros.node import ClipSegNode
-from clipseg_ros.tools.drive import CameraStream
+from clipseg_ros.tools.drive import CameraStream, service_response
 from clipseg_ros_interfaces.srv import Segment, SetImagePrompt, SetTextPrompts
 import numpy as np
 from rcl_interfaces.srv import SetParameters
@@ -71,12 +71,10 @@ def call_service(node, client, request, timeout: float = 30.0):
     """Call a service from a node spun elsewhere; return the response or raise TimeoutError."""
     if not client.wait_for_service(timeout_sec=timeout):
         raise TimeoutError(f'service {client.srv_name} not available')
-    done = threading.Event()
-    future = client.call_async(request)
-    future.add_done_callback(lambda _: done.set())
-    if not done.wait(timeout):
+    response = service_response(client, request, timeout)
+    if response is None:
         raise TimeoutError(f'service {client.srv_name} did not answer')
-    return future.result()
+    return response
 
 
 # The back end the node tests run on (`make test` runs the engine-heavy ones on each).

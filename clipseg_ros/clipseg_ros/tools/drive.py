@@ -19,6 +19,8 @@ from clipseg_ros import launch_args
 import numpy as np
 from clipseg_ros_interfaces.msg import Segmentation
 from diagnostic_msgs.msg import DiagnosticArray
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
@@ -90,6 +92,26 @@ def wait_for_subscription(publisher, timeout: float) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def service_response(client, request, timeout: float = 30.0):
+    """Call a service from a node spun on another thread; its response, or None when none
+    came within ``timeout`` seconds."""
+    done = threading.Event()
+    future = client.call_async(request)
+    future.add_done_callback(lambda _: done.set())
+    return future.result() if done.wait(timeout) else None
+
+
+def spin_until_shutdown(node) -> None:
+    """Spin a server node until Ctrl-C or a shutdown, then destroy it and shut rclpy down."""
+    try:
+        rclpy.spin(node, SingleThreadedExecutor())
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
 
 
 @dataclass
