@@ -8,9 +8,9 @@ Every GRAPH_POLL_S the subscription re-reads the topic's publishers from the nod
 (a local read, no network traffic; rclpy has no per-topic graph callback). When the answer
 changes it creates the new subscription first and keeps the old one until the new one has
 matched a publisher and a poll has passed, then destroys it. Meanwhile both deliver and a
-message already delivered (same stamp and frame_id: the other subscription's copy) is passed
-over: the publisher's side matches the new subscription after the new one sees the publisher,
-and a message sent in between reaches only the old one. Both feed the same callback, so the
+sample already delivered (same publisher and sequence number: the other subscription's copy)
+is passed over: the publisher's side matches the new subscription after the new one sees the
+publisher, and a message sent in between reaches only the old one. Both feed the same callback, so the
 camera's scheduler slot, counters and depth pairing never notice. Under auto, the incompatible-QoS
 event a new best-effort publisher raises against a reliable subscription triggers that
 re-reading at once. A reliability forced by the user that a publisher cannot serve is reported
@@ -23,10 +23,14 @@ from typing import Any
 
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.qos import HistoryPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolicy
+from rclpy.subscription import Subscription
 
 GRAPH_POLL_S = 1.0
 RELIABILITY_MODES = ('auto', 'best_effort', 'reliable')
-# Messages remembered during a swap to pass over the second copy: a few frames' worth.
+# rclpy passes a callback of two parameters each sample's publisher and sequence number (Jazzy
+# and later): what tells the two subscriptions' copies of one sample apart during a swap.
+_MESSAGE_INFO = hasattr(Subscription, 'CallbackType')
+# Samples remembered during a swap to pass over the second copy: a few frames' worth.
 SWAP_RECENT_MESSAGES = 16
 _NAMES = {ReliabilityPolicy.RELIABLE: 'reliable', ReliabilityPolicy.BEST_EFFORT: 'best_effort'}
 
@@ -86,23 +90,32 @@ class FollowingSubscription:
     def _subscribe(self, reliability: ReliabilityPolicy):
         subscription = None
 
-        def deliver(msg) -> None:
+        def deliver_once(msg, info) -> None:
             if self._retiring is None:
                 if subscription is self.subscription:
                     self._callback(msg)
                 return
-            # A swap: whichever subscription has a message first passes it on, once.
-            header = getattr(msg, 'header', None)
-            key = None if header is None else (
-                header.stamp.sec, header.stamp.nanosec, header.frame_id)
-            if key is not None:
-                if key in self._recent:
-                    return
-                self._recent.append(key)
+            # A swap: whichever subscription has a sample first passes it on, once. A sample
+            # is its publisher and its publication (the header's stamp is not: a camera may
+            # stamp every image 0).
+            key = (repr(info.get('publisher_gid')), info.get('publication_sequence_number'),
+                   info.get('source_timestamp'))
+            if key in self._recent:
+                return
+            self._recent.append(key)
             self._callback(msg)
 
+        def deliver_in_charge(msg) -> None:
+            # Without message info (rclpy before Jazzy), only the subscription in charge
+            # passes messages on; a sample between the two sides' matches may be lost.
+            if subscription is self.subscription or (
+                    subscription is self._retiring and self.subscription is not None and
+                    self.subscription.get_publisher_count() == 0):
+                self._callback(msg)
+
         subscription = self._node.create_subscription(
-            self._message_type, self.topic, deliver, input_qos(reliability),
+            self._message_type, self.topic,
+            deliver_once if _MESSAGE_INFO else deliver_in_charge, input_qos(reliability),
             callback_group=self._callback_group,
             event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible))
         return subscription
