@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from builtin_interfaces.msg import Time
 from clipseg_ros import conversions
-from clipseg_ros.core.depth_targets import instance_points
+from clipseg_ros.core.depth_targets import instance_points, POINT_DTYPE
 from clipseg_ros.core.overlay import render_overlay
 from clipseg_ros.core.prompts import Prompt
 from clipseg_ros.core.results import SegmentationResult
@@ -76,11 +76,6 @@ def segmentation_msg(header: Header, result: SegmentationResult, prompt_set: Pro
     return msg
 
 
-# x, y, z float32, the prompt's 1-based label as uint8 and the point's instance (k = the k-th
-# instance of the Segmentation message, 0 = none) as uint16, in 16 bytes a point.
-POINT_DTYPE = np.dtype({'names': ['x', 'y', 'z', 'label', 'instance'],
-                        'formats': ['<f4', '<f4', '<f4', 'u1', '<u2'],
-                        'offsets': [0, 4, 8, 12, 14], 'itemsize': 16})
 POINT_FIELDS = [PointField(name='x', offset=0, datatype=PointField.FLOAT32, count=1),
                 PointField(name='y', offset=4, datatype=PointField.FLOAT32, count=1),
                 PointField(name='z', offset=8, datatype=PointField.FLOAT32, count=1),
@@ -88,17 +83,11 @@ POINT_FIELDS = [PointField(name='x', offset=0, datatype=PointField.FLOAT32, coun
                 PointField(name='instance', offset=14, datatype=PointField.UINT16, count=1)]
 
 
-def point_cloud_msg(header: Header, points: np.ndarray, labels: np.ndarray,
-                    instances: np.ndarray | None = None) -> PointCloud2:
-    """An unorganised PointCloud2 of (M, 3) points with labels and instances (valid only)."""
-    cloud = np.zeros(len(points), dtype=POINT_DTYPE)
-    cloud['x'], cloud['y'], cloud['z'] = points[:, 0], points[:, 1], points[:, 2]
-    cloud['label'] = labels
-    if instances is not None:
-        cloud['instance'] = instances
-    msg = PointCloud2(header=header, height=1, width=len(points), fields=POINT_FIELDS,
+def point_cloud_msg(header: Header, cloud: np.ndarray) -> PointCloud2:
+    """An unorganised PointCloud2 of (M,) POINT_DTYPE points (valid only)."""
+    msg = PointCloud2(header=header, height=1, width=len(cloud), fields=POINT_FIELDS,
                       is_bigendian=False, point_step=POINT_DTYPE.itemsize,
-                      row_step=POINT_DTYPE.itemsize * len(points), is_dense=True)
+                      row_step=POINT_DTYPE.itemsize * len(cloud), is_dense=True)
     msg.data = conversions.byte_array(cloud)
     return msg
 
@@ -162,10 +151,10 @@ class ResultPublishers:
         if paired is None or paired.depth_m is None:
             return
         if self._wanted('points'):
-            points, labels, owners = instance_points(
+            cloud = instance_points(
                 result.labels, objects.instances.image if objects is not None else None,
                 paired.depth_m, paired.camera, point_decimation)
-            publishers['points'].publish(point_cloud_msg(header, points, labels, owners))
+            publishers['points'].publish(point_cloud_msg(header, cloud))
         if self._wanted('markers'):
             publishers['markers'].publish(self._markers(header, paired, prompt_set, objects,
                                                         segmentation))

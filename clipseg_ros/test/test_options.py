@@ -7,6 +7,7 @@ from clipseg_ros.core.cpu_features import CpuFeatures
 from clipseg_ros.core.engine import ClipSegEngine
 from clipseg_ros.core.model_loading import ModelLoadError
 from clipseg_ros.core.options import cpu_thread_count, set_cpu_threads
+import cv2
 import pytest
 import torch
 
@@ -76,10 +77,12 @@ def test_bad_cpu_threads_are_refused(bad) -> None:
         cpu_thread_count(bad)
 
 
-def test_set_cpu_threads_applies_to_torch() -> None:
-    before = torch.get_num_threads()
+def test_set_cpu_threads_applies_to_torch_and_opencv() -> None:
+    before, before_cv = torch.get_num_threads(), cv2.getNumThreads()
     try:
-        assert set_cpu_threads(1) == 1 and torch.get_num_threads() == 1
-        assert set_cpu_threads(3) == 3 and torch.get_num_threads() == 3
+        for count in (1, 3):
+            assert set_cpu_threads(count) == count
+            assert torch.get_num_threads() == count and cv2.getNumThreads() == count
     finally:
         torch.set_num_threads(before)
+        cv2.setNumThreads(before_cv)

@@ -1,6 +1,6 @@
 """
 What an instance looks like, in a few numbers: a colour histogram of its pixels in the camera
-frame, and the distance between two of them. numpy only, no ROS.
+frame, and the distance between two of them. numpy and OpenCV, no ROS.
 
 The histogram counts each pixel in one of 4 x 4 x 4 RGB cells (the top two bits of each
 channel) and is normalised to sum 1; the distance is Hellinger's, sqrt(1 - sum sqrt(p q)), in
@@ -9,10 +9,11 @@ object steady through sensor noise, shading and a mask's flicker at its rim, and
 red mug from a blue one or from the table a false blob of the mask lies on. It cannot tell two
 objects of one colour apart: the tracker uses it beside position, never instead of it.
 
-One bincount over the pixels of all instances: its cost grows with their area, not with their
-number (docs/depth.md has the figures).
+One histogram over the frame for all instances at once: its cost grows with the frame, not with
+the number of instances (docs/depth.md has the figures).
 """
 
+import cv2
 import numpy as np
 
 BITS_PER_CHANNEL = 2
@@ -33,17 +34,26 @@ def colour_signatures(image_rgb: np.ndarray, instance_image: np.ndarray,
     histograms = np.zeros((count, CELLS), np.float32)
     if count == 0:
         return histograms
-    owners = instance_image.ravel()
-    where = np.flatnonzero((owners > 0) & (owners <= count))
-    if not len(where):
-        return histograms
-    pixels = image_rgb.reshape(-1, 3)[where] >> (8 - BITS_PER_CHANNEL)
-    cells = ((pixels[:, 0].astype(np.int64) << (2 * BITS_PER_CHANNEL))
-             | (pixels[:, 1].astype(np.int64) << BITS_PER_CHANNEL) | pixels[:, 2])
-    flat = (owners[where].astype(np.int64) - 1) * CELLS + cells
-    histograms = np.bincount(flat, minlength=count * CELLS).reshape(count, CELLS)
-    totals = histograms.sum(axis=1, keepdims=True)
-    return (histograms / np.maximum(totals, 1)).astype(np.float32)
+    shift = 8 - BITS_PER_CHANNEL
+    red, green, blue = cv2.split(np.ascontiguousarray(image_rgb, np.uint8))
+    cells = ((red >> shift) << (2 * BITS_PER_CHANNEL)) | ((green >> shift) << BITS_PER_CHANNEL) \
+        | (blue >> shift)
+    if (count + 2) * CELLS <= 1 << 16 and cells.size <= 1 << 24:
+        # One 16-bit histogram of owner and cell together (OpenCV's is several times faster
+        # than numpy's bincount, and exact in float32 up to 2^24 pixels). Owners above
+        # ``count`` are clipped to count + 1, whose bins lie past the range.
+        owners = cv2.min(instance_image.astype(np.uint16, copy=False), count + 1)
+        flat = owners * np.uint16(CELLS) + cells
+        bins = (count + 1) * CELLS
+        counts = cv2.calcHist([flat], [0], None, [bins], [0, bins]).ravel()[CELLS:]
+        counts = counts.astype(np.int64).reshape(count, CELLS)
+    else:
+        owners = instance_image.ravel()
+        where = np.flatnonzero((owners > 0) & (owners <= count))
+        flat = (owners[where].astype(np.int64) - 1) * CELLS + cells.ravel()[where]
+        counts = np.bincount(flat, minlength=count * CELLS).reshape(count, CELLS)
+    totals = counts.sum(axis=1, keepdims=True)
+    return (counts / np.maximum(totals, 1)).astype(np.float32)
 
 
 def signature_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:

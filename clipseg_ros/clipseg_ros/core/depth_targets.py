@@ -230,35 +230,42 @@ def prompt_targets(labels: np.ndarray, depth_m: np.ndarray, camera: CameraModel,
     return targets
 
 
+# One back-projected pixel: x, y, z float32, the prompt's 1-based label as uint8 and its
+# instance (k = the k-th instance, 0 = none) as uint16, in 16 bytes: the node's PointCloud2 layout.
+POINT_DTYPE = np.dtype({'names': ['x', 'y', 'z', 'label', 'instance'],
+                        'formats': ['<f4', '<f4', '<f4', 'u1', '<u2'],
+                        'offsets': [0, 4, 8, 12, 14], 'itemsize': 16})
+
+
 def labelled_points(labels: np.ndarray, depth_m: np.ndarray, camera: CameraModel,
                     decimation: int) -> tuple[np.ndarray, np.ndarray]:
     """
     Every ``decimation``-th row and column's labelled pixels with valid depth, back-projected:
     (M, 3) float32 points and their (M,) uint8 labels.
     """
-    points, point_labels, _ = instance_points(labels, None, depth_m, camera, decimation)
-    return points, point_labels
+    cloud = instance_points(labels, None, depth_m, camera, decimation)
+    return np.stack([cloud['x'], cloud['y'], cloud['z']], axis=1), cloud['label']
 
 
 def instance_points(labels: np.ndarray, instances: np.ndarray | None, depth_m: np.ndarray,
-                    camera: CameraModel,
-                    decimation: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    camera: CameraModel, decimation: int) -> np.ndarray:
     """
-    :func:`labelled_points`, and each point's value in the ``instances`` image: (M,) uint16,
-    0 where the pixel is in no instance (or ``instances`` is None).
+    (M,) POINT_DTYPE records of :func:`labelled_points`' pixels, each with its value in the
+    ``instances`` image (0 where the pixel is in no instance, or ``instances`` is None).
     """
     step = max(1, int(decimation))
-    sub_labels = labels[::step, ::step]
-    sub_depth = depth_m[::step, ::step]
-    kept = (sub_labels > 0) & np.isfinite(sub_depth)
-    rows, columns = np.nonzero(kept)
-    z = sub_depth[kept].astype(np.float64)
-    # back_project's arithmetic, written straight into float32 columns (no (M, 3) float64
-    # array, no division to recover the pixel from a flat index).
-    points = np.empty((len(z), 3), np.float32)
-    points[:, 0] = (columns * step - camera.cx) * z / camera.fx
-    points[:, 1] = (rows * step - camera.cy) * z / camera.fy
-    points[:, 2] = z
-    owners = (instances[::step, ::step][kept].astype(np.uint16) if instances is not None
-              else np.zeros(len(z), np.uint16))
-    return points, sub_labels[kept], owners
+    sub_labels = np.ascontiguousarray(labels[::step, ::step])
+    sub_depth = np.ascontiguousarray(depth_m[::step, ::step])
+    # Flat indices, taken once per column: no (M, 3) array, no boolean mask applied thrice.
+    kept = np.flatnonzero(((sub_labels > 0) & np.isfinite(sub_depth)).ravel())
+    rows, columns = np.divmod(kept, sub_labels.shape[1])
+    z = sub_depth.ravel().take(kept).astype(np.float64)
+    cloud = np.zeros(len(kept), POINT_DTYPE)
+    # back_project's arithmetic, in float64, stored as float32.
+    cloud['x'] = (columns * step - camera.cx) * z / camera.fx
+    cloud['y'] = (rows * step - camera.cy) * z / camera.fy
+    cloud['z'] = z
+    cloud['label'] = sub_labels.ravel().take(kept)
+    if instances is not None:
+        cloud['instance'] = np.ascontiguousarray(instances[::step, ::step]).ravel().take(kept)
+    return cloud

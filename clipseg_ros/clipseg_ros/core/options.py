@@ -9,6 +9,7 @@ import re
 
 from clipseg_ros.core.cpu_features import CpuFeatures, host_cpu_features
 from clipseg_ros.core.model_loading import ModelLoadError
+import cv2
 import numpy as np
 import torch
 
@@ -151,10 +152,17 @@ def cpu_thread_count(requested: int) -> int:
 
 
 def set_cpu_threads(requested: int) -> int:
-    """Apply :func:`cpu_thread_count` to this process's torch and return the count."""
+    """
+    Apply :func:`cpu_thread_count` to this process's torch and OpenCV and return the count.
+
+    OpenCV's thread team does the frame's own work (labels, instances, overlay, refinement):
+    on more threads than asked for it spends CPU waiting for its members, which the frame pays.
+    """
     count = cpu_thread_count(requested)
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
+    if cv2.getNumThreads() != count:
+        cv2.setNumThreads(count)
     return count
 
 
