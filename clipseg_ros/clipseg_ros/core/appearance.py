@@ -34,6 +34,13 @@ def colour_signatures(image_rgb: np.ndarray, instance_image: np.ndarray,
     histograms = np.zeros((count, CELLS), np.float32)
     if count == 0:
         return histograms
+    if instance_image.dtype == np.uint16 and count < 1 << 16:
+        # Only the box around every instance's pixels counts: objects seldom fill the frame.
+        x, y, w, h = cv2.boundingRect(cv2.inRange(instance_image, 1, count))
+        if w == 0:
+            return histograms
+        image_rgb = image_rgb[y:y + h, x:x + w]
+        instance_image = instance_image[y:y + h, x:x + w]
     shift = 8 - BITS_PER_CHANNEL
     red, green, blue = cv2.split(np.ascontiguousarray(image_rgb, np.uint8))
     cells = ((red >> shift) << (2 * BITS_PER_CHANNEL)) | ((green >> shift) << BITS_PER_CHANNEL) \
@@ -42,7 +49,7 @@ def colour_signatures(image_rgb: np.ndarray, instance_image: np.ndarray,
         # One 16-bit histogram of owner and cell together (OpenCV's is several times faster
         # than numpy's bincount, and exact in float32 up to 2^24 pixels). Owners above
         # ``count`` are clipped to count + 1, whose bins lie past the range.
-        owners = cv2.min(instance_image.astype(np.uint16, copy=False), count + 1)
+        owners = np.minimum(instance_image, count + 1).astype(np.uint16, copy=False)
         flat = owners * np.uint16(CELLS) + cells
         bins = (count + 1) * CELLS
         counts = cv2.calcHist([flat], [0], None, [bins], [0, bins]).ravel()[CELLS:]

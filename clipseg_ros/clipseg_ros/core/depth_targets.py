@@ -212,10 +212,29 @@ def prompt_targets(labels: np.ndarray, depth_m: np.ndarray, camera: CameraModel,
         raise ValueError(f'labels {labels.shape[::-1]}, depth {depth_m.shape[::-1]} and camera '
                          f'{camera.width}x{camera.height} must have one size')
     targets = PromptTargets.unknown(prompt_count)
-    depth = depth_m.ravel()
-    whole, whole_counts = _members(labels.ravel(), depth, prompt_count)
-    inner, inner_counts = _members(interior_labels(labels, erosion_px).ravel(), depth,
+    labels = np.ascontiguousarray(labels, np.uint8)
+    # Only the box around every labelled pixel (and the erosion's reach beyond it) is read:
+    # objects seldom fill the frame. Indices found in it are mapped back to the frame's, in the
+    # same ascending order, so the subsamples are the frame's.
+    x, y, w, h = cv2.boundingRect(labels)
+    if w == 0:
+        return targets
+    reach = max(erosion_px, 0)
+    top, left = max(y - reach, 0), max(x - reach, 0)
+    bottom, right = min(y + h + reach, labels.shape[0]), min(x + w + reach, labels.shape[1])
+    box_labels = labels[top:bottom, left:right]
+    box_depth = np.ascontiguousarray(depth_m[top:bottom, left:right]).ravel()
+    width = right - left
+
+    def in_frame(groups: list[np.ndarray]) -> list[np.ndarray]:
+        return [(group // width + top) * camera.width + group % width + left
+                for group in groups]
+
+    whole, whole_counts = _members(box_labels.ravel(), box_depth, prompt_count)
+    inner, inner_counts = _members(interior_labels(box_labels, erosion_px).ravel(), box_depth,
                                    prompt_count)
+    whole, inner = in_frame(whole), in_frame(inner)
+    depth = depth_m.ravel()
     for prompt in range(prompt_count):
         if not whole[prompt].size:
             continue

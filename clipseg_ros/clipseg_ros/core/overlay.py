@@ -29,7 +29,7 @@ def palette(size: int = 256) -> np.ndarray:
 
 
 PALETTE = palette()
-_PALETTE_TABLE = np.ascontiguousarray(PALETTE[None])  # (1, 256, 3) for cv2.LUT
+_PALETTE_MAP = np.ascontiguousarray(PALETTE[:, None])  # (256, 1, 3) for cv2.applyColorMap
 
 
 def outline_width(height: int, width: int) -> int:
@@ -54,8 +54,9 @@ def render_overlay(image_rgb: np.ndarray, labels: np.ndarray, stats: RegionStats
     Tint each prompt's pixels with its colour (weight ``alpha``), draw its region's border in
     that colour, and write its label near its centroid, inside the frame and off the others.
     """
-    # OpenCV's table look-up and masked copies: several times faster than numpy's indexing.
-    colours = cv2.LUT(cv2.merge([labels, labels, labels]), _PALETTE_TABLE)
+    # OpenCV's colour map (one 1-to-3-channel look-up) and masked copies: several times faster
+    # than numpy's indexing.
+    colours = cv2.applyColorMap(np.ascontiguousarray(labels, np.uint8), _PALETTE_MAP)
     overlay = cv2.addWeighted(image_rgb, 1.0 - alpha, colours, alpha, 0.0)
     cv2.copyTo(image_rgb, (labels == 0).view(np.uint8), overlay)
     borders = region_borders(labels, outline_width(*labels.shape))
