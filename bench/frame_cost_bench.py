@@ -19,6 +19,7 @@ line is JSON.
 
     python bench/frame_cost_bench.py                          # 640x480, clean and ragged, depth
     python bench/frame_cost_bench.py --sizes 1280x720 --masks ragged --no-depth
+    python bench/frame_cost_bench.py --cpu-threads 1   # the node's torch and OpenCV on one thread
 """
 
 import argparse
@@ -202,10 +203,11 @@ def serve_echo(ros_args, model: str, size: tuple[int, int], masks: str,
 
 
 def start_server(kind: str, model: str, size, masks: str, with_depth: bool, log_path: Path,
-                 counts_path: Path) -> subprocess.Popen:
+                 counts_path: Path, cpu_threads: int = 0) -> subprocess.Popen:
     params = {'model': model, 'device': 'cpu', 'backend': 'torch',
               'prompts': json.dumps(PROMPTS), 'publish_overlay': 'true',
-              'use_depth': str(with_depth).lower(), 'qos_reliability': 'best_effort'}
+              'use_depth': str(with_depth).lower(), 'qos_reliability': 'best_effort',
+              'cpu_threads': str(cpu_threads)}
     command = installed_node_command(params, CAMERA_TOPIC, NAMESPACE)
     ros_args = command[command.index('--ros-args'):]
     extra = ['--serve', kind, '--model-dir', model, '--masks', masks,
@@ -293,6 +295,8 @@ def main() -> int:
     parser.add_argument('--rounds', type=int, default=2, help='rounds per side and case')
     parser.add_argument('--seconds', type=float, default=8.0, help='measured seconds a round')
     parser.add_argument('--rate', type=float, default=30.0, help='camera rate in Hz')
+    parser.add_argument('--cpu-threads', type=int, default=0,
+                        help="the node's cpu_threads (torch's and OpenCV's threads; 0 = auto)")
     args, ros_args = parser.parse_known_args()
     sizes = [tuple(int(v) for v in s.lower().split('x')) for s in args.sizes.split(',')]
     if args.serve:
@@ -341,7 +345,7 @@ def measure_case(args, model, size, masks, with_depth, driver, frames, scratch) 
             counts_path = scratch / 'counts.json'
             counts_path.unlink(missing_ok=True)
             process = start_server(kind, model, size, masks, with_depth,
-                                   scratch / f'{kind}.log', counts_path)
+                                   scratch / f'{kind}.log', counts_path, args.cpu_threads)
             try:
                 if not _wait_for_subscriber(driver.image, 120.0):
                     print(f'{kind} did not come up; see {scratch / (kind + ".log")}',
@@ -367,7 +371,7 @@ def measure_case(args, model, size, masks, with_depth, driver, frames, scratch) 
             raise SystemExit(f'{kind} answered {answered[kind]} of {sent_total[kind]} frames '
                              'on every output: nothing comparable was measured')
     row = {'width': size[0], 'height': size[1], 'masks': masks, 'depth': with_depth,
-           'outputs': list(outputs(with_depth))}
+           'cpu_threads': args.cpu_threads, 'outputs': list(outputs(with_depth))}
     for kind in cpu:
         row[f'{kind}_cpu_ms_per_frame'] = round(float(np.median(cpu[kind])) * 1e3, 2)
         row[f'{kind}_answered'] = f'{answered[kind]}/{sent_total[kind]}'
