@@ -76,8 +76,9 @@ SPECS = (
                   '= no cache', CONFIGURE),
     ParameterSpec('compile_mode', 'auto', 'GPU fast path: auto (cuda_graphs on CUDA, none on '
                   'CPU), none or cuda_graphs', CONFIGURE),
-    ParameterSpec('cpu_threads', 0, 'Threads for CPU inference; 0 = auto (one per core, less '
-                  'one for ROS from 4 cores)', CONFIGURE, integer_range=(0, 1024, 1)),
+    ParameterSpec('cpu_threads', 0, "Threads for CPU inference and the frame's OpenCV work; 0 = "
+                  'auto (one per core, less one for ROS from 4 cores)', CONFIGURE,
+                  integer_range=(0, 1024, 1)),
     ParameterSpec('threshold', 0.3, 'Probability a prompt must reach for a pixel to get its '
                   'label (1 labels nothing)', float_range=(0.0, 1.0)),
     ParameterSpec('refine', 'none', 'Refinement of the probability maps at the frame\'s size '
