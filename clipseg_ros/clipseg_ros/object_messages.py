@@ -6,10 +6,10 @@ with one sphere, box and text per tracked object whose ids follow the track.
 from clipseg_ros.core.overlay import PALETTE
 from clipseg_ros.objects import FrameObjects
 from clipseg_ros_interfaces.msg import Instance
-from geometry_msgs.msg import Point, Vector3
+from geometry_msgs.msg import Point
 import numpy as np
 from sensor_msgs.msg import RegionOfInterest
-from std_msgs.msg import ColorRGBA, Header
+from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
 
 OBJECT_NAMESPACES = ('clipseg_objects', 'clipseg_object_extents', 'clipseg_object_labels')
@@ -64,33 +64,69 @@ def instance_msgs(objects: FrameObjects, labels: list[str]) -> list[Instance]:
     return entries
 
 
+class MarkerPool:
+    """
+    One camera's rviz markers, kept from frame to frame by namespace and id and refilled: a
+    new Marker builds a dozen nested messages, refilling one sets a few numbers. A published
+    message is serialised when published, so changing it afterwards changes nothing sent.
+    """
+
+    MAX_MARKERS = 3 * 1024  # past this many (ids of tracks long gone), start afresh
+
+    def __init__(self) -> None:
+        self._markers: dict[tuple[str, int], Marker] = {}
+
+    def marker(self, namespace: str, marker_id: int) -> Marker:
+        key = (namespace, marker_id)
+        marker = self._markers.get(key)
+        if marker is None:
+            if len(self._markers) >= self.MAX_MARKERS:
+                self._markers.clear()
+            marker = self._markers[key] = Marker(ns=namespace, id=marker_id)
+            marker.pose.orientation.w = 1.0
+        return marker
+
+    def forget(self, namespace: str, marker_id: int) -> None:
+        self._markers.pop((namespace, marker_id), None)
+
+
+def _filled(marker: Marker, header: Header, kind: int, colour: tuple[float, float, float, float],
+            scale: tuple[float, float, float], position) -> Marker:
+    marker.header = header
+    marker.type, marker.action = kind, Marker.ADD
+    marker.color.r, marker.color.g, marker.color.b, marker.color.a = colour
+    marker.scale.x, marker.scale.y, marker.scale.z = scale
+    point = marker.pose.position
+    point.x, point.y, point.z = float(position[0]), float(position[1]), float(position[2])
+    return marker
+
+
 def target_markers(header: Header, namespaces: tuple[str, str, str], marker_id: int, text: str,
                    prompt_index: int, alpha: float, box_alpha: float, centre: np.ndarray,
-                   middle: np.ndarray, size: np.ndarray) -> list[Marker]:
+                   middle: np.ndarray, size: np.ndarray,
+                   pool: MarkerPool | None = None) -> list[Marker]:
     """
     One 3D target for rviz: a sphere at ``centre``, a box of ``size`` at ``middle`` and
-    ``text`` above it, in the prompt's colour, each in its namespace with ``marker_id``.
+    ``text`` above it, in the prompt's colour, each in its namespace with ``marker_id``
+    (refilled from ``pool`` when given).
     """
+    pool = pool or MarkerPool()
     red, green, blue = (float(c) / 255.0 for c in PALETTE[prompt_index + 1])
-    colour = ColorRGBA(r=red, g=green, b=blue, a=alpha)
-    sphere = Marker(header=header, ns=namespaces[0], id=marker_id, type=Marker.SPHERE,
-                    action=Marker.ADD, color=colour, scale=Vector3(x=0.03, y=0.03, z=0.03))
-    sphere.pose.position = point_msg(centre)
-    box = Marker(header=header, ns=namespaces[1], id=marker_id, type=Marker.CUBE,
-                 action=Marker.ADD, color=ColorRGBA(r=red, g=green, b=blue, a=box_alpha),
-                 scale=Vector3(x=float(size[0]), y=float(size[1]), z=float(size[2])))
-    box.pose.position = point_msg(middle)
-    label = Marker(header=header, ns=namespaces[2], id=marker_id, type=Marker.TEXT_VIEW_FACING,
-                   action=Marker.ADD, text=text, color=colour, scale=Vector3(z=0.04))
+    sphere = _filled(pool.marker(namespaces[0], marker_id), header, Marker.SPHERE,
+                     (red, green, blue, alpha), (0.03, 0.03, 0.03), centre)
+    box = _filled(pool.marker(namespaces[1], marker_id), header, Marker.CUBE,
+                  (red, green, blue, box_alpha), (float(size[0]), float(size[1]), float(size[2])),
+                  middle)
     # Above the object: -y is up in the optical frame.
-    label.pose.position = point_msg(centre - np.array([0.0, 0.05 + size[1] / 2.0, 0.0]))
-    for marker in (sphere, box, label):
-        marker.pose.orientation.w = 1.0
+    label = _filled(pool.marker(namespaces[2], marker_id), header, Marker.TEXT_VIEW_FACING,
+                    (red, green, blue, alpha), (0.0, 0.0, 0.04),
+                    (centre[0], centre[1] - (0.05 + size[1] / 2.0), centre[2]))
+    label.text = text
     return [sphere, box, label]
 
 
-def object_markers(header: Header, entries: list[Instance],
-                   shown_before: set[int]) -> tuple[list[Marker], set[int]]:
+def object_markers(header: Header, entries: list[Instance], shown_before: set[int],
+                   pool: MarkerPool | None = None) -> tuple[list[Marker], set[int]]:
     """
     Sphere, extent box and 'label #id' text per tracked object with a 3D centroid; marker id =
     track id, so rviz moves a marker instead of replacing it. Tracks shown before and gone now
@@ -111,8 +147,11 @@ def object_markers(header: Header, entries: list[Instance],
         middle = np.where(np.isfinite(low + high), (low + high) / 2.0, centre)
         markers += target_markers(header, OBJECT_NAMESPACES, track_id,
                                   f'{entry.label} #{entry.track_id}', entry.prompt_index,
-                                  alpha, alpha / 3, centre, middle, size)
+                                  alpha, alpha / 3, centre, middle, size, pool)
     for gone in sorted(shown_before - shown):
         markers += [Marker(header=header, ns=ns, id=gone, action=Marker.DELETE)
                     for ns in OBJECT_NAMESPACES]
+        if pool is not None:
+            for ns in OBJECT_NAMESPACES:
+                pool.forget(ns, gone)
     return markers, shown

@@ -13,7 +13,7 @@ from clipseg_ros.core.prompts import Prompt
 from clipseg_ros.core.results import SegmentationResult
 from clipseg_ros.depth_input import PairedTargets
 from clipseg_ros.object_messages import (
-    instance_msgs, object_markers, point_msg, target_markers)
+    instance_msgs, MarkerPool, object_markers, point_msg, target_markers)
 from clipseg_ros.objects import FrameObjects
 from clipseg_ros_interfaces.msg import Segmentation
 from geometry_msgs.msg import Point
@@ -95,7 +95,8 @@ def point_cloud_msg(header: Header, cloud: np.ndarray) -> PointCloud2:
 PROMPT_NAMESPACES = ('clipseg_centroids', 'clipseg_extents', 'clipseg_labels')
 
 
-def markers_msg(header: Header, paired: PairedTargets, labels: list[str]) -> MarkerArray:
+def markers_msg(header: Header, paired: PairedTargets, labels: list[str],
+                pool: MarkerPool | None = None) -> MarkerArray:
     """For rviz: per prompt with depth, a sphere at its centroid, its extent box and its text."""
     markers = [Marker(header=header, action=Marker.DELETEALL)]
     targets = paired.targets
@@ -105,7 +106,8 @@ def markers_msg(header: Header, paired: PairedTargets, labels: list[str]) -> Mar
             continue
         low, high = targets.extent_min[index], targets.extent_max[index]
         markers += target_markers(header, PROMPT_NAMESPACES, index, label, index, 0.9, 0.3,
-                                  centroid, (low + high) / 2.0, np.maximum(high - low, 0.005))
+                                  centroid, (low + high) / 2.0, np.maximum(high - low, 0.005),
+                                  pool)
     return MarkerArray(markers=markers)
 
 
@@ -124,6 +126,7 @@ class ResultPublishers:
             for name, message_type in topics}
         # Track ids with markers in rviz now; None while markers are per prompt.
         self._marker_tracks: set[int] | None = None
+        self._marker_pool = MarkerPool()
 
     def _wanted(self, name: str) -> bool:
         publisher = self._publishers.get(name)
@@ -165,10 +168,11 @@ class ResultPublishers:
         tracking = objects is not None and any(i.track_id for i in segmentation.instances)
         if not tracking and not self._marker_tracks:
             self._marker_tracks = None
-            return markers_msg(header, paired, prompt_set.labels)
+            return markers_msg(header, paired, prompt_set.labels, self._marker_pool)
         first = self._marker_tracks is None  # per-prompt markers may still be shown
         markers, self._marker_tracks = object_markers(header, segmentation.instances,
-                                                      self._marker_tracks or set())
+                                                      self._marker_tracks or set(),
+                                                      self._marker_pool)
         if first:
             markers.insert(0, Marker(header=header, action=Marker.DELETEALL))
         return MarkerArray(markers=markers)
