@@ -10,11 +10,11 @@ changes it creates the new subscription first and keeps the old one until the ne
 matched a publisher and a poll has passed, then destroys it. Meanwhile both deliver and a
 sample already delivered (same publisher and sequence number: the other subscription's copy)
 is passed over: the publisher's side matches the new subscription after the new one sees the
-publisher, and a message sent in between reaches only the old one. Both feed the same callback, so the
-camera's scheduler slot, counters and depth pairing never notice. Under auto, the incompatible-QoS
-event a new best-effort publisher raises against a reliable subscription triggers that
-re-reading at once. A reliability forced by the user that a publisher cannot serve is reported
-once per topic, with the fix, from that event, and counted for /diagnostics.
+publisher, and a message sent in between reaches only the old one. Both feed the same
+callback, so the camera's scheduler slot, counters and depth pairing never notice. Under auto,
+the incompatible-QoS event a new best-effort publisher raises against a reliable subscription
+triggers that re-reading at once. A reliability forced by the user that a publisher cannot
+serve is reported once per topic, with the fix, from that event, and counted for /diagnostics.
 """
 
 from collections import deque

@@ -9,8 +9,8 @@ object steady through sensor noise, shading and a mask's flicker at its rim, and
 red mug from a blue one or from the table a false blob of the mask lies on. It cannot tell two
 objects of one colour apart: the tracker uses it beside position, never instead of it.
 
-One histogram over the frame for all instances at once: its cost grows with the frame, not with
-the number of instances (docs/depth.md has the figures).
+One histogram for all instances at once, over the box around them: its cost grows with that
+box, not with the number of instances (docs/depth.md has the figures).
 """
 
 import cv2
