@@ -1,11 +1,12 @@
 """rviz markers refilled from a camera's pool are the markers built afresh, frame after frame."""
 
+from clipseg_ros.core.overlay import PALETTE
 from clipseg_ros.object_messages import MarkerPool, object_markers, OBJECT_NAMESPACES
 from clipseg_ros_interfaces.msg import Instance
-from geometry_msgs.msg import Point
+from geometry_msgs.msg import Point, Vector3
 import numpy as np
 from output_record import field_bytes
-from std_msgs.msg import Header
+from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker
 
 
@@ -36,18 +37,57 @@ def frames(count: int = 12, seed: int = 0):
         yield header, entries
 
 
-def test_pooled_markers_are_the_fresh_ones_every_frame():
-    pool, shown_pooled, shown_fresh = MarkerPool(), set(), set()
-    sent = 0
+def expected_markers(header: Header, entry: Instance) -> list[Marker]:
+    """A tracked object's sphere, extent box and label, each a new Marker built in full."""
+    centre = np.array([entry.centroid_3d_smoothed.x, entry.centroid_3d_smoothed.y,
+                       entry.centroid_3d_smoothed.z])
+    low = np.array([entry.extent_min_3d.x, entry.extent_min_3d.y, entry.extent_min_3d.z])
+    high = np.array([entry.extent_max_3d.x, entry.extent_max_3d.y, entry.extent_max_3d.z])
+    size = np.maximum(np.nan_to_num(high - low, nan=0.0), 0.005)
+    middle = np.where(np.isfinite(low + high), (low + high) / 2.0, centre)
+    alpha = 0.9 if entry.seen_this_frame else 0.4
+    red, green, blue = (float(c) / 255.0 for c in PALETTE[entry.prompt_index + 1])
+
+    def point(row) -> Point:
+        return Point(x=float(row[0]), y=float(row[1]), z=float(row[2]))
+
+    common = dict(header=header, id=entry.track_id, action=Marker.ADD)
+    sphere = Marker(ns=OBJECT_NAMESPACES[0], type=Marker.SPHERE, **common,
+                    color=ColorRGBA(r=red, g=green, b=blue, a=alpha),
+                    scale=Vector3(x=0.03, y=0.03, z=0.03))
+    sphere.pose.position = point(centre)
+    box = Marker(ns=OBJECT_NAMESPACES[1], type=Marker.CUBE, **common,
+                 color=ColorRGBA(r=red, g=green, b=blue, a=alpha / 3),
+                 scale=Vector3(x=float(size[0]), y=float(size[1]), z=float(size[2])))
+    box.pose.position = point(middle)
+    label = Marker(ns=OBJECT_NAMESPACES[2], type=Marker.TEXT_VIEW_FACING, **common,
+                   text=f'{entry.label} #{entry.track_id}',
+                   color=ColorRGBA(r=red, g=green, b=blue, a=alpha), scale=Vector3(z=0.04))
+    label.pose.position = point(centre - np.array([0.0, 0.05 + size[1] / 2.0, 0.0]))
+    for marker in (sphere, box, label):
+        marker.pose.orientation.w = 1.0
+    return [sphere, box, label]
+
+
+def test_pooled_markers_are_markers_built_in_full_every_frame():
+    """Refilled from the pool, frame after frame, each marker serialises as a new one built
+    with every field set; tracks gone get their DELETE."""
+    pool, shown = MarkerPool(), set()
+    sent = deleted = 0
     for header, entries in frames():
-        pooled, shown_pooled = object_markers(header, entries, shown_pooled, pool)
+        before = set(shown)
+        markers, shown = object_markers(header, entries, shown, pool)
         # Serialised at once, as publishing does: the pool refills these objects next frame.
-        pooled_bytes = [field_bytes(marker) for marker in pooled]
-        fresh, shown_fresh = object_markers(header, entries, shown_fresh)
-        assert pooled_bytes == [field_bytes(marker) for marker in fresh]
-        assert shown_pooled == shown_fresh
-        sent += sum(marker.action == Marker.ADD for marker in pooled)
-    assert sent > 60  # the sequence did draw markers
+        sent_bytes = [field_bytes(marker) for marker in markers]
+        expected = [marker for entry in entries for marker in expected_markers(header, entry)]
+        gone = sorted(before - {entry.track_id for entry in entries})
+        expected += [Marker(header=header, ns=ns, id=track_id, action=Marker.DELETE)
+                     for track_id in gone for ns in OBJECT_NAMESPACES]
+        assert sent_bytes == [field_bytes(marker) for marker in expected]
+        assert shown == {entry.track_id for entry in entries}
+        sent += sum(marker.action == Marker.ADD for marker in markers)
+        deleted += len(gone)
+    assert sent > 60 and deleted > 5  # the sequence drew markers and took some away
 
 
 def test_the_pool_forgets_the_markers_of_tracks_gone_and_stays_bounded():

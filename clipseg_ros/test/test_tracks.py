@@ -291,3 +291,31 @@ def test_an_object_back_at_the_border_it_left_by_gets_its_id_back():
         step(tracker, [], index / 15.0)
     tracked = step(tracker, [(144, 100)], 33 / 15.0)
     assert tracked.track_ids[0] == first
+
+
+def signatures_by_hand(rgb: np.ndarray, owners: np.ndarray, count: int) -> np.ndarray:
+    """Each instance's colour cells counted pixel by pixel and normalised (the definition)."""
+    expected = np.zeros((count, 64), np.float64)
+    for (row, column), owner in np.ndenumerate(owners):
+        if 1 <= owner <= count:
+            r, g, b = (int(v) >> 6 for v in rgb[row, column])
+            expected[owner - 1, (r << 4) | (g << 2) | b] += 1
+    totals = expected.sum(axis=1, keepdims=True)
+    return (expected / np.maximum(totals, 1)).astype(np.float32)
+
+
+@pytest.mark.parametrize('dtype', [np.uint16, np.int32, np.uint8])
+@pytest.mark.parametrize('count', [1, 5, 1022, 1500])
+def test_colour_signatures_count_each_instance_pixel_once_for_any_owner_image(dtype, count):
+    """The histogram path (uint16 owners, the box around them) and the general one agree with
+    counting by hand, ids above ``count`` and below 1 (signed images) left out, views too."""
+    rng = np.random.default_rng(count)
+    rgb = rng.integers(0, 256, (23, 31, 3), dtype=np.uint8)
+    low = -3 if np.issubdtype(dtype, np.signedinteger) else 0
+    owners = rng.integers(low, min(count + 3, np.iinfo(dtype).max) + 1, (23, 31)).astype(dtype)
+    owners[:5] = 0  # the box around the instances is not the frame
+    for image, ids in ((rgb, owners), (rgb[::-1, ::2], owners[::-1, ::2])):
+        np.testing.assert_array_equal(colour_signatures(image, ids, count),
+                                      signatures_by_hand(image, ids, count))
+    empty = colour_signatures(rgb[:0], owners[:0], count)
+    assert empty.shape == (count, 64) and not empty.any()

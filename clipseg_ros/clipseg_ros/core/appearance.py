@@ -32,33 +32,36 @@ def colour_signatures(image_rgb: np.ndarray, instance_image: np.ndarray,
         raise ValueError(f'a frame of {image_rgb.shape} for instances of '
                          f'{instance_image.shape}')
     histograms = np.zeros((count, CELLS), np.float32)
-    if count == 0:
+    if count == 0 or instance_image.size == 0:
         return histograms
-    if instance_image.dtype == np.uint16 and count < 1 << 16:
+    shift = 8 - BITS_PER_CHANNEL
+
+    def colour_cells(image: np.ndarray) -> np.ndarray:
+        red, green, blue = cv2.split(np.ascontiguousarray(image, np.uint8))
+        return ((red >> shift) << (2 * BITS_PER_CHANNEL)) | \
+            ((green >> shift) << BITS_PER_CHANNEL) | (blue >> shift)
+
+    if instance_image.dtype == np.uint16 and (count + 2) * CELLS <= 1 << 16:
         # Only the box around every instance's pixels counts: objects seldom fill the frame.
         x, y, w, h = cv2.boundingRect(cv2.inRange(instance_image, 1, count))
         if w == 0:
             return histograms
-        image_rgb = image_rgb[y:y + h, x:x + w]
-        instance_image = instance_image[y:y + h, x:x + w]
-    shift = 8 - BITS_PER_CHANNEL
-    red, green, blue = cv2.split(np.ascontiguousarray(image_rgb, np.uint8))
-    cells = ((red >> shift) << (2 * BITS_PER_CHANNEL)) | ((green >> shift) << BITS_PER_CHANNEL) \
-        | (blue >> shift)
-    if (count + 2) * CELLS <= 1 << 16 and cells.size <= 1 << 24:
-        # One 16-bit histogram of owner and cell together (OpenCV's is several times faster
-        # than numpy's bincount, and exact in float32 up to 2^24 pixels). Owners above
-        # ``count`` are clipped to count + 1, whose bins lie past the range.
-        owners = np.minimum(instance_image, count + 1).astype(np.uint16, copy=False)
-        flat = owners * np.uint16(CELLS) + cells
-        bins = (count + 1) * CELLS
-        counts = cv2.calcHist([flat], [0], None, [bins], [0, bins]).ravel()[CELLS:]
-        counts = counts.astype(np.int64).reshape(count, CELLS)
-    else:
-        owners = instance_image.ravel()
-        where = np.flatnonzero((owners > 0) & (owners <= count))
-        flat = (owners[where].astype(np.int64) - 1) * CELLS + cells.ravel()[where]
-        counts = np.bincount(flat, minlength=count * CELLS).reshape(count, CELLS)
+        cells = colour_cells(image_rgb[y:y + h, x:x + w])
+        if cells.size <= 1 << 24:
+            # One 16-bit histogram of owner and cell together (OpenCV's is several times
+            # faster than numpy's bincount, and exact in float32 up to 2^24 pixels). Owners
+            # above ``count`` are clipped to count + 1, whose bins lie past the range.
+            owners = np.minimum(instance_image[y:y + h, x:x + w], np.uint16(count + 1))
+            flat = owners * np.uint16(CELLS) + cells
+            bins = (count + 1) * CELLS
+            counts = cv2.calcHist([flat], [0], None, [bins], [0, bins]).ravel()[CELLS:]
+            counts = counts.astype(np.int64).reshape(count, CELLS)
+            totals = counts.sum(axis=1, keepdims=True)
+            return (counts / np.maximum(totals, 1)).astype(np.float32)
+    owners = instance_image.ravel()
+    where = np.flatnonzero((owners > 0) & (owners <= count))
+    flat = (owners[where].astype(np.int64) - 1) * CELLS + colour_cells(image_rgb).ravel()[where]
+    counts = np.bincount(flat, minlength=count * CELLS).reshape(count, CELLS)
     totals = counts.sum(axis=1, keepdims=True)
     return (counts / np.maximum(totals, 1)).astype(np.float32)
 
