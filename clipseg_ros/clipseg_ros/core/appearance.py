@@ -13,6 +13,7 @@ One histogram for all instances at once, over the box around them: its cost grow
 box, not with the number of instances (docs/depth.md has the figures).
 """
 
+from clipseg_ros.core.region_stats import value_counts
 import cv2
 import numpy as np
 
@@ -46,22 +47,17 @@ def colour_signatures(image_rgb: np.ndarray, instance_image: np.ndarray,
         x, y, w, h = cv2.boundingRect(cv2.inRange(instance_image, 1, count))
         if w == 0:
             return histograms
-        cells = colour_cells(image_rgb[y:y + h, x:x + w])
-        if cells.size <= 1 << 24:
-            # One 16-bit histogram of owner and cell together (OpenCV's is several times
-            # faster than numpy's bincount, and exact in float32 up to 2^24 pixels). Owners
-            # above ``count`` are clipped to count + 1, whose bins lie past the range.
-            owners = np.minimum(instance_image[y:y + h, x:x + w], np.uint16(count + 1))
-            flat = owners * np.uint16(CELLS) + cells
-            bins = (count + 1) * CELLS
-            counts = cv2.calcHist([flat], [0], None, [bins], [0, bins]).ravel()[CELLS:]
-            counts = counts.astype(np.int64).reshape(count, CELLS)
-            totals = counts.sum(axis=1, keepdims=True)
-            return (counts / np.maximum(totals, 1)).astype(np.float32)
-    owners = instance_image.ravel()
-    where = np.flatnonzero((owners > 0) & (owners <= count))
-    flat = (owners[where].astype(np.int64) - 1) * CELLS + colour_cells(image_rgb).ravel()[where]
-    counts = np.bincount(flat, minlength=count * CELLS).reshape(count, CELLS)
+        # One 16-bit count of owner and cell together. Owners above ``count`` are clipped to
+        # count + 1, whose bins lie past the range.
+        owners = np.minimum(instance_image[y:y + h, x:x + w], np.uint16(count + 1))
+        flat = owners * np.uint16(CELLS) + colour_cells(image_rgb[y:y + h, x:x + w])
+        counts = value_counts(flat, (count + 1) * CELLS)[CELLS:].reshape(count, CELLS)
+    else:
+        owners = instance_image.ravel()
+        where = np.flatnonzero((owners > 0) & (owners <= count))
+        flat = (owners[where].astype(np.int64) - 1) * CELLS + \
+            colour_cells(image_rgb).ravel()[where]
+        counts = np.bincount(flat, minlength=count * CELLS).reshape(count, CELLS)
     totals = counts.sum(axis=1, keepdims=True)
     return (counts / np.maximum(totals, 1)).astype(np.float32)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from clipseg_ros.core.depth_targets import (
     CameraModel, EXTENT_FRACTIONS, PromptTargets, row_quantiles, sample_mask)
-from clipseg_ros.core.region_stats import region_stats
+from clipseg_ros.core.region_stats import region_stats, value_counts
 import cv2
 import numpy as np
 
@@ -148,13 +148,9 @@ def _split_by_depth(component: np.ndarray, depth: np.ndarray,
 
 def _component_areas(components: np.ndarray, count: int) -> np.ndarray:
     """The pixel count of each label 0..count-1 of an int32 label image, in one pass."""
-    if count <= np.iinfo(np.uint16).max + 1 and components.size <= 1 << 24:
-        # OpenCV's 16-bit histogram is several times faster than numpy's bincount, and exact
-        # (float32 counts) up to 2^24 pixels.
-        histogram = cv2.calcHist([components.astype(np.uint16)], [0], None, [count],
-                                 [0, count])
-        return histogram.ravel().astype(np.int64)
-    return np.bincount(components.ravel(), minlength=count)
+    if count <= np.iinfo(np.uint16).max + 1:  # every label fits 16 bits: OpenCV's histogram
+        components = components.astype(np.uint16)
+    return value_counts(components, count)
 
 
 def _boxed(components: np.ndarray, values, areas: np.ndarray | None,

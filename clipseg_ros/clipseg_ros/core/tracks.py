@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 import threading
 
 from clipseg_ros.core.instances import Instances
+from clipseg_ros.core.region_stats import value_counts
 from clipseg_ros.core.track_association import (
     assign, association_costs, box_iou, merges, Side)
 from clipseg_ros.core.track_gallery import LostTrack, LostTracks, Reach, Sighting
-import cv2
 import numpy as np
 
 BOX_SMOOTHING = 0.7      # the box centre follows the image quickly
@@ -144,15 +144,6 @@ def _bounded(tracks: list[_Track]) -> list[_Track]:
             if not (track.missed or track.held) or id(track) in keep]
 
 
-def _values_counted(window: np.ndarray, bins: int) -> np.ndarray:
-    """How many pixels of an integer image hold each value 0..bins-1."""
-    if window.dtype == np.uint16 and window.size <= 1 << 24:
-        # OpenCV's 16-bit histogram: several times faster than numpy's bincount, exact in
-        # float32 up to 2^24 pixels.
-        return cv2.calcHist([window], [0], None, [bins], [0, bins]).ravel().astype(np.int64)
-    return np.bincount(window.ravel(), minlength=bins)[:bins]
-
-
 def _on_masks(tracks: list[_Track], boxes: np.ndarray, image: np.ndarray,
               columns: np.ndarray) -> np.ndarray:
     """
@@ -169,7 +160,7 @@ def _on_masks(tracks: list[_Track], boxes: np.ndarray, image: np.ndarray,
         y1 = int(min(height, np.ceil(box[1] + box[3])))
         if x1 <= x0 or y1 <= y0:
             continue
-        shares[row] = _values_counted(image[y0:y1, x0:x1], int(columns.max()) + 2)[
+        shares[row] = value_counts(image[y0:y1, x0:x1], int(columns.max()) + 2)[
             columns + 1] / max(track.pixels, 1.0)
     return shares >= MERGE_MASK_SHARE
 
