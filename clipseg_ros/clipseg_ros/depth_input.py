@@ -226,10 +226,3 @@ class DepthPairing:
         self.counters.frames_paired += 1
         return PairedDepth(depth_stamp, depth_in_metres(depth_array(msg), msg.encoding, max_depth),
                            camera)
-
-    def targets_for(self, header, labels: np.ndarray, prompt_count: int, *, max_delay: float,
-                    max_depth: float, erosion_px: int) -> PairedTargets:
-        """3D targets of a frame with its labels; NaN with a reason when depth does not fit."""
-        height, width = labels.shape
-        paired = self.depth_for(header, width, height, max_delay=max_delay, max_depth=max_depth)
-        return targets_of(paired, labels, prompt_count, erosion_px)

@@ -10,7 +10,7 @@ import array
 
 from clipseg_ros.core.depth_targets import (
     CameraModel, depth_in_metres, labelled_points, prompt_targets, PromptTargets)
-from clipseg_ros.depth_input import DepthPairing, PairedTargets
+from clipseg_ros.depth_input import DepthPairing, PairedTargets, targets_of
 from clipseg_ros.tools.scenes import render_scene
 import numpy as np
 import pytest
@@ -137,8 +137,10 @@ def scene():
 
 def paired_for(pairing: DepthPairing, scene, header: Header,
                max_delay: float = 0.02) -> PairedTargets:
-    return pairing.targets_for(header, scene.label_image(), len(scene.objects),
-                               max_delay=max_delay, max_depth=10.0, erosion_px=2)
+    labels = scene.label_image()
+    paired = pairing.depth_for(header, labels.shape[1], labels.shape[0], max_delay=max_delay,
+                               max_depth=10.0)
+    return targets_of(paired, labels, len(scene.objects), erosion_px=2)
 
 
 def test_a_frame_pairs_with_the_depth_of_its_stamp_or_the_nearest_within_the_delay(scene):
