@@ -84,7 +84,7 @@ SPECS = (
     ParameterSpec('refine', 'none', 'Refinement of the probability maps at the frame\'s size '
                   'before the threshold: guided (a guided filter by the frame\'s colour, so '
                   'masks follow the edges: docs/refinement.md) or none (bilinear only)'),
-    ParameterSpec('refine_radius', 0.35, 'Radius of the refinement filter as a fraction of one '
+    ParameterSpec('refine_radius', 0.5, 'Radius of the refinement filter as a fraction of one '
                   "model patch's footprint on the frame: larger follows edges further from the "
                   "model's border", float_range=(0.05, 2.0)),
     ParameterSpec('refine_epsilon', 0.001, 'Colour variance (colour in [0, 1]) below which the '

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipseg_ros.core.cell_statistics import box, neighbourhood_max
+from clipseg_ros.core.cell_statistics import box
 from clipseg_ros.core.frame_maps import labels_at_frame_size
 from clipseg_ros.core.refine import (
     cell_size, CELL_RADIUS, check_depths, GuidedRefinement, RefineSettings)
@@ -111,7 +111,7 @@ def test_matches_a_dense_guided_filter_written_independently():
     settings = RefineSettings(radius=0.5, epsilon=1e-3)
     result, refinement = refined_maps(maps, image, settings=settings, patch_pixels=32.0)
     size = refinement.size
-    assert size == cell_size(16.0) == 8
+    assert size == cell_size(16.0) == 16
     assert 0 < refinement.active_cells < 0.75 * maps.shape[0] * 12 * 32
     expected = reference_filter(image, maps, size, max(1, round(16.0 / size)), 1e-3)
     difference = np.abs(result.probabilities.numpy() - expected)
@@ -186,7 +186,7 @@ def test_frames_of_odd_sizes_and_every_cell_size():
             assert probabilities.min() >= 0.0 and probabilities.max() <= 1.0
             confidence = result.confidence.numpy()
             np.testing.assert_allclose(confidence, probabilities.max(0))
-            assert refinement.size <= max(1, round(0.35 * patch / CELL_RADIUS))
+            assert refinement.size == cell_size(RefineSettings().radius * patch) and refinement.size % 2 == 0
 
 
 def test_contending_prompts_only_leave_labels_and_confidence_unchanged():
@@ -224,6 +224,29 @@ def test_told_the_threshold_only_cells_that_can_change_a_label_are_exact():
     np.testing.assert_array_equal(contending.labels.numpy(), told.labels.numpy())
 
 
+def test_labels_are_the_exact_filters_on_textured_frames_of_any_size():
+    """The blocks' value bounds hold on frames with texture, edges inside blocks and partial
+    cells: the labels are those of the filter computed at every pixel, and the confidence is
+    exact or on the same side of the threshold."""
+    rng = np.random.default_rng(11)
+    for height, width, patch in ((96, 128, 24.0), (101, 67, 30.0), (50, 203, 12.0)):
+        for _ in range(3):
+            truth = disc(height, width, (rng.integers(height), rng.integers(width)),
+                         rng.integers(8, 40))
+            image = two_colour_frame(height, width, truth, inside=tuple(rng.integers(0, 256, 3)),
+                                     outside=tuple(rng.integers(0, 256, 3)))
+            image = np.clip(image + rng.normal(0, 12, image.shape), 0, 255).astype(np.uint8)
+            maps = np.stack([blurred_map(truth, 16, tuple(rng.integers(-3, 4, 2))),
+                             blurred_map(~truth, 16), rng.random((16, 16), dtype=np.float32)])
+            every, _ = refined_maps(maps, image, patch_pixels=patch, threshold=0.3)
+            told, refinement = refined_maps(maps, image, patch_pixels=patch, threshold=0.3,
+                                            every_prompt=False, told_threshold=True)
+            np.testing.assert_array_equal(every.labels.numpy(), told.labels.numpy())
+            exact, approximate = every.confidence.numpy(), told.confidence.numpy()
+            assert np.array_equal(exact >= 0.3, approximate >= 0.3)
+            assert refinement.active_cells < refinement.active.numel()
+
+
 def test_settings_and_depth_images_are_checked():
     for bad in (dict(method='bilateral'), dict(radius=0.0), dict(radius=float('nan')),
                 dict(epsilon=0.0), dict(depth_weight=-1.0), dict(radius=True)):
@@ -250,10 +273,3 @@ def test_the_box_filter_is_a_mean_over_windows_cut_at_the_edges(shape, radius):
                             max(0, column - radius):column + radius + 1]
             expected[:, row, column] = window.mean(axis=(1, 2))
     np.testing.assert_allclose(box(maps, radius).numpy(), expected, atol=1e-6)
-
-
-@pytest.mark.parametrize('shape', [(3, 7, 9), (1, 1, 5), (2, 5, 1), (1, 1, 1)])
-def test_the_neighbourhood_maximum_is_three_by_three_max_pooling(shape):
-    maps = torch.from_numpy(np.random.default_rng(6).standard_normal(shape).astype(np.float32))
-    expected = torch.nn.functional.max_pool2d(maps.unsqueeze(0), 3, stride=1, padding=1)
-    assert torch.equal(neighbourhood_max(maps), expected.squeeze(0))

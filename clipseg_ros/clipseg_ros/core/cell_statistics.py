@@ -27,18 +27,6 @@ def box(maps: torch.Tensor, radius: int) -> torch.Tensor:
                       count_include_pad=False).squeeze(0)
 
 
-def neighbourhood_max(maps: torch.Tensor) -> torch.Tensor:
-    """The maximum over the 3 x 3 cells around each cell of (N, h, w) maps (edges: those
-    inside), as shifted maxima: max pooling took ten times longer on such small grids."""
-    rows = maps.clone()
-    torch.maximum(rows[:, 1:], maps[:, :-1], out=rows[:, 1:])
-    torch.maximum(rows[:, :-1], maps[:, 1:], out=rows[:, :-1])
-    result = rows.clone()
-    torch.maximum(result[:, :, 1:], rows[:, :, :-1], out=result[:, :, 1:])
-    torch.maximum(result[:, :, :-1], rows[:, :, 1:], out=result[:, :, :-1])
-    return result
-
-
 def _window_counts(length: int, radius: int) -> np.ndarray:
     positions = np.arange(length)
     return (np.minimum(positions + radius, length - 1) - np.maximum(positions - radius, 0) + 1)

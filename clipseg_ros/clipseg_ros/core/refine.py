@@ -5,12 +5,13 @@ the frame's colour (and, where paired, its aligned depth: a depth jump is an edg
 The filter's statistics are computed on a grid of s x s pixel cells (the fast guided filter:
 He and Sun, 2015), so its cost there does not grow with the frame. At the frame's size each
 probability becomes ``q = A . G + B`` with the cell coefficients A, B resized bilinearly and G the
-pixel's guide. Where a prompt's coefficients A are about 0 around a cell (its map does not
-follow the guide there), ``q`` is the resized ``B + A . mean(G)``, which is exactly the slab the
-bilinear path already makes; only the other cells (near the prompts' borders) are computed
-pixel by pixel. So the frame-size work is one bilinear resize plus the border cells, and the
-memory one frame-size map more than without refinement. The cell grid's statistics are in
-core/cell_statistics.py.
+pixel's guide: each half-cell block of pixels blends the coefficients of 2 x 2 cells. Where a
+prompt's coefficients A are about 0 on those cells (its map does not follow the guide there),
+``q`` is the resized ``B + A . mean(G)``, which is exactly the slab the bilinear path already
+makes; only the other blocks (near the prompts' borders) are computed pixel by pixel, and, told
+the threshold, only those whose values can change a label. So the frame-size work is one
+bilinear resize plus the border blocks, and the memory one frame-size map more than without
+refinement. The cell grid's statistics are in core/cell_statistics.py.
 """
 
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ import math
 import numbers
 
 from clipseg_ros.core.cell_statistics import (
-    cell_means, colour_cell_ranges, guided_coefficients, neighbourhood_max)
+    cell_means, colour_cell_ranges, guided_coefficients)
 import numpy as np
 import torch
 from torch.nn.functional import interpolate, pad
@@ -28,12 +29,14 @@ from torch.nn.functional import interpolate, pad
 REFINE_METHODS = ('none', 'guided')
 # Radius of the filter in cells: the cell size s follows from the radius asked for, up to
 # MAX_CELL pixels (a larger radius then spans more cells).
-CELL_RADIUS = 2
+CELL_RADIUS = 1
 MAX_CELL = 16
 # A cell whose coefficients |A| (summed over the guide's channels) stay below this around it
 # takes the resized B + A . mean(G): the difference from the exact filter is about |A| times
 # the guide's variation inside the cell.
 FLAT_COEFFICIENT = 1e-3
+# Bounds on a block's values are widened by this much per unit of the guide's coefficients.
+ROUNDING_MARGIN = 1e-5
 # Pixel values computed at once by the exact filter: bounds its temporaries for any frame.
 _PATCH_ELEMENTS = 1 << 20
 
@@ -50,7 +53,7 @@ class RefineSettings:
     """
 
     method: str = 'guided'
-    radius: float = 0.35
+    radius: float = 0.5
     epsilon: float = 1e-3
     depth_weight: float = 0.0
 
@@ -95,42 +98,49 @@ def patch_footprint(height: int, width: int, resolution: int, patch_size: int) -
 
 
 def cell_size(radius_px: float) -> int:
-    """Side s of the cells for a filter radius in frame pixels."""
-    return min(MAX_CELL, max(1, int(round(radius_px / CELL_RADIUS))))
+    """
+    Side s of the cells for a filter radius in frame pixels: even (each cell is four half-cell
+    blocks, each reading the coefficients of 2 x 2 cells), 2 to MAX_CELL.
+    """
+    half = int(round(radius_px / (2 * CELL_RADIUS)))
+    return 2 * min(MAX_CELL // 2, max(1, half))
 
 
-def cell_weights(size: int, device: torch.device) -> torch.Tensor:
+def second_weights(size: int, device: torch.device) -> torch.Tensor:
     """
-    (s, 3) bilinear weights of a cell's s pixel rows (or columns) on the cell before, the
-    cell and the one after: the sampling of ``interpolate(align_corners=False)`` at scale s.
+    (2, s / 2) bilinear weights, on the second of the two cells it blends, of the pixel rows (or
+    columns) of a cell's first and of its second half: the sampling of
+    ``interpolate(align_corners=False)`` at scale s. The first half blends the cell before and
+    the cell; the second half the cell and the one after.
     """
-    position = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size - 0.5
-    weights = torch.zeros(size, 3, device=device)
-    weights[:, 0] = (-position).clamp(min=0.0)
-    weights[:, 2] = position.clamp(min=0.0)
-    weights[:, 1] = 1.0 - weights[:, 0] - weights[:, 2]
-    return weights
+    offsets = (torch.arange(size // 2, device=device, dtype=torch.float32) + 0.5) / size
+    return torch.stack([offsets + 0.5, offsets])
 
 
 def _deciding(lowest: torch.Tensor, highest: torch.Tensor,
               threshold: float | None) -> torch.Tensor:
     """
-    (N, h, w) bool: the (prompt, cell) pairs whose exact values can change a label, from the
-    range of values each prompt may take on the cell. A prompt whose highest value stays below
+    (N, h, w) bool: the (prompt, block) pairs whose exact values can change a label, from the
+    range of values each prompt may take on the block. A prompt whose highest value stays below
     another's lowest is never the best (nor the confidence) there.
 
     Told the ``threshold``, a prompt that cannot reach it there is never labelled; one that can
     is exact where it may fall short of it, or where another prompt that can reach it may pass
-    it. Elsewhere its label is settled and its confidence is the cell's filter output resized
-    (as in the cells without an edge), on the same side of the threshold.
+    it. Elsewhere its label is settled and its confidence is the cell maps' filter output
+    resized (as in the blocks without an edge), on the same side of the threshold.
     """
     contending = highest >= lowest.amax(dim=0, keepdim=True)
     if threshold is None:
         return contending
     labellable = contending & (highest >= threshold)
-    # For each prompt k, the labellable prompts whose highest reaches k's lowest (k too).
-    rivals = (labellable[None] & (highest[None] >= lowest[:, None])).sum(dim=1)
-    return labellable & ((lowest < threshold) | (rivals > 1))
+    if lowest.shape[0] == 1:
+        return labellable & (lowest < threshold)
+    # Whether another labellable prompt's highest reaches k's lowest: the best highest of the
+    # others is the first of the two best, or the second where k is the first.
+    best = torch.where(labellable, highest, -math.inf).topk(2, dim=0)
+    others = torch.where(best.indices[0] == torch.arange(
+        lowest.shape[0], device=lowest.device).view(-1, 1, 1), best.values[1], best.values[0])
+    return labellable & ((lowest < threshold) | (others >= lowest))
 
 
 class GuidedRefinement:
@@ -139,8 +149,8 @@ class GuidedRefinement:
     optional aligned depth (H, W) metres (NaN or <= 0: no reading), all on one device.
 
     :attr:`cell_maps` (N, h, w) are the maps on the cells; :meth:`slab` makes the frame-size
-    rows the frame-map code labels: the cell maps resized, and the pixels of the cells near the
-    prompts' borders computed by the exact filter.
+    rows the frame-map code labels: the cell maps resized, and the pixels of the half-cell blocks
+    near the prompts' borders computed by the exact filter.
     """
 
     def __init__(self, probabilities: torch.Tensor, image: torch.Tensor,
@@ -150,12 +160,13 @@ class GuidedRefinement:
         self.height, self.width = image.shape[:2]
         radius_px = settings.radius * patch_pixels
         self.size = size = cell_size(radius_px)
+        self.block = block = size // 2
         cell_radius = max(1, int(round(radius_px / size)))
-        # The frame as (h, s, w, s, 3) cells: where it is not a whole number of them, a copy
-        # with the last row and column repeated (as the filter reads past the frame's edge).
+        # The frame as (2h, s/2, 2w, s/2, 3) blocks: where it is not a whole number of cells, a
+        # copy with the last row and column repeated (as the filter reads past the frame's edge).
         cells = _whole_cells(image, size)
-        self._cells_view = cells.view(cells.shape[0] // size, size, cells.shape[1] // size,
-                                      size, 3)
+        self._blocks_view = cells.view(cells.shape[0] // block, block,
+                                       cells.shape[1] // block, block, 3)
         self._depth = depth if settings.depth_weight > 0 else None
         self._depth_weight = float(settings.depth_weight)
         self._guide = guide = cell_means(image, self._depth, size, self._depth_weight)
@@ -163,72 +174,126 @@ class GuidedRefinement:
                            mode='bilinear', align_corners=False).squeeze(0)
         a, b = guided_coefficients(guide, maps, cell_radius, float(settings.epsilon))
         self.cell_maps = b + (a * guide[None]).sum(dim=1)
-        # (N, h + 2, w + 2, C + 1): each cell's A and B, edge cells repeated once around.
+        count, channels, rows, columns = a.shape
+        # (N, C + 1, h + 2, w + 2): each cell's A and B, edge cells repeated once around.
         table = pad(torch.cat([a, b[:, None]], dim=1), (1, 1, 1, 1), mode='replicate')
-        self._table = table.permute(0, 2, 3, 1).contiguous()
-        self.active = self._active_cells(a)
+        self._table = table.permute(0, 2, 3, 1).reshape(-1, channels + 1)
+        # The first of the 2 x 2 cells (in the padded table) each block's pixels blend.
+        self._first_row = (torch.arange(2 * rows, device=image.device) + 1) // 2
+        self._first_column = (torch.arange(2 * columns, device=image.device) + 1) // 2
+        self._padded_columns = columns + 2
+        self._padded_cells = (rows + 2) * (columns + 2)
+        # A block is exact where its corner cells' coefficients are not about 0.
+        strength = pad(a.abs().sum(dim=1)[None], (1, 1, 1, 1), mode='replicate')[0]
+        self.active = self._block_corners(strength, torch.maximum) > FLAT_COEFFICIENT
         if not every_prompt and self._depth is None:
-            lowest, highest = self._value_ranges(a, b, colour_cell_ranges(image, size))
+            lowest, highest = self._block_ranges(self._colour_ranges(cells))
             self.active &= _deciding(lowest, highest, threshold)
-        self._weights = cell_weights(size, image.device)
-        rows, columns = guide.shape[1:]
+        self._second = second_weights(size, image.device)
         self._row_taps = _scaled_taps(rows * size, rows, image.device)
 
-    @staticmethod
-    def _active_cells(a: torch.Tensor) -> torch.Tensor:
-        """
-        (N, h, w) bool: the cells whose pixels read (from the 3 x 3 cells around) coefficients
-        A with |A| summed over the guide's channels above FLAT_COEFFICIENT.
-        """
-        strength = a.abs().sum(dim=1).unsqueeze(0)
-        return neighbourhood_max(strength.squeeze(0)) > FLAT_COEFFICIENT
+    def _block_corners(self, cells: torch.Tensor, reduce) -> torch.Tensor:
+        """(N, 2h, 2w): ``reduce`` (torch.minimum or maximum) of (N, h + 2, w + 2) padded cell
+        values over each block's 2 x 2 corner cells."""
+        rows = reduce(cells[:, :-1], cells[:, 1:])
+        pairs = reduce(rows[:, :, :-1], rows[:, :, 1:])  # (N, h + 1, w + 1)
+        return pairs.index_select(1, self._first_row).index_select(2, self._first_column)
 
-    def _value_ranges(self, a: torch.Tensor, b: torch.Tensor,
-                      colour_ranges: tuple[torch.Tensor, torch.Tensor]
+    def _colour_ranges(self, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        (3, 2h, 2w) middle and half range of each block's colour, in [0, 1], from the frame
+        grown to whole cells; only the box around the blocks not flat (the others are not
+        read) is measured, the rest left 0.
+        """
+        read = self.active.any(dim=0)
+        middle = torch.zeros((3,) + read.shape, device=cells.device)
+        half_range = torch.zeros_like(middle)
+        rows, columns = (torch.nonzero(read.any(dim=axis)).squeeze(1) for axis in (1, 0))
+        if rows.numel():
+            top, bottom = int(rows[0]), int(rows[-1]) + 1
+            left, right = int(columns[0]), int(columns[-1]) + 1
+            block = self.block
+            low, high = colour_cell_ranges(
+                cells[top * block:bottom * block, left * block:right * block], block)
+            middle[:, top:bottom, left:right] = 0.5 * (low + high)
+            half_range[:, top:bottom, left:right] = 0.5 * (high - low)
+        return middle, half_range
+
+    def _block_ranges(self, colour: tuple[torch.Tensor, torch.Tensor]
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """
-        (N, h, w) lowest and highest values a prompt may take on each cell's pixels, exact or
-        not. A pixel's coefficients blend those of the 3 x 3 cells around it, each within
-        their range there, and its colour lies within its cell's range: the exact ``q`` lies
-        within the extremes of ``A . G + B`` over those boxes. Where not filtered pixel by
-        pixel, it is a blend of those cells' own values (:attr:`cell_maps`).
+        (N, 2h, 2w) lowest and highest values each prompt may take on each block's pixels,
+        exact or not, from the blocks' (3, 2h, 2w) colour middles and half ranges.
+
+        Where not filtered pixel by pixel, a pixel's value blends its block's 2 x 2 corner
+        cells' own values (:attr:`cell_maps`). Exact, in the blocks not flat, it blends those
+        corners' linear models ``A . G + B`` at its colour, which lies within the block's
+        colour range: so it lies within the extremes of each model over that box (its value at
+        the box's middle, give or take |A| . the half range).
         """
-        coefficients = torch.cat([a, b[:, None]], dim=1)  # (N, C + 1, h, w)
-        count, planes, rows, columns = coefficients.shape
-        flat = coefficients.view(count * planes, rows, columns)
-        high_coefficients = neighbourhood_max(flat).view(count, planes, rows, columns)
-        low_coefficients = -neighbourhood_max(-flat).view(count, planes, rows, columns)
-        low_colour, high_colour = (c[None] for c in colour_ranges)  # (1, 3, h, w)
-        corners = torch.stack([low_coefficients[:, :-1] * low_colour,
-                               low_coefficients[:, :-1] * high_colour,
-                               high_coefficients[:, :-1] * low_colour,
-                               high_coefficients[:, :-1] * high_colour])
-        lowest = low_coefficients[:, -1] + corners.amin(dim=0).sum(dim=1)
-        highest = high_coefficients[:, -1] + corners.amax(dim=0).sum(dim=1)
-        return (torch.minimum(lowest, -neighbourhood_max(-self.cell_maps)),
-                torch.maximum(highest, neighbourhood_max(self.cell_maps)))
+        maps = pad(self.cell_maps[None], (1, 1, 1, 1), mode='replicate')[0]
+        lowest = self._block_corners(maps, torch.minimum)
+        highest = self._block_corners(maps, torch.maximum)
+        blocks_per_prompt = lowest[0].numel()
+        block_columns = lowest.shape[2]
+        # (blocks, 3) each; the margin (the exact filter rounds otherwise than these sums)
+        # widens the half range, so the spread below grows by it per unit of |A|, plus it.
+        middle = colour[0].reshape(3, -1).T.contiguous()
+        half_range = (colour[1].reshape(3, -1).T + ROUNDING_MARGIN).contiguous()
+        lowest_flat, highest_flat = lowest.view(-1), highest.view(-1)
+        nonflat = torch.nonzero(self.active.view(-1)).squeeze(1)
+        step = max(1, _PATCH_ELEMENTS // (4 * self._table.shape[1]))
+        for start in range(0, nonflat.numel(), step):
+            index = nonflat[start:start + step]
+            prompt, block = index // blocks_per_prompt, index % blocks_per_prompt
+            corners = self._corner_coefficients(prompt, block // block_columns,
+                                                block % block_columns)  # (K, 4, C + 1)
+            coefficients = corners[:, :, :-1]
+            centre = corners[:, :, -1] + (coefficients * middle[block][:, None]).sum(dim=2)
+            spread = (coefficients.abs() * half_range[block][:, None]).sum(dim=2).add_(
+                ROUNDING_MARGIN)
+            lowest_flat[index] = torch.minimum(lowest_flat[index], (centre - spread).amin(dim=1))
+            highest_flat[index] = torch.maximum(highest_flat[index],
+                                                centre.add_(spread).amax(dim=1))
+        return lowest, highest
+
+    def _corner_coefficients(self, prompt: torch.Tensor, block_row: torch.Tensor,
+                             block_column: torch.Tensor) -> torch.Tensor:
+        """(K, 4, C + 1) A and B of the 2 x 2 cells K (prompt, block) pairs blend: the first
+        row's two cells, then the second's."""
+        top_left = (prompt * self._padded_cells + self._first_row[block_row] *
+                    self._padded_columns + self._first_column[block_column])
+        width = self._padded_columns
+        return self._table.index_select(0, torch.stack(
+            [top_left, top_left + 1, top_left + width, top_left + width + 1], dim=1).view(-1)
+        ).view(prompt.numel(), 4, self._table.shape[1])
 
     @property
     def active_cells(self) -> int:
-        """How many (prompt, cell) pairs are filtered pixel by pixel."""
+        """How many (prompt, half-cell block) pairs are filtered pixel by pixel."""
         return int(self.active.sum())
 
     def slab(self, rows: slice) -> torch.Tensor:
         """The (N, rows, W) refined probabilities of a range of frame rows."""
-        size = self.size
-        first, end = rows.start // size, math.ceil(rows.stop / size)
-        buffer = self._resized(slice(first * size, end * size))
-        count, columns = self.cell_maps.shape[0], self.cell_maps.shape[2]
-        cells = buffer.view(count, end - first, size, columns, size)
-        prompt, cell_row, cell_column = torch.nonzero(self.active[:, first:end], as_tuple=True)
+        block = self.block
+        first, end = rows.start // block, math.ceil(rows.stop / block)
+        buffer = self._resized(slice(first * block, end * block))
+        prompt, block_row, block_column = torch.nonzero(self.active[:, first:end],
+                                                        as_tuple=True)
+        top = rows.start - first * block
         if prompt.numel() == 0:
-            return buffer[:, rows.start - first * size:rows.stop - first * size, :self.width]
-        chunk = max(1, _PATCH_ELEMENTS // (size * size * self._table.shape[-1]))
+            return buffer[:, top:top + rows.stop - rows.start, :self.width]
+        count, columns = buffer.shape[0], buffer.shape[2] // block
+        blocks = buffer.view(count, end - first, block, columns, block)
+        chunk = max(1, _PATCH_ELEMENTS // (block * block * (self._table.shape[-1] + 3)))
         for start in range(0, prompt.numel(), chunk):
             part = slice(start, start + chunk)
-            cells[prompt[part], cell_row[part], :, cell_column[part], :] = self._exact(
-                prompt[part], cell_row[part] + first, cell_column[part])
-        top = rows.start - first * size
+            values = self._exact(prompt[part], block_row[part] + first, block_column[part])
+            if buffer.device.type == 'cpu':  # numpy's scatter is several times torch's here
+                blocks.numpy()[prompt[part].numpy(), block_row[part].numpy(), :,
+                               block_column[part].numpy(), :] = values.numpy()
+            else:
+                blocks[prompt[part], block_row[part], :, block_column[part], :] = values
         return buffer[:, top:top + rows.stop - rows.start, :self.width]
 
     def _resized(self, rows: slice) -> torch.Tensor:
@@ -240,41 +305,60 @@ class GuidedRefinement:
         return interpolate(blended.view(1, count * height, columns), scale_factor=self.size,
                            mode='linear', align_corners=False).view(count, height, -1)
 
-    def _exact(self, prompt: torch.Tensor, cell_row: torch.Tensor,
-               cell_column: torch.Tensor) -> torch.Tensor:
-        """(K, s, s) filter output on the pixels of K (prompt, cell) pairs."""
-        near = torch.arange(3, device=prompt.device)
-        block = self._table[prompt[:, None, None], (cell_row[:, None] + near)[:, :, None],
-                            (cell_column[:, None] + near)[:, None, :]]  # (K, 3, 3, C + 1)
-        weights = self._weights
-        # (K, C + 1, s, s): rows then columns, as two small matrix products per cell.
-        coefficients = weights @ block.permute(0, 3, 1, 2) @ weights.T
-        # (K, s, s, 3) uint8 of the cells, then (K, 3, s, s) in [0, 1].
-        guide = self._cells_view[cell_row, :, cell_column].permute(0, 3, 1, 2).to(
-            torch.float32) * (1.0 / 255.0)
-        if self._depth is not None:
-            guide = torch.cat([guide, self._pixel_depth(cell_row, cell_column)], dim=1)
-        values = coefficients[:, -1]
-        for channel in range(guide.shape[1]):
-            values = values.addcmul_(coefficients[:, channel], guide[:, channel])
-        return values.clamp_(0.0, 1.0)
+    def _exact(self, prompt: torch.Tensor, block_row: torch.Tensor,
+               block_column: torch.Tensor) -> torch.Tensor:
+        """(K, b, b) filter output on the pixels of K (prompt, half-cell block) pairs."""
+        count, planes = prompt.numel(), self._table.shape[1]
+        corners = self._corner_coefficients(prompt, block_row, block_column)[..., None]
+        # Each pixel row's coefficients on the block's left column and their step to the
+        # right one: (K, C + 1, b) each, from the weights on the second of the 2 x 2 rows.
+        down = self._second[block_row % 2].view(count, 1, -1)
+        left = torch.lerp(corners[:, 0], corners[:, 2], down)
+        step = torch.lerp(corners[:, 1], corners[:, 3], down).sub_(left)
+        # The colour's scale to [0, 1] goes on the coefficients: fewer values to scale.
+        left[:, :3] *= 1.0 / 255.0
+        step[:, :3] *= 1.0 / 255.0
+        guide = self._pixel_guide(block_row, block_column)  # (C, K, b, b)
+        # q = (A_left + x (A_right - A_left)) . G + B_left + x (B_right - B_left), x the
+        # weight on the right column: the left and the step part summed over the channels.
+        near = torch.addcmul(left[:, -1, :, None], guide[0], left[:, 0, :, None])
+        far = torch.addcmul(step[:, -1, :, None], guide[0], step[:, 0, :, None])
+        for channel in range(1, planes - 1):
+            near.addcmul_(guide[channel], left[:, channel, :, None])
+            far.addcmul_(guide[channel], step[:, channel, :, None])
+        right = self._second[block_column % 2].view(count, 1, -1)
+        return near.addcmul_(far, right).clamp_(0.0, 1.0)
 
-    def _pixel_indices(self, cell_row: torch.Tensor,
-                       cell_column: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(K, s, 1) rows and (K, 1, s) columns of the cells' pixels, the frame's last repeated."""
-        offsets = torch.arange(self.size, device=cell_row.device)
-        y = (cell_row[:, None] * self.size + offsets).clamp(max=self.height - 1)
-        x = (cell_column[:, None] * self.size + offsets).clamp(max=self.width - 1)
+    def _pixel_guide(self, block_row: torch.Tensor, block_column: torch.Tensor) -> torch.Tensor:
+        """(C, K, b, b) guide on the blocks' pixels: colour (0 to 255), then weighted depth."""
+        if self._blocks_view.device.type == 'cpu':  # numpy's gather is several times torch's
+            colour = torch.from_numpy(self._blocks_view.numpy()[
+                block_row.numpy(), :, block_column.numpy()])
+        else:
+            colour = self._blocks_view[block_row, :, block_column]
+        planes = 3 if self._depth is None else 4
+        guide = torch.empty((planes,) + colour.shape[:3], device=colour.device)
+        guide[:3].copy_(colour.permute(3, 0, 1, 2))
+        if self._depth is not None:
+            guide[3] = self._pixel_depth(block_row, block_column)
+        return guide
+
+    def _pixel_indices(self, block_row: torch.Tensor,
+                       block_column: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, b, 1) rows and (K, 1, b) columns of the blocks' pixels, the frame's last repeated."""
+        offsets = torch.arange(self.block, device=block_row.device)
+        y = (block_row[:, None] * self.block + offsets).clamp(max=self.height - 1)
+        x = (block_column[:, None] * self.block + offsets).clamp(max=self.width - 1)
         return y[:, :, None], x[:, None, :]
 
-    def _pixel_depth(self, cell_row: torch.Tensor, cell_column: torch.Tensor) -> torch.Tensor:
-        """(K, 1, s, s) weighted depth on the cells' pixels."""
-        y, x = self._pixel_indices(cell_row, cell_column)
+    def _pixel_depth(self, block_row: torch.Tensor, block_column: torch.Tensor) -> torch.Tensor:
+        """(K, b, b) weighted depth on the blocks' pixels."""
+        y, x = self._pixel_indices(block_row, block_column)
         metres = self._depth[y, x].to(torch.float32)
         # A missing reading takes its cell's mean: it neither makes nor hides an edge.
-        cell_mean = self._guide[3][cell_row, cell_column][:, None, None]
+        cell_mean = self._guide[3][block_row // 2, block_column // 2][:, None, None]
         readable = torch.isfinite(metres) & (metres > 0)
-        return torch.where(readable, self._depth_weight * metres, cell_mean).unsqueeze(1)
+        return torch.where(readable, self._depth_weight * metres, cell_mean)
 
 
 def _whole_cells(image: torch.Tensor, size: int) -> torch.Tensor:
