@@ -33,22 +33,9 @@ def _window_counts(length: int, radius: int) -> np.ndarray:
 
 
 def _box_opencv(maps: torch.Tensor, radius: int) -> torch.Tensor:
-    """
-    The CPU's box filter: OpenCV's running sums over channels-last planes, several times
-    faster than pooling on grids of a few thousand cells (bench/refine_bench.py).
-    """
-    count, height, width = maps.shape
-    side = 2 * radius + 1
-    planes = maps.permute(1, 2, 0).contiguous().numpy()
-    summed = np.empty_like(planes)
-    for first in range(0, count, _OPENCV_MAX_CHANNELS):
-        part = slice(first, first + _OPENCV_MAX_CHANNELS)
-        summed[:, :, part] = cv2.boxFilter(
-            np.ascontiguousarray(planes[:, :, part]), -1, (side, side), normalize=False,
-            borderType=cv2.BORDER_CONSTANT).reshape(height, width, -1)
-    pixels = np.outer(_window_counts(height, radius), _window_counts(width, radius))
-    summed /= pixels[:, :, None].astype(np.float32)
-    return torch.from_numpy(summed).permute(2, 0, 1).contiguous()
+    """The CPU's box filter: OpenCV's running sums, several times faster than pooling on grids
+    of a few thousand cells (bench/refine_bench.py)."""
+    return torch.from_numpy(np.ascontiguousarray(_window_means(maps.numpy(), radius)))
 
 
 def cell_means(image: torch.Tensor, depth: torch.Tensor | None, size: int,
@@ -118,7 +105,7 @@ def _fill_empty(values: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     return torch.where(known, values, fallback)
 
 
-def symmetric_inverse(matrix: torch.Tensor) -> torch.Tensor:
+def symmetric_inverse(matrix: np.ndarray) -> np.ndarray:
     """
     Inverse of (C, C, h, w) symmetric positive definite matrices, one per cell: cofactors for
     C = 3, else Gauss-Jordan elimination on whole maps (C is 3 or 4: cheaper than a batched
@@ -130,10 +117,10 @@ def symmetric_inverse(matrix: torch.Tensor) -> torch.Tensor:
         first, second, third = d * f - e * e, c * e - b * f, b * e - c * d
         scale = 1.0 / (a * first + b * second + c * third)
         fourth, fifth, sixth = a * f - c * c, b * c - a * e, a * d - b * b
-        rows = ((first, second, third), (second, fourth, fifth), (third, fifth, sixth))
-        return torch.stack([torch.stack([value * scale for value in row]) for row in rows])
-    left = [[matrix[i, j].clone() for j in range(size)] for i in range(size)]
-    right = [[torch.ones_like(matrix[0, 0]) if i == j else torch.zeros_like(matrix[0, 0])
+        return np.stack([first, second, third, second, fourth, fifth, third, fifth,
+                         sixth]).reshape(matrix.shape) * scale
+    left = [[matrix[i, j].copy() for j in range(size)] for i in range(size)]
+    right = [[np.ones_like(matrix[0, 0]) if i == j else np.zeros_like(matrix[0, 0])
               for j in range(size)] for i in range(size)]
     for pivot in range(size):
         scale = 1.0 / left[pivot][pivot]
@@ -145,38 +132,61 @@ def symmetric_inverse(matrix: torch.Tensor) -> torch.Tensor:
             factor = left[row][pivot]
             left[row] = [value - factor * p for value, p in zip(left[row], left[pivot])]
             right[row] = [value - factor * p for value, p in zip(right[row], right[pivot])]
-    return torch.stack([torch.stack(row) for row in right])
+    return np.stack([np.stack(row) for row in right])
+
+
+def _window_means(planes: np.ndarray, radius: int) -> np.ndarray:
+    """Mean over the (2 radius + 1)^2 window (cut at the edges) of each (P, h, w) plane:
+    OpenCV's running sums over the planes as channels."""
+    count, height, width = planes.shape
+    side = 2 * radius + 1
+    summed = np.empty((height, width, count), np.float32)
+    for first in range(0, count, _OPENCV_MAX_CHANNELS):
+        part = slice(first, first + _OPENCV_MAX_CHANNELS)
+        summed[:, :, part] = cv2.boxFilter(
+            np.ascontiguousarray(planes[part].transpose(1, 2, 0)), -1, (side, side),
+            normalize=False, borderType=cv2.BORDER_CONSTANT).reshape(height, width, -1)
+    summed /= np.outer(_window_counts(height, radius),
+                       _window_counts(width, radius))[:, :, None].astype(np.float32)
+    return summed.transpose(2, 0, 1)
 
 
 def guided_coefficients(guide: torch.Tensor, maps: torch.Tensor, radius: int,
                         epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
     """
     Guided-filter coefficients of (N, h, w) maps with a (C, h, w) guide: A (N, C, h, w) and
-    B (N, h, w), window means already taken, so that ``q = A . guide + B``.
+    B (N, h, w), window means already taken, so that ``q = A . guide + B``; on the maps'
+    device.
 
-    Every window mean of a step is one box filter over the stacked planes: on cell grids of a
-    few thousand cells the cost is the number of calls, not their size.
+    Computed with numpy and OpenCV on the host, whatever the device: on cell grids of a few
+    thousand cells the cost is the number of calls, which numpy's are several times cheaper
+    than torch's, and every window mean of a step is one box filter over the stacked planes.
     """
+    device = maps.device
+    guide, maps = guide.cpu().numpy(), maps.to(torch.float32).cpu().numpy()
     channels, count = guide.shape[0], maps.shape[0]
     height, width = guide.shape[1:]
     pairs = [(i, j) for i in range(channels) for j in range(i, channels)]
-    planes = torch.cat([guide, maps, (guide[None] * maps[:, None]).reshape(-1, height, width),
-                        torch.stack([guide[i] * guide[j] for i, j in pairs])])
-    means = box(planes, radius)
+    planes = np.concatenate([guide, maps,
+                             (guide[None] * maps[:, None]).reshape(-1, height, width),
+                             np.stack([guide[i] * guide[j] for i, j in pairs])])
+    means = _window_means(planes, radius)
     guide_mean, map_mean = means[:channels], means[channels:channels + count]
     products = means[channels + count:channels + count + count * channels]
-    covariance = products.view(count, channels, height, width) - \
+    covariance = products.reshape(count, channels, height, width) - \
         guide_mean[None] * map_mean[:, None]
     second = dict(zip(pairs, means[channels + count + count * channels:]))
-    variance = torch.stack([torch.stack([
+    variance = np.stack([np.stack([
         second[min(i, j), max(i, j)] - guide_mean[i] * guide_mean[j] + (epsilon if i == j else 0.0)
         for j in range(channels)]) for i in range(channels)])
     inverse = symmetric_inverse(variance)  # one system per cell, shared by every prompt
-    a = (inverse[None] * covariance[:, None]).sum(dim=2)  # (N, C, h, w)
-    b = map_mean - (a * guide_mean[None]).sum(dim=1)
-    smoothed = box(torch.cat([a.reshape(count * channels, height, width), b]), radius)
-    return smoothed[:count * channels].view(count, channels, height, width), \
-        smoothed[count * channels:]
+    a = (inverse[None] * covariance[:, None]).sum(axis=2)  # (N, C, h, w)
+    b = map_mean - (a * guide_mean[None]).sum(axis=1)
+    smoothed = _window_means(np.concatenate([a.reshape(count * channels, height, width), b]),
+                             radius)
+    return (torch.from_numpy(np.ascontiguousarray(smoothed[:count * channels])).view(
+                count, channels, height, width).to(device),
+            torch.from_numpy(np.ascontiguousarray(smoothed[count * channels:])).to(device))
 
 
 def colour_cell_ranges(image: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -232,30 +232,40 @@ class GuidedRefinement:
         the box's middle, give or take |A| . the half range).
         """
         maps = pad(self.cell_maps[None], (1, 1, 1, 1), mode='replicate')[0]
-        lowest = self._block_corners(maps, torch.minimum)
-        highest = self._block_corners(maps, torch.maximum)
-        blocks_per_prompt = lowest[0].numel()
-        block_columns = lowest.shape[2]
-        # (blocks, 3) each; the margin (the exact filter rounds otherwise than these sums)
-        # widens the half range, so the spread below grows by it per unit of |A|, plus it.
-        middle = colour[0].reshape(3, -1).T.contiguous()
-        half_range = (colour[1].reshape(3, -1).T + ROUNDING_MARGIN).contiguous()
-        lowest_flat, highest_flat = lowest.view(-1), highest.view(-1)
-        nonflat = torch.nonzero(self.active.view(-1)).squeeze(1)
-        step = max(1, _PATCH_ELEMENTS // (4 * self._table.shape[1]))
-        for start in range(0, nonflat.numel(), step):
+        device = maps.device
+        # numpy on the host: a few small gathers and sums per block not flat, where torch's
+        # per-call cost was most of the time (bounds of every prompt: tens of kB a frame).
+        lowest = self._block_corners(maps, torch.minimum).cpu()
+        highest = self._block_corners(maps, torch.maximum).cpu()
+        blocks_per_prompt, block_columns = lowest[0].numel(), lowest.shape[2]
+        lowest_flat, highest_flat = lowest.numpy().reshape(-1), highest.numpy().reshape(-1)
+        middle = colour[0].cpu().numpy().reshape(3, -1)
+        # The exact filter rounds otherwise than these sums: the margin widens the half range,
+        # so the spread grows by it per unit of |A|, plus it.
+        half_range = colour[1].cpu().numpy().reshape(3, -1) + ROUNDING_MARGIN
+        table = self._table.cpu().numpy()
+        first_row, first_column = self._first_row.cpu().numpy(), self._first_column.cpu().numpy()
+        width = self._padded_columns
+        nonflat = np.flatnonzero(self.active.cpu().numpy())
+        step = max(1, _PATCH_ELEMENTS // (4 * table.shape[1]))
+        for start in range(0, nonflat.size, step):
             index = nonflat[start:start + step]
-            prompt, block = index // blocks_per_prompt, index % blocks_per_prompt
-            corners = self._corner_coefficients(prompt, block // block_columns,
-                                                block % block_columns)  # (K, 4, C + 1)
-            coefficients = corners[:, :, :-1]
-            centre = corners[:, :, -1] + (coefficients * middle[block][:, None]).sum(dim=2)
-            spread = (coefficients.abs() * half_range[block][:, None]).sum(dim=2).add_(
-                ROUNDING_MARGIN)
-            lowest_flat[index] = torch.minimum(lowest_flat[index], (centre - spread).amin(dim=1))
-            highest_flat[index] = torch.maximum(highest_flat[index],
-                                                centre.add_(spread).amax(dim=1))
-        return lowest, highest
+            prompt, block = np.divmod(index, blocks_per_prompt)
+            row, column = np.divmod(block, block_columns)
+            top_left = (prompt * self._padded_cells + first_row[row] * width +
+                        first_column[column])
+            # (4, K, C + 1): the 2 x 2 corner cells' A and B.
+            corners = table[np.stack([top_left, top_left + 1, top_left + width,
+                                      top_left + width + 1])]
+            centre = corners[:, :, -1].copy()
+            spread = np.full(centre.shape, ROUNDING_MARGIN, np.float32)
+            for channel in range(3):
+                centre += corners[:, :, channel] * middle[channel, block]
+                spread += np.abs(corners[:, :, channel]) * half_range[channel, block]
+            lowest_flat[index] = np.minimum(lowest_flat[index], (centre - spread).min(axis=0))
+            highest_flat[index] = np.maximum(highest_flat[index],
+                                             (centre + spread).max(axis=0))
+        return lowest.to(device), highest.to(device)
 
     def _corner_coefficients(self, prompt: torch.Tensor, block_row: torch.Tensor,
                              block_column: torch.Tensor) -> torch.Tensor:
