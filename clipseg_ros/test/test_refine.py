@@ -186,7 +186,8 @@ def test_frames_of_odd_sizes_and_every_cell_size():
             assert probabilities.min() >= 0.0 and probabilities.max() <= 1.0
             confidence = result.confidence.numpy()
             np.testing.assert_allclose(confidence, probabilities.max(0))
-            assert refinement.size == cell_size(RefineSettings().radius * patch) and refinement.size % 2 == 0
+            assert refinement.size == cell_size(RefineSettings().radius * patch)
+            assert refinement.size % 2 == 0
 
 
 def test_contending_prompts_only_leave_labels_and_confidence_unchanged():
@@ -236,14 +237,19 @@ def test_labels_are_the_exact_filters_on_textured_frames_of_any_size():
             image = two_colour_frame(height, width, truth, inside=tuple(rng.integers(0, 256, 3)),
                                      outside=tuple(rng.integers(0, 256, 3)))
             image = np.clip(image + rng.normal(0, 12, image.shape), 0, 255).astype(np.uint8)
-            maps = np.stack([blurred_map(truth, 16, tuple(rng.integers(-3, 4, 2))),
-                             blurred_map(~truth, 16), rng.random((16, 16), dtype=np.float32)])
+            # A saturated map too: the filter overshoots past 1 beside edges, and the exact
+            # values are clamped there (a tie at 1 goes to the first prompt).
+            maps = np.stack([np.ones((16, 16), np.float32),
+                             blurred_map(truth, 16, tuple(rng.integers(-3, 4, 2))),
+                             (blurred_map(~truth, 16) > 0.5).astype(np.float32),
+                             rng.random((16, 16), dtype=np.float32)])
             every, _ = refined_maps(maps, image, patch_pixels=patch, threshold=0.3)
             told, refinement = refined_maps(maps, image, patch_pixels=patch, threshold=0.3,
                                             every_prompt=False, told_threshold=True)
             np.testing.assert_array_equal(every.labels.numpy(), told.labels.numpy())
             exact, approximate = every.confidence.numpy(), told.confidence.numpy()
             assert np.array_equal(exact >= 0.3, approximate >= 0.3)
+            assert approximate.min() >= 0.0 and approximate.max() <= 1.0
             assert refinement.active_cells < refinement.active.numel()
 
 

@@ -120,7 +120,7 @@ def second_weights(size: int, device: torch.device) -> torch.Tensor:
 def _deciding(lowest: torch.Tensor, highest: torch.Tensor,
               threshold: float | None) -> torch.Tensor:
     """
-    (N, h, w) bool: the (prompt, block) pairs whose exact values can change a label, from the
+    (N, 2h, 2w) bool: the (prompt, block) pairs whose exact values can change a label, from the
     range of values each prompt may take on the block. A prompt whose highest value stays below
     another's lowest is never the best (nor the confidence) there.
 
@@ -173,7 +173,8 @@ class GuidedRefinement:
         maps = interpolate(probabilities.to(torch.float32).unsqueeze(0), size=guide.shape[1:],
                            mode='bilinear', align_corners=False).squeeze(0)
         a, b = guided_coefficients(guide, maps, cell_radius, float(settings.epsilon))
-        self.cell_maps = b + (a * guide[None]).sum(dim=1)
+        # Clamped as the exact filter's values are: no blend of them leaves [0, 1] either.
+        self.cell_maps = (b + (a * guide[None]).sum(dim=1)).clamp_(0.0, 1.0)
         count, channels, rows, columns = a.shape
         # (N, C + 1, h + 2, w + 2): each cell's A and B, edge cells repeated once around.
         table = pad(torch.cat([a, b[:, None]], dim=1), (1, 1, 1, 1), mode='replicate')
@@ -244,19 +245,17 @@ class GuidedRefinement:
         # so the spread grows by it per unit of |A|, plus it.
         half_range = colour[1].cpu().numpy().reshape(3, -1) + ROUNDING_MARGIN
         table = self._table.cpu().numpy()
-        first_row, first_column = self._first_row.cpu().numpy(), self._first_column.cpu().numpy()
-        width = self._padded_columns
+        first_row = self._first_row.cpu().numpy()
+        first_column = self._first_column.cpu().numpy()
         nonflat = np.flatnonzero(self.active.cpu().numpy())
         step = max(1, _PATCH_ELEMENTS // (4 * table.shape[1]))
         for start in range(0, nonflat.size, step):
             index = nonflat[start:start + step]
             prompt, block = np.divmod(index, blocks_per_prompt)
             row, column = np.divmod(block, block_columns)
-            top_left = (prompt * self._padded_cells + first_row[row] * width +
-                        first_column[column])
             # (4, K, C + 1): the 2 x 2 corner cells' A and B.
-            corners = table[np.stack([top_left, top_left + 1, top_left + width,
-                                      top_left + width + 1])]
+            corners = table[np.stack(self._corner_cells(prompt, first_row[row],
+                                                        first_column[column]))]
             centre = corners[:, :, -1].copy()
             spread = np.full(centre.shape, ROUNDING_MARGIN, np.float32)
             for channel in range(3):
@@ -265,18 +264,27 @@ class GuidedRefinement:
             lowest_flat[index] = np.minimum(lowest_flat[index], (centre - spread).min(axis=0))
             highest_flat[index] = np.maximum(highest_flat[index],
                                              (centre + spread).max(axis=0))
+        # The exact values are clamped to [0, 1]: so may their bounds be (a bound past 1 would
+        # rank a prompt above another whose value is 1 too).
+        np.clip(lowest_flat, 0.0, 1.0, out=lowest_flat)
+        np.clip(highest_flat, 0.0, 1.0, out=highest_flat)
         return lowest.to(device), highest.to(device)
 
     def _corner_coefficients(self, prompt: torch.Tensor, block_row: torch.Tensor,
                              block_column: torch.Tensor) -> torch.Tensor:
         """(K, 4, C + 1) A and B of the 2 x 2 cells K (prompt, block) pairs blend: the first
         row's two cells, then the second's."""
-        top_left = (prompt * self._padded_cells + self._first_row[block_row] *
-                    self._padded_columns + self._first_column[block_column])
+        cells = self._corner_cells(prompt, self._first_row[block_row],
+                                   self._first_column[block_column])
+        return self._table.index_select(0, torch.stack(cells, dim=1).view(-1)).view(
+            prompt.numel(), 4, self._table.shape[1])
+
+    def _corner_cells(self, prompt, first_row, first_column) -> list:
+        """Rows of the padded table (numpy or torch, as given) of the 2 x 2 cells whose first
+        row and column are ``first_row`` and ``first_column``: that row's two, the next's."""
+        top_left = prompt * self._padded_cells + first_row * self._padded_columns + first_column
         width = self._padded_columns
-        return self._table.index_select(0, torch.stack(
-            [top_left, top_left + 1, top_left + width, top_left + width + 1], dim=1).view(-1)
-        ).view(prompt.numel(), 4, self._table.shape[1])
+        return [top_left, top_left + 1, top_left + width, top_left + width + 1]
 
     @property
     def active_cells(self) -> int:
@@ -355,7 +363,8 @@ class GuidedRefinement:
 
     def _pixel_indices(self, block_row: torch.Tensor,
                        block_column: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(K, b, 1) rows and (K, 1, b) columns of the blocks' pixels, the frame's last repeated."""
+        """(K, b, 1) rows and (K, 1, b) columns of the blocks' pixels, the frame's last
+        repeated."""
         offsets = torch.arange(self.block, device=block_row.device)
         y = (block_row[:, None] * self.block + offsets).clamp(max=self.height - 1)
         x = (block_column[:, None] * self.block + offsets).clamp(max=self.width - 1)
