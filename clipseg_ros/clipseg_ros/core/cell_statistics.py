@@ -189,18 +189,18 @@ def guided_coefficients(guide: torch.Tensor, maps: torch.Tensor, radius: int,
             torch.from_numpy(np.ascontiguousarray(smoothed[count * channels:])).to(device))
 
 
-def colour_cell_ranges(image: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(3, h, w) lowest and highest colour, in [0, 1], over each s x s cell of a uint8 frame."""
+def colour_cell_ranges(image: torch.Tensor, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(h, w, 3) uint8 lowest and highest colour over each s x s cell of a uint8 frame, on the
+    host."""
     if image.device.type == 'cpu':
         frame = np.ascontiguousarray(image.numpy())
         kernel = np.ones((size, size), np.uint8)
         # Anchored at the kernel's corner, the pixel at a cell's corner sees the whole cell;
         # pixels past the frame's edge are left out (OpenCV's default border for both).
-        ranges = [operation(frame, kernel, anchor=(0, 0))[::size, ::size].reshape(
+        return tuple(operation(frame, kernel, anchor=(0, 0))[::size, ::size].reshape(
             -(-frame.shape[0] // size), -(-frame.shape[1] // size), -1)
-            for operation in (cv2.erode, cv2.dilate)]
-        return tuple(torch.from_numpy(r.astype(np.float32) / 255.0).permute(2, 0, 1)
-                     for r in ranges)
-    planes = image.permute(2, 0, 1).to(torch.float32).unsqueeze(0) / 255.0
-    return (-max_pool2d(-planes, size, stride=size, ceil_mode=True).squeeze(0),
-            max_pool2d(planes, size, stride=size, ceil_mode=True).squeeze(0))
+            for operation in (cv2.erode, cv2.dilate))
+    planes = image.permute(2, 0, 1).to(torch.float32).unsqueeze(0)
+    return tuple(ranges.squeeze(0).permute(1, 2, 0).to(torch.uint8).cpu().numpy() for ranges in
+                 (-max_pool2d(-planes, size, stride=size, ceil_mode=True),
+                  max_pool2d(planes, size, stride=size, ceil_mode=True)))

@@ -81,8 +81,9 @@ def labels_at_frame_size(probabilities: torch.Tensor, height: int, width: int,
     """
     count, rows_in, columns_in = probabilities.shape
     device = probabilities.device
-    row_first, row_second, row_weight = _bilinear_taps(height, rows_in, device)
-    column_first, column_second, column_weight = _bilinear_taps(width, columns_in, device)
+    if make_slab is None:
+        row_first, row_second, row_weight = _bilinear_taps(height, rows_in, device)
+        column_first, column_second, column_weight = _bilinear_taps(width, columns_in, device)
     labels = torch.empty(height, width, dtype=torch.uint8, device=device)
     confidence = torch.empty(height, width, dtype=torch.float32, device=device)
     max_confidence = torch.zeros(count, dtype=torch.float32, device=device)

@@ -200,31 +200,31 @@ class GuidedRefinement:
         pairs = reduce(rows[:, :, :-1], rows[:, :, 1:])  # (N, h + 1, w + 1)
         return pairs.index_select(1, self._first_row).index_select(2, self._first_column)
 
-    def _colour_ranges(self, cells: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _colour_ranges(self, cells: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """
-        (3, 2h, 2w) middle and half range of each block's colour, in [0, 1], from the frame
-        grown to whole cells; only the box around the blocks not flat (the others are not
-        read) is measured, the rest left 0.
+        (2h x 2w, 3) middle and half range of each block's colour, in [0, 1], from the frame
+        grown to whole cells, on the host; only the box around the blocks not flat (the others
+        are not read) is measured, the rest left 0.
         """
-        read = self.active.any(dim=0)
-        middle = torch.zeros((3,) + read.shape, device=cells.device)
-        half_range = torch.zeros_like(middle)
-        rows, columns = (torch.nonzero(read.any(dim=axis)).squeeze(1) for axis in (1, 0))
-        if rows.numel():
+        read = self.active.any(dim=0).cpu().numpy()
+        middle = np.zeros(read.shape + (3,), np.float32)
+        half_range = np.zeros_like(middle)
+        rows, columns = np.flatnonzero(read.any(axis=1)), np.flatnonzero(read.any(axis=0))
+        if rows.size:
             top, bottom = int(rows[0]), int(rows[-1]) + 1
             left, right = int(columns[0]), int(columns[-1]) + 1
             block = self.block
-            low, high = colour_cell_ranges(
-                cells[top * block:bottom * block, left * block:right * block], block)
-            middle[:, top:bottom, left:right] = 0.5 * (low + high)
-            half_range[:, top:bottom, left:right] = 0.5 * (high - low)
-        return middle, half_range
+            low, high = (r.astype(np.float32) for r in colour_cell_ranges(
+                cells[top * block:bottom * block, left * block:right * block], block))
+            middle[top:bottom, left:right] = (low + high) * (0.5 / 255.0)
+            half_range[top:bottom, left:right] = (high - low) * (0.5 / 255.0)
+        return middle.reshape(-1, 3), half_range.reshape(-1, 3)
 
-    def _block_ranges(self, colour: tuple[torch.Tensor, torch.Tensor]
+    def _block_ranges(self, colour: tuple[np.ndarray, np.ndarray]
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         (N, 2h, 2w) lowest and highest values each prompt may take on each block's pixels,
-        exact or not, from the blocks' (3, 2h, 2w) colour middles and half ranges.
+        exact or not, from the blocks' (2h x 2w, 3) colour middles and half ranges.
 
         Where not filtered pixel by pixel, a pixel's value blends its block's 2 x 2 corner
         cells' own values (:attr:`cell_maps`). Exact, in the blocks not flat, it blends those
@@ -240,10 +240,7 @@ class GuidedRefinement:
         highest = self._block_corners(maps, torch.maximum).cpu()
         blocks_per_prompt, block_columns = lowest[0].numel(), lowest.shape[2]
         lowest_flat, highest_flat = lowest.numpy().reshape(-1), highest.numpy().reshape(-1)
-        middle = colour[0].cpu().numpy().reshape(3, -1)
-        # The exact filter rounds otherwise than these sums: the margin widens the half range,
-        # so the spread grows by it per unit of |A|, plus it.
-        half_range = colour[1].cpu().numpy().reshape(3, -1) + ROUNDING_MARGIN
+        middle, half_range = colour
         table = self._table.cpu().numpy()
         first_row = self._first_row.cpu().numpy()
         first_column = self._first_column.cpu().numpy()
@@ -258,9 +255,12 @@ class GuidedRefinement:
                                                         first_column[column]))]
             centre = corners[:, :, -1].copy()
             spread = np.full(centre.shape, ROUNDING_MARGIN, np.float32)
+            # The exact filter rounds otherwise than these sums: the margin widens the half
+            # range, so the spread grows by it per unit of |A|, plus it.
+            block_middle, block_half = middle[block], half_range[block] + ROUNDING_MARGIN
             for channel in range(3):
-                centre += corners[:, :, channel] * middle[channel, block]
-                spread += np.abs(corners[:, :, channel]) * half_range[channel, block]
+                centre += corners[:, :, channel] * block_middle[:, channel]
+                spread += np.abs(corners[:, :, channel]) * block_half[:, channel]
             lowest_flat[index] = np.minimum(lowest_flat[index], (centre - spread).min(axis=0))
             highest_flat[index] = np.maximum(highest_flat[index],
                                              (centre + spread).max(axis=0))
