@@ -264,10 +264,11 @@ class GuidedRefinement:
             lowest_flat[index] = np.minimum(lowest_flat[index], (centre - spread).min(axis=0))
             highest_flat[index] = np.maximum(highest_flat[index],
                                              (centre + spread).max(axis=0))
-        # The exact values are clamped to [0, 1]: so may their bounds be (a bound past 1 would
-        # rank a prompt above another whose value is 1 too).
-        np.clip(lowest_flat, 0.0, 1.0, out=lowest_flat)
-        np.clip(highest_flat, 0.0, 1.0, out=highest_flat)
+        # The resized values blend the corners' in float, so may pass them by a rounding: the
+        # margin covers it. The exact values are clamped to [0, 1]: so may their bounds be (a
+        # bound past 1 would rank a prompt above another whose value is 1 too).
+        np.clip(lowest_flat - ROUNDING_MARGIN, 0.0, 1.0, out=lowest_flat)
+        np.clip(highest_flat + ROUNDING_MARGIN, 0.0, 1.0, out=highest_flat)
         return lowest.to(device), highest.to(device)
 
     def _corner_coefficients(self, prompt: torch.Tensor, block_row: torch.Tensor,
