@@ -4,6 +4,7 @@ colour (and depth) means and ranges, window means, the per-cell systems and thei
 torch, with OpenCV for what pooling in torch does slowly on the CPU; no ROS.
 """
 
+import functools
 import math
 
 import cv2
@@ -135,6 +136,15 @@ def symmetric_inverse(matrix: np.ndarray) -> np.ndarray:
     return np.stack([np.stack(row) for row in right])
 
 
+@functools.lru_cache(maxsize=32)
+def _window_pixels(height: int, width: int, radius: int) -> np.ndarray:
+    """(h, w, 1) float32 pixel count of each window cut at the edges (kept, read only)."""
+    counts = np.outer(_window_counts(height, radius), _window_counts(width, radius))
+    counts = counts[:, :, None].astype(np.float32)
+    counts.flags.writeable = False
+    return counts
+
+
 def _window_means(planes: np.ndarray, radius: int) -> np.ndarray:
     """Mean over the (2 radius + 1)^2 window (cut at the edges) of each (P, h, w) plane:
     OpenCV's running sums over the planes as channels."""
@@ -146,8 +156,7 @@ def _window_means(planes: np.ndarray, radius: int) -> np.ndarray:
         summed[:, :, part] = cv2.boxFilter(
             np.ascontiguousarray(planes[part].transpose(1, 2, 0)), -1, (side, side),
             normalize=False, borderType=cv2.BORDER_CONSTANT).reshape(height, width, -1)
-    summed /= np.outer(_window_counts(height, radius),
-                       _window_counts(width, radius))[:, :, None].astype(np.float32)
+    summed /= _window_pixels(height, width, radius)
     return summed.transpose(2, 0, 1)
 
 

@@ -16,6 +16,7 @@ refinement. The cell grid's statistics are in core/cell_statistics.py.
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+import functools
 import math
 import numbers
 
@@ -106,6 +107,7 @@ def cell_size(radius_px: float) -> int:
     return 2 * min(MAX_CELL // 2, max(1, half))
 
 
+@functools.lru_cache(maxsize=32)
 def second_weights(size: int, device: torch.device) -> torch.Tensor:
     """
     (2, s / 2) bilinear weights, on the second of the two cells it blends, of the pixel rows (or
@@ -194,11 +196,10 @@ class GuidedRefinement:
         self._row_taps = _scaled_taps(rows * size, rows, image.device)
 
     def _block_corners(self, cells: torch.Tensor, reduce) -> torch.Tensor:
-        """(N, 2h, 2w): ``reduce`` (torch.minimum or maximum) of (N, h + 2, w + 2) padded cell
+        """(N, 2h, 2w): ``reduce`` (torch.maximum, say) of (N, h + 2, w + 2) padded cell
         values over each block's 2 x 2 corner cells."""
-        rows = reduce(cells[:, :-1], cells[:, 1:])
-        pairs = reduce(rows[:, :, :-1], rows[:, :, 1:])  # (N, h + 1, w + 1)
-        return pairs.index_select(1, self._first_row).index_select(2, self._first_column)
+        return _corner_pairs(cells, reduce).index_select(1, self._first_row).index_select(
+            2, self._first_column)
 
     def _colour_ranges(self, cells: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """
@@ -232,18 +233,19 @@ class GuidedRefinement:
         colour range: so it lies within the extremes of each model over that box (its value at
         the box's middle, give or take |A| . the half range).
         """
-        maps = pad(self.cell_maps[None], (1, 1, 1, 1), mode='replicate')[0]
-        device = maps.device
         # numpy on the host: a few small gathers and sums per block not flat, where torch's
         # per-call cost was most of the time (bounds of every prompt: tens of kB a frame).
-        lowest = self._block_corners(maps, torch.minimum).cpu()
-        highest = self._block_corners(maps, torch.maximum).cpu()
-        blocks_per_prompt, block_columns = lowest[0].numel(), lowest.shape[2]
-        lowest_flat, highest_flat = lowest.numpy().reshape(-1), highest.numpy().reshape(-1)
-        middle, half_range = colour
-        table = self._table.cpu().numpy()
+        maps = np.pad(self.cell_maps.cpu().numpy(), ((0, 0), (1, 1), (1, 1)), mode='edge')
         first_row = self._first_row.cpu().numpy()
         first_column = self._first_column.cpu().numpy()
+        # (take, not fancy indexing: its result is C-ordered, so the flat views below write
+        # through)
+        lowest, highest = (_corner_pairs(maps, reduce).take(first_row, axis=1).take(
+            first_column, axis=2) for reduce in (np.minimum, np.maximum))
+        blocks_per_prompt, block_columns = lowest[0].size, lowest.shape[2]
+        lowest_flat, highest_flat = lowest.reshape(-1), highest.reshape(-1)
+        middle, half_range = colour
+        table = self._table.cpu().numpy()
         nonflat = np.flatnonzero(self.active.cpu().numpy())
         step = max(1, _PATCH_ELEMENTS // (4 * table.shape[1]))
         for start in range(0, nonflat.size, step):
@@ -269,7 +271,8 @@ class GuidedRefinement:
         # bound past 1 would rank a prompt above another whose value is 1 too).
         np.clip(lowest_flat - ROUNDING_MARGIN, 0.0, 1.0, out=lowest_flat)
         np.clip(highest_flat + ROUNDING_MARGIN, 0.0, 1.0, out=highest_flat)
-        return lowest.to(device), highest.to(device)
+        device = self.cell_maps.device
+        return torch.from_numpy(lowest).to(device), torch.from_numpy(highest).to(device)
 
     def _corner_coefficients(self, prompt: torch.Tensor, block_row: torch.Tensor,
                              block_column: torch.Tensor) -> torch.Tensor:
@@ -381,6 +384,13 @@ class GuidedRefinement:
         return torch.where(readable, self._depth_weight * metres, cell_mean)
 
 
+def _corner_pairs(cells, reduce):
+    """(N, h + 1, w + 1) ``reduce`` (numpy's or torch's elementwise minimum or maximum) of
+    (N, h + 2, w + 2) values over each 2 x 2 square of cells."""
+    rows = reduce(cells[:, :-1], cells[:, 1:])
+    return reduce(rows[:, :, :-1], rows[:, :, 1:])
+
+
 def _whole_cells(image: torch.Tensor, size: int) -> torch.Tensor:
     """The (H, W, 3) frame, contiguous, grown to whole s x s cells by repeating its edges."""
     height, width = image.shape[:2]
@@ -392,9 +402,11 @@ def _whole_cells(image: torch.Tensor, size: int) -> torch.Tensor:
     return image.contiguous()
 
 
+@functools.lru_cache(maxsize=32)
 def _scaled_taps(out_size: int, in_size: int,
                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Bilinear taps (first, second, weight of second) of resizing in_size to out_size."""
+    """Bilinear taps (first, second, weight of second) of resizing in_size to out_size (the
+    same for every frame of a size: kept, read only)."""
     position = ((torch.arange(out_size, device=device, dtype=torch.float32) + 0.5) *
                 (in_size / out_size) - 0.5).clamp(min=0.0)
     first = position.floor().to(torch.int64).clamp(max=in_size - 1)
