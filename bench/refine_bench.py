@@ -120,14 +120,14 @@ def main() -> int:
                'refine_adds_p50_ms': round(p50[1] - p50[0], 2),
                'bilinear_cpu_p50_ms': round(p50[2], 2), 'refined_cpu_p50_ms': round(p50[3], 2),
                'ratio': round(p50[1] / p50[0], 2),
-               'cells_filtered_fraction': round(float(np.mean(active)), 3),
+               'blocks_filtered_fraction': round(float(np.mean(active)), 3),
                'overlay_p50_ms': round(float(np.median(overlay_s)) * 1e3, 2)}
         rows.append(row)
         print(f'{width}x{height} N={count}: frame maps bilinear p50 {row["bilinear_p50_ms"]:.1f}'
               f' ms, refined {row["refined_p50_ms"]:.1f} ms (x{row["ratio"]:.2f}, adds '
               f'{row["refine_adds_p50_ms"]:.1f} ms; CPU {row["bilinear_cpu_p50_ms"]:.1f} -> '
-              f'{row["refined_cpu_p50_ms"]:.1f} ms); {100 * row["cells_filtered_fraction"]:.0f}%'
-              f' of (prompt, cell) pairs filtered pixel by pixel; overlay p50 '
+              f'{row["refined_cpu_p50_ms"]:.1f} ms); {100 * row["blocks_filtered_fraction"]:.0f}%'
+              f' of (prompt, half-cell block) pairs filtered pixel by pixel; overlay p50 '
               f'{row["overlay_p50_ms"]:.1f} ms', flush=True)
     print(json.dumps({'benchmark': 'refine_bench', 'threads': args.threads, 'results': rows}))
     return 0
