@@ -33,6 +33,8 @@ python3 bench/engine_profile.py --device cuda --dtype float16 --compile-mode cud
 # Several cameras' frames as one batch against one call per frame (float16, CUDA graphs).
 python3 bench/batch_bench.py --device cuda --cameras 2,3,4,8 --prompts 1,4,13 \
     --warmup 10 --repeats 50 2>&1 | tee "$out/batch_bench.txt"
+# The refinement's cost with its frame-size work on the GPU (cell statistics on the host).
+python3 bench/refine_bench.py --device cuda --threads 1 2>&1 | tee "$out/refine_bench.txt"
 # The node end to end, where the ROS kit was carried (.gpukit, made by scripts/make_gpu_kit.sh).
 if [ -f .gpukit/kit.tar.xz ]; then
     (source scripts/gpu_kit_env.sh && python bench/node_bench.py --device cuda \

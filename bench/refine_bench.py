@@ -7,7 +7,7 @@ are the miniature model's tabletop scenes, so the maps have real borders to refi
 name the scene's objects first, then other kinds. Wall p50 and CPU p50 per step; the refinement
 is checked to have run (cells filtered pixel by pixel, maps changed).
 
-    python bench/refine_bench.py [--size 640x480] [--prompts 1,13] [--frames 20]
+    python bench/refine_bench.py [--size 640x480] [--prompts 1,13] [--frames 20] [--device cuda]
 
 ``RefineStep`` is also used by node_bench.py to print the step beside the engine.
 """
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from clipseg_ros.core.engine import ClipSegEngine
+from clipseg_ros.core.options import set_cpu_threads
 from clipseg_ros.core.overlay import render_overlay
 from clipseg_ros.core.refine import GuidedRefinement, patch_footprint, RefineSettings
 from clipseg_ros.core.results import frame_maps_to_host, host_result
@@ -64,7 +65,7 @@ class RefineStep:
                 self.settings, self.footprint, every_prompt=False, threshold=THRESHOLD)
             host = frame_maps_to_host(self.maps, height, width, THRESHOLD, self.count, False,
                                       self.engine.device, refinement)
-        self.active_fraction = refinement.active_cells / refinement.active.numel()
+        self.active_fraction = refinement.active_cells / refinement.active.size
         return host
 
     def run(self) -> tuple[float, float, float, float]:
@@ -91,10 +92,12 @@ def main() -> int:
     parser.add_argument('--prompts', default='1,13')
     parser.add_argument('--frames', type=int, default=20)
     parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--device', default='cpu',
+                        help='cpu or cuda: where the maps and the frame-size work are')
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_cpu_threads(args.threads)  # torch's and OpenCV's, as the node's cpu_threads
     width, height = (int(v) for v in args.size.split('x'))
-    engine = ClipSegEngine(str(MINI_MODEL), device='cpu', backend='torch', dtype='float32')
+    engine = ClipSegEngine(str(MINI_MODEL), device=args.device, backend='torch', dtype='float32')
     scenes = [render_scene(seed, width, height) for seed in range(4)]
     rows = []
     for count in (int(n) for n in args.prompts.split(',')):
@@ -129,7 +132,8 @@ def main() -> int:
               f'{row["refined_cpu_p50_ms"]:.1f} ms); {100 * row["blocks_filtered_fraction"]:.0f}%'
               f' of (prompt, half-cell block) pairs filtered pixel by pixel; overlay p50 '
               f'{row["overlay_p50_ms"]:.1f} ms', flush=True)
-    print(json.dumps({'benchmark': 'refine_bench', 'threads': args.threads, 'results': rows}))
+    print(json.dumps({'benchmark': 'refine_bench', 'threads': args.threads,
+                      'device': args.device, 'results': rows}))
     return 0
 
 

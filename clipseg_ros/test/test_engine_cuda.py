@@ -109,3 +109,24 @@ def test_float16_probabilities_do_not_saturate_below_a_float32_one(tiny_model_di
     assert result.probabilities.dtype == np.float32
     assert result.probabilities.max() < 1.0
     assert not result.labels.any()
+
+
+@pytest.mark.parametrize('with_depth', [False, True])
+def test_refinement_on_the_gpu_matches_the_cpu(tiny_model_dir, with_depth):
+    # The frame-size part runs as torch on the device, the cell statistics on the host: the
+    # labels and confidence must be the CPU's (whose path uses OpenCV and numpy there) up to
+    # the network's own rounding on the two devices.
+    from clipseg_ros.core.refine import RefineSettings
+    settings = RefineSettings(depth_weight=3.0 if with_depth else 0.0)
+    cpu = ClipSegEngine(model=str(tiny_model_dir), device='cpu', dtype='float32')
+    gpu = ClipSegEngine(model=str(tiny_model_dir), device='cuda', dtype='float32')
+    cpu_prompts, gpu_prompts = cpu.text_prompts(PROMPTS), gpu.text_prompts(PROMPTS)
+    rng = np.random.default_rng(5)
+    for frame in frames():
+        depth = (rng.uniform(0.5, 3.0, frame.shape[:2]).astype(np.float32)
+                 if with_depth else None)
+        expected = cpu.segment(frame, cpu_prompts, refine=settings, depth_m=depth)
+        got = gpu.segment(frame, gpu_prompts, refine=settings, depth_m=depth)
+        for label in range(len(PROMPTS) + 1):
+            assert iou(expected.labels == label, got.labels == label) >= 0.98, label
+        assert np.quantile(np.abs(expected.confidence - got.confidence), 0.99) < 1e-3

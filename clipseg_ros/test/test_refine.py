@@ -250,7 +250,7 @@ def test_labels_are_the_exact_filters_on_textured_frames_of_any_size():
             exact, approximate = every.confidence.numpy(), told.confidence.numpy()
             assert np.array_equal(exact >= 0.3, approximate >= 0.3)
             assert approximate.min() >= 0.0 and approximate.max() <= 1.0
-            assert refinement.active_cells < refinement.active.numel()
+            assert refinement.active_cells < refinement.active.size
 
 
 def test_settings_and_depth_images_are_checked():

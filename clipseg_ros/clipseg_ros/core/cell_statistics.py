@@ -106,22 +106,32 @@ def _fill_empty(values: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     return torch.where(known, values, fallback)
 
 
-def symmetric_inverse(matrix: np.ndarray) -> np.ndarray:
+@functools.lru_cache(maxsize=4)
+def upper_pairs(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of each entry on or above the diagonal of a size x size matrix, row by
+    row (kept, read only)."""
+    rows, columns = np.triu_indices(size)
+    rows.flags.writeable = columns.flags.writeable = False
+    return rows, columns
+
+
+def symmetric_inverse(upper: np.ndarray, size: int) -> np.ndarray:
     """
-    Inverse of (C, C, h, w) symmetric positive definite matrices, one per cell: cofactors for
-    C = 3, else Gauss-Jordan elimination on whole maps (C is 3 or 4: cheaper than a batched
-    LAPACK call).
+    Inverse (C, C, h, w) of symmetric positive definite matrices, one per cell, given by their
+    (C (C + 1) / 2, h, w) entries on and above the diagonal (:func:`upper_pairs`' order):
+    cofactors for C = 3, else Gauss-Jordan elimination on whole maps (C is 3 or 4: cheaper
+    than a batched LAPACK call).
     """
-    size = matrix.shape[0]
     if size == 3:  # the colour guide: cofactors, a third of elimination's operations
-        (a, b, c), (_, d, e), (_, _, f) = matrix[0], matrix[1], matrix[2]
+        a, b, c, d, e, f = upper
         first, second, third = d * f - e * e, c * e - b * f, b * e - c * d
         scale = 1.0 / (a * first + b * second + c * third)
         fourth, fifth, sixth = a * f - c * c, b * c - a * e, a * d - b * b
         return np.stack([first, second, third, second, fourth, fifth, third, fifth,
-                         sixth]).reshape(matrix.shape) * scale
-    left = [[matrix[i, j].copy() for j in range(size)] for i in range(size)]
-    right = [[np.ones_like(matrix[0, 0]) if i == j else np.zeros_like(matrix[0, 0])
+                         sixth]).reshape((3, 3) + upper.shape[1:]) * scale
+    entry = {pair: plane for pair, plane in zip(zip(*upper_pairs(size)), upper)}
+    left = [[entry[min(i, j), max(i, j)].copy() for j in range(size)] for i in range(size)]
+    right = [[np.ones_like(upper[0]) if i == j else np.zeros_like(upper[0])
               for j in range(size)] for i in range(size)]
     for pivot in range(size):
         scale = 1.0 / left[pivot][pivot]
@@ -160,42 +170,38 @@ def _window_means(planes: np.ndarray, radius: int) -> np.ndarray:
     return summed.transpose(2, 0, 1)
 
 
-def guided_coefficients(guide: torch.Tensor, maps: torch.Tensor, radius: int,
-                        epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
+def guided_coefficients(guide: np.ndarray, maps: np.ndarray, radius: int,
+                        epsilon: float) -> tuple[np.ndarray, np.ndarray]:
     """
-    Guided-filter coefficients of (N, h, w) maps with a (C, h, w) guide: A (N, C, h, w) and
-    B (N, h, w), window means already taken, so that ``q = A . guide + B``; on the maps'
-    device.
+    Guided-filter coefficients of (N, h, w) float32 maps with a (C, h, w) float32 guide:
+    A (N, C, h, w) and B (N, h, w), window means already taken, so that ``q = A . guide + B``.
 
-    Computed with numpy and OpenCV on the host, whatever the device: on cell grids of a few
-    thousand cells the cost is the number of calls, which numpy's are several times cheaper
-    than torch's, and every window mean of a step is one box filter over the stacked planes.
+    numpy and OpenCV on the host, whatever the device: on cell grids of a few thousand cells
+    the cost is the number of calls, which numpy's are several times cheaper than torch's, and
+    every window mean of a step is one box filter over the stacked planes.
     """
-    device = maps.device
-    guide, maps = guide.cpu().numpy(), maps.to(torch.float32).cpu().numpy()
     channels, count = guide.shape[0], maps.shape[0]
     height, width = guide.shape[1:]
-    pairs = [(i, j) for i in range(channels) for j in range(i, channels)]
+    first, second = upper_pairs(channels)
     planes = np.concatenate([guide, maps,
                              (guide[None] * maps[:, None]).reshape(-1, height, width),
-                             np.stack([guide[i] * guide[j] for i, j in pairs])])
+                             guide[first] * guide[second]])
     means = _window_means(planes, radius)
     guide_mean, map_mean = means[:channels], means[channels:channels + count]
     products = means[channels + count:channels + count + count * channels]
     covariance = products.reshape(count, channels, height, width) - \
         guide_mean[None] * map_mean[:, None]
-    second = dict(zip(pairs, means[channels + count + count * channels:]))
-    variance = np.stack([np.stack([
-        second[min(i, j), max(i, j)] - guide_mean[i] * guide_mean[j] + (epsilon if i == j else 0.0)
-        for j in range(channels)]) for i in range(channels)])
-    inverse = symmetric_inverse(variance)  # one system per cell, shared by every prompt
+    variance = means[channels + count + count * channels:] - \
+        guide_mean[first] * guide_mean[second]
+    variance[first == second] += epsilon
+    inverse = symmetric_inverse(variance, channels)  # one system per cell, for every prompt
     a = (inverse[None] * covariance[:, None]).sum(axis=2)  # (N, C, h, w)
     b = map_mean - (a * guide_mean[None]).sum(axis=1)
     smoothed = _window_means(np.concatenate([a.reshape(count * channels, height, width), b]),
                              radius)
-    return (torch.from_numpy(np.ascontiguousarray(smoothed[:count * channels])).view(
-                count, channels, height, width).to(device),
-            torch.from_numpy(np.ascontiguousarray(smoothed[count * channels:])).to(device))
+    return (np.ascontiguousarray(smoothed[:count * channels]).reshape(
+                count, channels, height, width),
+            np.ascontiguousarray(smoothed[count * channels:]))
 
 
 def colour_cell_ranges(image: torch.Tensor, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,9 +22,10 @@ import numbers
 
 from clipseg_ros.core.cell_statistics import (
     cell_means, colour_cell_ranges, guided_coefficients)
+import cv2
 import numpy as np
 import torch
-from torch.nn.functional import interpolate, pad
+from torch.nn.functional import interpolate
 
 
 REFINE_METHODS = ('none', 'guided')
@@ -108,19 +109,20 @@ def cell_size(radius_px: float) -> int:
 
 
 @functools.lru_cache(maxsize=32)
-def second_weights(size: int, device: torch.device) -> torch.Tensor:
+def second_weights(size: int) -> np.ndarray:
     """
     (2, s / 2) bilinear weights, on the second of the two cells it blends, of the pixel rows (or
     columns) of a cell's first and of its second half: the sampling of
     ``interpolate(align_corners=False)`` at scale s. The first half blends the cell before and
-    the cell; the second half the cell and the one after.
+    the cell; the second half the cell and the one after. Kept, read only.
     """
-    offsets = (torch.arange(size // 2, device=device, dtype=torch.float32) + 0.5) / size
-    return torch.stack([offsets + 0.5, offsets])
+    offsets = (np.arange(size // 2, dtype=np.float32) + 0.5) / size
+    weights = np.stack([offsets + 0.5, offsets])
+    weights.flags.writeable = False
+    return weights
 
 
-def _deciding(lowest: torch.Tensor, highest: torch.Tensor,
-              threshold: float | None) -> torch.Tensor:
+def _deciding(lowest: np.ndarray, highest: np.ndarray, threshold: float | None) -> np.ndarray:
     """
     (N, 2h, 2w) bool: the (prompt, block) pairs whose exact values can change a label, from the
     range of values each prompt may take on the block. A prompt whose highest value stays below
@@ -131,17 +133,20 @@ def _deciding(lowest: torch.Tensor, highest: torch.Tensor,
     it. Elsewhere its label is settled and its confidence is the cell maps' filter output
     resized (as in the blocks without an edge), on the same side of the threshold.
     """
-    contending = highest >= lowest.amax(dim=0, keepdim=True)
+    contending = highest >= lowest.max(axis=0, keepdims=True)
     if threshold is None:
         return contending
     labellable = contending & (highest >= threshold)
     if lowest.shape[0] == 1:
         return labellable & (lowest < threshold)
     # Whether another labellable prompt's highest reaches k's lowest: the best highest of the
-    # others is the first of the two best, or the second where k is the first.
-    best = torch.where(labellable, highest, -math.inf).topk(2, dim=0)
-    others = torch.where(best.indices[0] == torch.arange(
-        lowest.shape[0], device=lowest.device).view(-1, 1, 1), best.values[1], best.values[0])
+    # others is the best of all, or the second best where k has the best.
+    reach = np.where(labellable, highest, -np.inf)
+    leader = reach.argmax(axis=0)[None]
+    best = np.take_along_axis(reach, leader, axis=0)
+    np.put_along_axis(reach, leader, -np.inf, axis=0)
+    others = np.where(np.arange(lowest.shape[0])[:, None, None] == leader,
+                      reach.max(axis=0, keepdims=True), best)
     return labellable & ((lowest < threshold) | (others >= lowest))
 
 
@@ -152,7 +157,9 @@ class GuidedRefinement:
 
     :attr:`cell_maps` (N, h, w) are the maps on the cells; :meth:`slab` makes the frame-size
     rows the frame-map code labels: the cell maps resized, and the pixels of the half-cell blocks
-    near the prompts' borders computed by the exact filter.
+    near the prompts' borders computed by the exact filter. Which blocks those are, and each
+    block's coefficients, are worked out on the host (a few thousand cells); the frame-size
+    work runs where the maps are.
     """
 
     def __init__(self, probabilities: torch.Tensor, image: torch.Tensor,
@@ -174,32 +181,41 @@ class GuidedRefinement:
         self._guide = guide = cell_means(image, self._depth, size, self._depth_weight)
         maps = interpolate(probabilities.to(torch.float32).unsqueeze(0), size=guide.shape[1:],
                            mode='bilinear', align_corners=False).squeeze(0)
-        a, b = guided_coefficients(guide, maps, cell_radius, float(settings.epsilon))
+        guide = guide.cpu().numpy()
+        a, b = guided_coefficients(guide, maps.cpu().numpy(), cell_radius,
+                                   float(settings.epsilon))
         # Clamped as the exact filter's values are: no blend of them leaves [0, 1] either.
-        self.cell_maps = (b + (a * guide[None]).sum(dim=1)).clamp_(0.0, 1.0)
+        cell_maps = np.clip(b + (a * guide[None]).sum(axis=1), 0.0, 1.0)
+        self.cell_maps = torch.from_numpy(cell_maps).to(image.device)
         count, channels, rows, columns = a.shape
-        # (N, C + 1, h + 2, w + 2): each cell's A and B, edge cells repeated once around.
-        table = pad(torch.cat([a, b[:, None]], dim=1), (1, 1, 1, 1), mode='replicate')
-        self._table = table.permute(0, 2, 3, 1).reshape(-1, channels + 1)
-        # The first of the 2 x 2 cells (in the padded table) each block's pixels blend.
-        self._first_row = (torch.arange(2 * rows, device=image.device) + 1) // 2
-        self._first_column = (torch.arange(2 * columns, device=image.device) + 1) // 2
-        self._padded_columns = columns + 2
-        self._padded_cells = (rows + 2) * (columns + 2)
+        self._corners = _corner_indices(rows), _corner_indices(columns)
+        self._cells, self._columns = rows * columns, columns
+        # (N h w, C + 1): each cell's A and B.
+        self._table = np.concatenate([a, b[:, None]], axis=1).transpose(0, 2, 3, 1).reshape(
+            -1, channels + 1)
         # A block is exact where its corner cells' coefficients are not about 0.
-        strength = pad(a.abs().sum(dim=1)[None], (1, 1, 1, 1), mode='replicate')[0]
-        self.active = self._block_corners(strength, torch.maximum) > FLAT_COEFFICIENT
+        strength = np.abs(a).sum(axis=1)
+        self.active = self._block_corners(strength, np.maximum) > FLAT_COEFFICIENT
         if not every_prompt and self._depth is None:
-            lowest, highest = self._block_ranges(self._colour_ranges(cells))
+            lowest, highest = self._block_ranges(cell_maps, self._colour_ranges(cells))
             self.active &= _deciding(lowest, highest, threshold)
-        self._second = second_weights(size, image.device)
-        self._row_taps = _scaled_taps(rows * size, rows, image.device)
 
-    def _block_corners(self, cells: torch.Tensor, reduce) -> torch.Tensor:
-        """(N, 2h, 2w): ``reduce`` (torch.maximum, say) of (N, h + 2, w + 2) padded cell
-        values over each block's 2 x 2 corner cells."""
-        return _corner_pairs(cells, reduce).index_select(1, self._first_row).index_select(
-            2, self._first_column)
+    def _block_corners(self, cells: np.ndarray, reduce) -> np.ndarray:
+        """(N, 2h, 2w): ``reduce`` (np.maximum, say) of (N, h, w) cell values over each block's
+        2 x 2 corner cells. (take, not fancy indexing: its result is C-ordered.)"""
+        (top, bottom), (left, right) = self._corners
+        pair = reduce(cells.take(top, axis=1), cells.take(bottom, axis=1))
+        return reduce(pair.take(left, axis=2), pair.take(right, axis=2))
+
+    def _corner_cells(self, prompt: np.ndarray, block_row: np.ndarray,
+                      block_column: np.ndarray) -> np.ndarray:
+        """(4, K) rows of :attr:`_table` of the 2 x 2 cells that K (prompt, block) pairs
+        blend: the first row's two cells, then the second's."""
+        (top, bottom), (left, right) = self._corners
+        upper = prompt * self._cells + top[block_row] * self._columns
+        lower = prompt * self._cells + bottom[block_row] * self._columns
+        first, second = left[block_column], right[block_column]
+        return np.stack([upper + first, upper + second, lower + first, lower + second])
 
     def _colour_ranges(self, cells: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """
@@ -207,7 +223,7 @@ class GuidedRefinement:
         grown to whole cells, on the host; only the box around the blocks not flat (the others
         are not read) is measured, the rest left 0.
         """
-        read = self.active.any(dim=0).cpu().numpy()
+        read = self.active.any(axis=0)
         middle = np.zeros(read.shape + (3,), np.float32)
         half_range = np.zeros_like(middle)
         rows, columns = np.flatnonzero(read.any(axis=1)), np.flatnonzero(read.any(axis=0))
@@ -221,40 +237,33 @@ class GuidedRefinement:
             half_range[top:bottom, left:right] = (high - low) * (0.5 / 255.0)
         return middle.reshape(-1, 3), half_range.reshape(-1, 3)
 
-    def _block_ranges(self, colour: tuple[np.ndarray, np.ndarray]
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _block_ranges(self, cell_maps: np.ndarray, colour: tuple[np.ndarray, np.ndarray]
+                      ) -> tuple[np.ndarray, np.ndarray]:
         """
         (N, 2h, 2w) lowest and highest values each prompt may take on each block's pixels,
-        exact or not, from the blocks' (2h x 2w, 3) colour middles and half ranges.
+        exact or not, from the (N, h, w) cell maps and the blocks' (2h x 2w, 3) colour middles
+        and half ranges.
 
         Where not filtered pixel by pixel, a pixel's value blends its block's 2 x 2 corner
-        cells' own values (:attr:`cell_maps`). Exact, in the blocks not flat, it blends those
+        cells' own values (the cell maps). Exact, in the blocks not flat, it blends those
         corners' linear models ``A . G + B`` at its colour, which lies within the block's
         colour range: so it lies within the extremes of each model over that box (its value at
         the box's middle, give or take |A| . the half range).
         """
-        # numpy on the host: a few small gathers and sums per block not flat, where torch's
-        # per-call cost was most of the time (bounds of every prompt: tens of kB a frame).
-        maps = np.pad(self.cell_maps.cpu().numpy(), ((0, 0), (1, 1), (1, 1)), mode='edge')
-        first_row = self._first_row.cpu().numpy()
-        first_column = self._first_column.cpu().numpy()
-        # (take, not fancy indexing: its result is C-ordered, so the flat views below write
-        # through)
-        lowest, highest = (_corner_pairs(maps, reduce).take(first_row, axis=1).take(
-            first_column, axis=2) for reduce in (np.minimum, np.maximum))
+        # (C-ordered, so the flat views below write through)
+        lowest, highest = (self._block_corners(cell_maps, reduce)
+                           for reduce in (np.minimum, np.maximum))
         blocks_per_prompt, block_columns = lowest[0].size, lowest.shape[2]
         lowest_flat, highest_flat = lowest.reshape(-1), highest.reshape(-1)
         middle, half_range = colour
-        table = self._table.cpu().numpy()
-        nonflat = np.flatnonzero(self.active.cpu().numpy())
-        step = max(1, _PATCH_ELEMENTS // (4 * table.shape[1]))
+        nonflat = np.flatnonzero(self.active)
+        step = max(1, _PATCH_ELEMENTS // (4 * self._table.shape[1]))
         for start in range(0, nonflat.size, step):
             index = nonflat[start:start + step]
             prompt, block = np.divmod(index, blocks_per_prompt)
             row, column = np.divmod(block, block_columns)
             # (4, K, C + 1): the 2 x 2 corner cells' A and B.
-            corners = table[np.stack(self._corner_cells(prompt, first_row[row],
-                                                        first_column[column]))]
+            corners = self._table[self._corner_cells(prompt, row, column)]
             centre = corners[:, :, -1].copy()
             spread = np.full(centre.shape, ROUNDING_MARGIN, np.float32)
             # The exact filter rounds otherwise than these sums: the margin widens the half
@@ -271,72 +280,83 @@ class GuidedRefinement:
         # bound past 1 would rank a prompt above another whose value is 1 too).
         np.clip(lowest_flat - ROUNDING_MARGIN, 0.0, 1.0, out=lowest_flat)
         np.clip(highest_flat + ROUNDING_MARGIN, 0.0, 1.0, out=highest_flat)
-        device = self.cell_maps.device
-        return torch.from_numpy(lowest).to(device), torch.from_numpy(highest).to(device)
-
-    def _corner_coefficients(self, prompt: torch.Tensor, block_row: torch.Tensor,
-                             block_column: torch.Tensor) -> torch.Tensor:
-        """(K, 4, C + 1) A and B of the 2 x 2 cells K (prompt, block) pairs blend: the first
-        row's two cells, then the second's."""
-        cells = self._corner_cells(prompt, self._first_row[block_row],
-                                   self._first_column[block_column])
-        return self._table.index_select(0, torch.stack(cells, dim=1).view(-1)).view(
-            prompt.numel(), 4, self._table.shape[1])
-
-    def _corner_cells(self, prompt, first_row, first_column) -> list:
-        """Rows of the padded table (numpy or torch, as given) of the 2 x 2 cells whose first
-        row and column are ``first_row`` and ``first_column``: that row's two, the next's."""
-        top_left = prompt * self._padded_cells + first_row * self._padded_columns + first_column
-        width = self._padded_columns
-        return [top_left, top_left + 1, top_left + width, top_left + width + 1]
+        return lowest, highest
 
     @property
     def active_cells(self) -> int:
         """How many (prompt, half-cell block) pairs are filtered pixel by pixel."""
-        return int(self.active.sum())
+        return int(np.count_nonzero(self.active))
 
     def slab(self, rows: slice) -> torch.Tensor:
         """The (N, rows, W) refined probabilities of a range of frame rows."""
         block = self.block
         first, end = rows.start // block, math.ceil(rows.stop / block)
         buffer = self._resized(slice(first * block, end * block))
-        prompt, block_row, block_column = torch.nonzero(self.active[:, first:end],
-                                                        as_tuple=True)
+        prompt, block_row, block_column = np.nonzero(self.active[:, first:end])
         top = rows.start - first * block
-        if prompt.numel() == 0:
+        if prompt.size == 0:
             return buffer[:, top:top + rows.stop - rows.start, :self.width]
         count, columns = buffer.shape[0], buffer.shape[2] // block
         blocks = buffer.view(count, end - first, block, columns, block)
         chunk = max(1, _PATCH_ELEMENTS // (block * block * (self._table.shape[-1] + 3)))
-        for start in range(0, prompt.numel(), chunk):
-            part = slice(start, start + chunk)
-            values = self._exact(prompt[part], block_row[part] + first, block_column[part])
+        for start in range(0, prompt.size, chunk):
+            part = (prompt[start:start + chunk], block_row[start:start + chunk],
+                    block_column[start:start + chunk])
+            values = self._exact(part[0], part[1] + first, part[2])
             if buffer.device.type == 'cpu':  # numpy's scatter is several times torch's here
-                blocks.numpy()[prompt[part].numpy(), block_row[part].numpy(), :,
-                               block_column[part].numpy(), :] = values.numpy()
+                blocks.numpy()[part[0], part[1], :, part[2], :] = values.numpy()
             else:
-                blocks[prompt[part], block_row[part], :, block_column[part], :] = values
+                prompt_at, row_at, column_at = _on(buffer.device, *part)
+                blocks[prompt_at, row_at, :, column_at, :] = values
         return buffer[:, top:top + rows.stop - rows.start, :self.width]
 
     def _resized(self, rows: slice) -> torch.Tensor:
         """(N, rows, w s) cell maps resized bilinearly (rows of the cell-aligned frame)."""
-        first, second, weight = (t[rows] for t in self._row_taps)
+        if self.cell_maps.device.type == 'cpu':
+            return self._resized_opencv(rows)
+        cell_rows = self.cell_maps.shape[1]
+        first, second, weight = (t[rows] for t in _scaled_taps(
+            cell_rows * self.size, cell_rows, self.cell_maps.device))
         weight = weight.view(1, -1, 1)
         blended = self.cell_maps[:, first] * (1.0 - weight) + self.cell_maps[:, second] * weight
         count, height, columns = blended.shape
         return interpolate(blended.view(1, count * height, columns), scale_factor=self.size,
                            mode='linear', align_corners=False).view(count, height, -1)
 
-    def _exact(self, prompt: torch.Tensor, block_row: torch.Tensor,
-               block_column: torch.Tensor) -> torch.Tensor:
+    def _resized_opencv(self, rows: slice) -> torch.Tensor:
+        """
+        :meth:`_resized` by OpenCV's bilinear resize, several times faster than torch's on the
+        CPU. The rows' cells, one more on each side, are resized whole: at a whole scale s, a
+        range of cells starting on a cell's edge samples as the whole map does, and the extra
+        cell keeps the crop's own edge out of the rows asked for.
+        """
+        size, cell_rows = self.size, self.cell_maps.shape[1]
+        first = max(0, rows.start // size - 1)
+        end = min(cell_rows, -(-rows.stop // size) + 1)
+        maps = self.cell_maps.numpy()[:, first:end]
+        count, height, columns = maps.shape
+        resized = np.empty((count, height * size, columns * size), np.float32)
+        for prompt in range(count):
+            cv2.resize(maps[prompt], (columns * size, height * size), dst=resized[prompt],
+                       interpolation=cv2.INTER_LINEAR)
+        top = rows.start - first * size
+        return torch.from_numpy(resized[:, top:top + rows.stop - rows.start])
+
+    def _exact(self, prompt: np.ndarray, block_row: np.ndarray,
+               block_column: np.ndarray) -> torch.Tensor:
         """(K, b, b) filter output on the pixels of K (prompt, half-cell block) pairs."""
-        count, planes = prompt.numel(), self._table.shape[1]
-        corners = self._corner_coefficients(prompt, block_row, block_column)[..., None]
+        device = self.cell_maps.device
+        count, planes = prompt.size, self._table.shape[1]
+        # (4, K, C + 1, 1): the A and B of the 2 x 2 cells each block blends.
+        corners = torch.from_numpy(self._table[self._corner_cells(
+            prompt, block_row, block_column)]).to(device)[..., None]
         # Each pixel row's coefficients on the block's left column and their step to the
         # right one: (K, C + 1, b) each, from the weights on the second of the 2 x 2 rows.
-        down = self._second[block_row % 2].view(count, 1, -1)
-        left = torch.lerp(corners[:, 0], corners[:, 2], down)
-        step = torch.lerp(corners[:, 1], corners[:, 3], down).sub_(left)
+        weights = second_weights(self.size)
+        down, right = (torch.from_numpy(weights[index % 2]).to(device).view(count, 1, -1)
+                       for index in (block_row, block_column))
+        left = torch.lerp(corners[0], corners[2], down)
+        step = torch.lerp(corners[1], corners[3], down).sub_(left)
         # The colour's scale to [0, 1] goes on the coefficients: fewer values to scale.
         left[:, :3] *= 1.0 / 255.0
         step[:, :3] *= 1.0 / 255.0
@@ -348,21 +368,20 @@ class GuidedRefinement:
         for channel in range(1, planes - 1):
             near.addcmul_(guide[channel], left[:, channel, :, None])
             far.addcmul_(guide[channel], step[:, channel, :, None])
-        right = self._second[block_column % 2].view(count, 1, -1)
         return near.addcmul_(far, right).clamp_(0.0, 1.0)
 
-    def _pixel_guide(self, block_row: torch.Tensor, block_column: torch.Tensor) -> torch.Tensor:
+    def _pixel_guide(self, block_row: np.ndarray, block_column: np.ndarray) -> torch.Tensor:
         """(C, K, b, b) guide on the blocks' pixels: colour (0 to 255), then weighted depth."""
         if self._blocks_view.device.type == 'cpu':  # numpy's gather is several times torch's
-            colour = torch.from_numpy(self._blocks_view.numpy()[
-                block_row.numpy(), :, block_column.numpy()])
+            colour = torch.from_numpy(self._blocks_view.numpy()[block_row, :, block_column])
         else:
-            colour = self._blocks_view[block_row, :, block_column]
+            row_at, column_at = _on(self._blocks_view.device, block_row, block_column)
+            colour = self._blocks_view[row_at, :, column_at]
         planes = 3 if self._depth is None else 4
         guide = torch.empty((planes,) + colour.shape[:3], device=colour.device)
         guide[:3].copy_(colour.permute(3, 0, 1, 2))
         if self._depth is not None:
-            guide[3] = self._pixel_depth(block_row, block_column)
+            guide[3] = self._pixel_depth(*_on(self._depth.device, block_row, block_column))
         return guide
 
     def _pixel_indices(self, block_row: torch.Tensor,
@@ -384,11 +403,21 @@ class GuidedRefinement:
         return torch.where(readable, self._depth_weight * metres, cell_mean)
 
 
-def _corner_pairs(cells, reduce):
-    """(N, h + 1, w + 1) ``reduce`` (numpy's or torch's elementwise minimum or maximum) of
-    (N, h + 2, w + 2) values over each 2 x 2 square of cells."""
-    rows = reduce(cells[:, :-1], cells[:, 1:])
-    return reduce(rows[:, :, :-1], rows[:, :, 1:])
+def _on(device: torch.device, *indices: np.ndarray) -> list[torch.Tensor]:
+    """Host index arrays as tensors on a device."""
+    return [torch.from_numpy(index).to(device) for index in indices]
+
+
+@functools.lru_cache(maxsize=32)
+def _corner_indices(cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """Along one axis of h cells, the first and second of the two cells each of the 2h blocks
+    blends (the cell before and the cell, or the cell and the one after), edge cells repeated
+    (kept, read only)."""
+    first = np.arange(2 * cells) // 2 + np.arange(2 * cells) % 2 - 1
+    pair = np.clip(first, 0, cells - 1), np.clip(first + 1, 0, cells - 1)
+    for indices in pair:
+        indices.flags.writeable = False
+    return pair
 
 
 def _whole_cells(image: torch.Tensor, size: int) -> torch.Tensor:
