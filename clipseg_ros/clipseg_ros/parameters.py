@@ -81,7 +81,7 @@ SPECS = (
                   integer_range=(0, 1024, 1)),
     ParameterSpec('threshold', 0.3, 'Probability a prompt must reach for a pixel to get its '
                   'label (1 labels nothing)', float_range=(0.0, 1.0)),
-    ParameterSpec('refine', 'none', 'Refinement of the probability maps at the frame\'s size '
+    ParameterSpec('refine', 'guided', 'Refinement of the probability maps at the frame\'s size '
                   'before the threshold: guided (a guided filter by the frame\'s colour, so '
                   'masks follow the edges: docs/refinement.md) or none (bilinear only)'),
     ParameterSpec('refine_radius', 0.5, 'Radius of the refinement filter as a fraction of one '

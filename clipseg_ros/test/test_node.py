@@ -442,7 +442,7 @@ def test_deactivate_interrupts_the_rate_limit_wait(running):
     assert running.node.counters.processed == 1
 
 
-def test_refinement_changes_at_runtime_and_none_gives_the_bilinear_outputs(running):
+def test_refinement_is_on_by_default_changes_at_runtime_and_none_gives_bilinear(running):
     rgb = rgb_frame(96, 72)
     frame = encode_frame(rgb, 'rgb8')
     engine, prompts = running.node._engine, running.node.prompt_set.prompts
@@ -451,13 +451,18 @@ def test_refinement_changes_at_runtime_and_none_gives_the_bilinear_outputs(runni
         outputs = running.send_and_wait(frame)
         return image_to_array(outputs['mask']), image_to_array(outputs['confidence'])
 
-    # Off by default: its CPU cost is above a frame's budget (docs/refinement.md).
-    assert running.node.get_parameter('refine').value == 'none'
+    # On by default (docs/refinement.md): the engine's outputs with the default refinement.
+    assert running.node.get_parameter('refine').value == 'guided'
+    labels, confidence = published()
+    default = engine.segment(rgb, prompts, threshold=0.3, refine=RefineSettings())
+    np.testing.assert_array_equal(labels, default.labels)
+    np.testing.assert_array_equal(confidence, default.confidence)
     assert running.set_parameter('refine', 'none').successful
     labels, confidence = published()
     plain = engine.segment(rgb, prompts, threshold=0.3)
     np.testing.assert_array_equal(labels, plain.labels)
     np.testing.assert_array_equal(confidence, plain.confidence)
+    assert np.abs(default.confidence - plain.confidence).max() > 1e-3, 'none refined too'
     assert running.set_parameter('refine', 'guided').successful
     assert running.set_parameter('refine_radius', 0.8).successful
     labels, confidence = published()

@@ -70,7 +70,7 @@ def test_anything_the_result_depends_on_makes_the_call_segment_afresh(running):
 
 
 @pytest.mark.parametrize('name, changed', [
-    ('refine', 'guided'), ('min_instance_pixels', 7), ('instance_depth_gap', 0.2),
+    ('refine', 'none'), ('min_instance_pixels', 7), ('instance_depth_gap', 0.2),
     ('max_instances_per_prompt', 1), ('depth_erosion_px', 0), ('tracking', False),
     ('track_min_frames', 1)])
 def test_a_changed_refinement_or_object_setting_makes_the_call_segment_afresh(
