@@ -75,15 +75,23 @@ def cell_means(image: torch.Tensor, depth: torch.Tensor | None, size: int,
 
 def _colour_cell_means(image: torch.Tensor, size: int) -> torch.Tensor:
     """(3, h, w) colour means in [0, 1] over s x s cells from OpenCV's integral image of the
-    uint8 frame (exact integer sums; twice as fast as pooling a float copy on the CPU)."""
-    height, width = image.shape[:2]
-    integral = cv2.integral(np.ascontiguousarray(image.numpy()))  # (H + 1, W + 1, 3) int32
-    rows = np.minimum(np.arange(0, height + size, size), height)[:math.ceil(height / size) + 1]
+    uint8 frame (exact integer sums; twice as fast as pooling a float copy on the CPU), a slab
+    of whole cell rows at a time: a whole frame's int32 integral would be 4 bytes a pixel more."""
+    frame = np.ascontiguousarray(image.numpy())
+    height, width = frame.shape[:2]
     columns = np.minimum(np.arange(0, width + size, size), width)[:math.ceil(width / size) + 1]
-    corners = integral[rows][:, columns].astype(np.float64)
-    sums = corners[1:, 1:] - corners[:-1, 1:] - corners[1:, :-1] + corners[:-1, :-1]
-    pixels = np.outer(np.diff(rows), np.diff(columns))[:, :, None] * 255.0
-    return torch.from_numpy((sums / pixels).astype(np.float32)).permute(2, 0, 1).contiguous()
+    rows_per_slab = size * max(1, _GUIDE_SLAB_ELEMENTS // (size * width * 3))
+    means = []
+    for top in range(0, height, rows_per_slab):
+        slab = frame[top:top + rows_per_slab]
+        integral = cv2.integral(slab)  # (rows + 1, W + 1, 3) int32
+        rows = np.minimum(np.arange(0, slab.shape[0] + size, size), slab.shape[0])[
+            :math.ceil(slab.shape[0] / size) + 1]
+        corners = integral[rows][:, columns].astype(np.float64)
+        sums = corners[1:, 1:] - corners[:-1, 1:] - corners[1:, :-1] + corners[:-1, :-1]
+        pixels = np.outer(np.diff(rows), np.diff(columns))[:, :, None] * 255.0
+        means.append(sums / pixels)
+    return torch.from_numpy(np.concatenate(means).astype(np.float32)).permute(2, 0, 1).contiguous()
 
 
 def _cell_counts(length: int, size: int, device: torch.device) -> torch.Tensor:
