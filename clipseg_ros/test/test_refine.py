@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipseg_ros.core.cell_statistics import box
+from clipseg_ros.core.cell_statistics import box, cell_means
 from clipseg_ros.core.frame_maps import labels_at_frame_size
 from clipseg_ros.core.refine import (
     cell_size, CELL_RADIUS, check_depths, GuidedRefinement, RefineSettings)
@@ -251,6 +251,20 @@ def test_labels_are_the_exact_filters_on_textured_frames_of_any_size():
             assert np.array_equal(exact >= 0.3, approximate >= 0.3)
             assert approximate.min() >= 0.0 and approximate.max() <= 1.0
             assert refinement.active_cells < refinement.active.size
+
+
+def test_cell_means_of_a_large_bright_frame_do_not_overflow():
+    # A whole 4096 x 4096 frame's int32 integral image of a white frame passes 2^31: the cell
+    # means are summed a slab of rows at a time.
+    white = torch.full((4096, 4096, 3), 255, dtype=torch.uint8)
+    means = cell_means(white, None, 16, 0.0)
+    assert means.shape == (3, 256, 256)
+    assert torch.equal(means, torch.ones_like(means))
+    ramp = torch.from_numpy(np.broadcast_to(np.arange(4096, dtype=np.uint8)[:, None, None],
+                                            (4096, 4096, 3)).copy())
+    rows = cell_means(ramp, None, 16, 0.0)[0, :, 0].numpy()
+    expected = np.arange(4096, dtype=np.uint8).reshape(256, 16).astype(np.float64).mean(1)
+    np.testing.assert_allclose(rows, expected / 255.0, atol=1e-6)
 
 
 def test_settings_and_depth_images_are_checked():
