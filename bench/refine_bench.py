@@ -8,6 +8,7 @@ name the scene's objects first, then other kinds. Wall p50 and CPU p50 per step;
 is checked to have run (cells filtered pixel by pixel, maps changed).
 
     python bench/refine_bench.py [--size 640x480] [--prompts 1,13] [--frames 20] [--device cuda]
+    python bench/refine_bench.py --checkpoint-cells   # cells sized as for the 352 px checkpoint
 
 ``RefineStep`` is also used by node_bench.py to print the step beside the engine.
 """
@@ -29,6 +30,8 @@ from clipseg_ros.core.results import frame_maps_to_host, host_result
 from clipseg_ros.tools.scenes import all_kinds, phrase, render_scene
 
 THRESHOLD = 0.3  # the node's default
+# CIDAS/clipseg-rd64-refined's input side and patch size (CLIP ViT-B/16).
+CHECKPOINT_RESOLUTION, CHECKPOINT_PATCH = 352, 16
 MINI_MODEL = Path(__file__).resolve().parents[1] / 'clipseg_ros' / 'models' / \
     'clipseg_shapes_mini'
 
@@ -49,6 +52,7 @@ class RefineStep:
         self.footprint = patch_footprint(height, width, engine.resolution,
                                          engine._network.patch_size)
         self.active_fraction = 0.0
+        self.cell_px = 0
         self.changed = False
 
     def bilinear(self) -> dict:
@@ -66,6 +70,7 @@ class RefineStep:
             host = frame_maps_to_host(self.maps, height, width, THRESHOLD, self.count, False,
                                       self.engine.device, refinement)
         self.active_fraction = refinement.active_cells / refinement.active.size
+        self.cell_px = refinement.size
         return host
 
     def run(self) -> tuple[float, float, float, float]:
@@ -92,6 +97,9 @@ def main() -> int:
     parser.add_argument('--prompts', default='1,13')
     parser.add_argument('--frames', type=int, default=20)
     parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--checkpoint-cells', action='store_true',
+                        help="filter on the cells the 352 px checkpoint's patch footprint gives "
+                        "(16 px patches) instead of the miniature model's, on its maps")
     parser.add_argument('--device', default='cpu',
                         help='cpu or cuda: where the maps and the frame-size work are')
     args = parser.parse_args()
@@ -103,6 +111,9 @@ def main() -> int:
     for count in (int(n) for n in args.prompts.split(',')):
         steps = [RefineStep(engine, s.rgb, engine.text_prompts(scene_prompts(s, count)))
                  for s in scenes]
+        for step in steps if args.checkpoint_cells else ():
+            step.footprint = patch_footprint(height, width, CHECKPOINT_RESOLUTION,
+                                             CHECKPOINT_PATCH)
         for step in steps:
             step.run()  # warm-up
         samples, active, overlay_s = [], [], []
@@ -119,6 +130,7 @@ def main() -> int:
             overlay_s.append(time.perf_counter() - start)
         p50 = np.median(np.array(samples), axis=0) * 1e3
         row = {'width': width, 'height': height, 'prompts': count, 'frames': args.frames,
+               'cell_px': steps[0].cell_px,
                'bilinear_p50_ms': round(p50[0], 2), 'refined_p50_ms': round(p50[1], 2),
                'refine_adds_p50_ms': round(p50[1] - p50[0], 2),
                'bilinear_cpu_p50_ms': round(p50[2], 2), 'refined_cpu_p50_ms': round(p50[3], 2),
@@ -126,7 +138,7 @@ def main() -> int:
                'blocks_filtered_fraction': round(float(np.mean(active)), 3),
                'overlay_p50_ms': round(float(np.median(overlay_s)) * 1e3, 2)}
         rows.append(row)
-        print(f'{width}x{height} N={count}: frame maps bilinear p50 {row["bilinear_p50_ms"]:.1f}'
+        print(f'{width}x{height} N={count}, {row["cell_px"]} px cells: frame maps bilinear p50 {row["bilinear_p50_ms"]:.1f}'
               f' ms, refined {row["refined_p50_ms"]:.1f} ms (x{row["ratio"]:.2f}, adds '
               f'{row["refine_adds_p50_ms"]:.1f} ms; CPU {row["bilinear_cpu_p50_ms"]:.1f} -> '
               f'{row["refined_cpu_p50_ms"]:.1f} ms); {100 * row["blocks_filtered_fraction"]:.0f}%'
