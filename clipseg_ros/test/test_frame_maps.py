@@ -66,6 +66,21 @@ def test_slab_resize_equals_resizing_the_whole_frame(monkeypatch, count, height,
     assert ambiguous.mean() < 1e-3
 
 
+@pytest.mark.parametrize('count', [1, 2, 5, 16])
+def test_the_best_prompt_is_torchs_maximum_and_the_first_prompt_of_a_tie(count):
+    generator = torch.Generator().manual_seed(count)
+    # Values on a coarse grid, so that prompts tie often; a column-cropped view, as the
+    # refinement's slabs are.
+    slab = (torch.rand(count, 37, 53, generator=generator) * 4).round() / 4
+    for maps in (slab, slab[:, :, 3:50]):
+        value, index = frame_maps.best_prompt(maps)
+        expected_value, expected_index = maps.max(dim=0)
+        first = torch.argmax((maps == expected_value).to(torch.uint8), dim=0)
+        assert value.dtype == torch.float32 and index.dtype == torch.uint8
+        np.testing.assert_array_equal(value.numpy(), expected_value.numpy())
+        np.testing.assert_array_equal(index.numpy(), first.numpy())
+
+
 def test_threshold_one_labels_nothing_even_where_probability_rounds_to_one(tiny_model_dir):
     """Logits beyond ~17 give a float32 sigmoid of exactly 1.0; threshold 1 still means none."""
     # The torch back end: the test edits the torch weights after loading, which a network

@@ -1,11 +1,14 @@
 """
 From the model's probability maps to the camera frame: bilinear resize, best prompt, threshold,
-a slab of rows at a time so memory does not grow with prompts x pixels. torch, no ROS.
+a slab of rows at a time so memory does not grow with prompts x pixels. torch (and OpenCV for
+the best prompt on the CPU), no ROS.
 """
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import cv2
+import numpy as np
 import torch
 from torch.nn.functional import interpolate
 
@@ -44,20 +47,20 @@ def _bilinear_taps(out_size: int, in_size: int,
 def best_prompt(slab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     (rows, W) highest probability and (rows, W) uint8 index of the first prompt that has it,
-    of an (N, rows, W) slab: ``slab.max(dim=0)``, which on the CPU reduces across prompts
-    several times slower than comparing them one after another.
+    of an (N, rows, W) float32 slab: ``slab.max(dim=0)``, which on the CPU reduces across
+    prompts several times slower than comparing them one after another with OpenCV.
     """
     if slab.device.type != 'cpu':
         value, index = slab.max(dim=0)
         return value, index.to(torch.uint8)
-    best = slab[0].clone()
-    index = torch.zeros(slab.shape[1:], dtype=torch.uint8)
-    greater = torch.empty(slab.shape[1:], dtype=torch.bool)
-    for prompt in range(1, slab.shape[0]):
-        torch.gt(slab[prompt], best, out=greater)
-        index.masked_fill_(greater, prompt)
-        torch.maximum(best, slab[prompt], out=best)
-    return best, index
+    planes = slab.numpy()
+    best = planes[0].copy()
+    index = np.zeros(best.shape, np.uint8)
+    for prompt in range(1, len(planes)):
+        greater = cv2.compare(planes[prompt], best, cv2.CMP_GT)
+        np.copyto(index, np.uint8(prompt), where=greater.view(bool))
+        cv2.max(best, planes[prompt], dst=best)
+    return torch.from_numpy(best), torch.from_numpy(index)
 
 
 def resize_with_interpolate(device: torch.device) -> bool:
