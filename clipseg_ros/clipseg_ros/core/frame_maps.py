@@ -53,12 +53,14 @@ def best_prompt(slab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if slab.device.type != 'cpu':
         value, index = slab.max(dim=0)
         return value, index.to(torch.uint8)
+    # Probabilities are finite (sigmoid outputs): OpenCV's max, unlike torch's, does not carry
+    # a NaN forward.
     planes = slab.numpy()
     best = planes[0].copy()
     index = np.zeros(best.shape, np.uint8)
     for prompt in range(1, len(planes)):
-        greater = cv2.compare(planes[prompt], best, cv2.CMP_GT)
-        np.copyto(index, np.uint8(prompt), where=greater.view(bool))
+        greater = cv2.compare(planes[prompt], best, cv2.CMP_GT)  # 255 where greater
+        cv2.copyTo(np.full_like(index, prompt), greater, index)
         cv2.max(best, planes[prompt], dst=best)
     return torch.from_numpy(best), torch.from_numpy(index)
 
