@@ -1,7 +1,7 @@
 """
 The guided filter's statistics on a grid of s x s pixel cells (core/refine.py): the cells'
 colour (and depth) means and ranges, window means, the per-cell systems and their coefficients.
-torch, with OpenCV for what pooling in torch does slowly on the CPU; no ROS.
+numpy and OpenCV on the host, torch pooling for the depth means and on CUDA; no ROS.
 """
 
 import functools

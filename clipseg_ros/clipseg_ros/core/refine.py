@@ -1,6 +1,8 @@
 """
 Edge-aware refinement of probability maps at the frame's size: a guided filter whose guide is
-the frame's colour (and, where paired, its aligned depth: a depth jump is an edge). torch, no ROS.
+the frame's colour (and, where paired, its aligned depth: a depth jump is an edge). The
+frame-size arithmetic is torch where the maps are; the bookkeeping numpy and OpenCV on the host;
+no ROS.
 
 The filter's statistics are computed on a grid of s x s pixel cells (the fast guided filter:
 He and Sun, 2015), so its cost there does not grow with the frame. At the frame's size each
