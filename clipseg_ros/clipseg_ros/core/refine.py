@@ -24,6 +24,7 @@ import numbers
 
 from clipseg_ros.core.cell_statistics import (
     cell_means, colour_cell_ranges, guided_coefficients)
+from clipseg_ros.core.frame_maps import _bilinear_taps
 import cv2
 import numpy as np
 import torch
@@ -436,10 +437,6 @@ def _whole_cells(image: torch.Tensor, size: int) -> torch.Tensor:
 @functools.lru_cache(maxsize=32)
 def _scaled_taps(out_size: int, in_size: int,
                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Bilinear taps (first, second, weight of second) of resizing in_size to out_size (the
-    same for every frame of a size: kept, read only)."""
-    position = ((torch.arange(out_size, device=device, dtype=torch.float32) + 0.5) *
-                (in_size / out_size) - 0.5).clamp(min=0.0)
-    first = position.floor().to(torch.int64).clamp(max=in_size - 1)
-    second = (first + 1).clamp(max=in_size - 1)
-    return first, second, position - first.to(torch.float32)
+    """The bilinear taps of resizing in_size to out_size, the same for every frame of a size:
+    kept, read only."""
+    return _bilinear_taps(out_size, in_size, device)
