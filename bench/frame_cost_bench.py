@@ -140,7 +140,7 @@ def node_messages(model: str, scene, masks: str, with_depth: bool) -> dict:
     from clipseg_ros.core.depth_targets import CameraModel, depth_in_metres, prompt_targets
     from clipseg_ros.depth_input import PairedTargets
     from clipseg_ros.objects import CameraObjects
-    from clipseg_ros.parameters import SPECS
+    from clipseg_ros.parameters import default_value
     from clipseg_ros.publishers import PromptSet, ResultPublishers
     from std_msgs.msg import Header
     os.environ[MASKS_ENV] = masks
@@ -156,8 +156,7 @@ def node_messages(model: str, scene, masks: str, with_depth: bool) -> dict:
         metres = depth_in_metres(scene.depth_mm(), '16UC1', 10.0)
         paired = PairedTargets(prompt_targets(result.labels, metres, camera, len(PROMPTS), 2),
                                0, depth_m=metres, camera=camera)
-    defaults = {spec.name: spec.default for spec in SPECS}
-    objects = CameraObjects(defaults.__getitem__)
+    objects = CameraObjects(default_value)
     capture = _Capture()
     publishers = ResultPublishers(capture, with_depth)
     header = Header(frame_id='camera_optical')

@@ -36,12 +36,10 @@ def engine_cpu_per_frame(model: str, cpu_threads: int, frames: list, repeats: in
     """CPU seconds ClipSegEngine.segment takes a frame here, as the node runs it."""
     from clipseg_ros.core.engine import ClipSegEngine
     from clipseg_ros.core.options import set_cpu_threads
-    from clipseg_ros.parameters import refine_settings, SPECS
+    from clipseg_ros.parameters import default_value, refine_settings
     set_cpu_threads(cpu_threads)
     engine = ClipSegEngine(model=model, device='cpu')
-    # The node's default refinement of the maps, as it runs each frame.
-    defaults = {spec.name: spec.default for spec in SPECS}
-    refine = refine_settings(defaults.__getitem__)
+    refine = refine_settings(default_value)  # the node's default, as it runs each frame
     try:
         prompts = engine.text_prompts(PROMPTS)
         for frame in frames[:3]:  # first calls pay for lazy set-up

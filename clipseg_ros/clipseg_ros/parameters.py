@@ -194,6 +194,15 @@ class NodeConfiguration:
         return cls(**values)
 
 
+_DEFAULTS = {spec.name: spec.default for spec in SPECS}
+
+
+def default_value(name: str) -> Any:
+    """A parameter's default, as the node declares it: a ``value_of`` for the settings
+    builders below where no node runs (benchmarks, recorded outputs)."""
+    return _DEFAULTS[name]
+
+
 def refine_settings(value_of: Callable[[str], Any]) -> RefineSettings:
     """The refinement the live parameters ask for."""
     return RefineSettings(value_of('refine'), value_of('refine_radius'),

@@ -30,7 +30,7 @@ from clipseg_ros.core.region_stats import region_stats
 from clipseg_ros.core.results import SegmentationResult
 from clipseg_ros.depth_input import PairedTargets
 from clipseg_ros.objects import CameraObjects
-from clipseg_ros.parameters import SPECS
+from clipseg_ros.parameters import default_value
 from clipseg_ros.publishers import PromptSet, ResultPublishers
 from clipseg_ros.tools.drive import synthetic_frame
 from clipseg_ros.tools.stand_in_maps import SeededNetwork
@@ -88,9 +88,7 @@ class RecordingNode:
 
 
 def _parameter(overrides: dict):
-    defaults = {spec.name: spec.default for spec in SPECS}
-    defaults.update(overrides)
-    return defaults.__getitem__
+    return lambda name: overrides[name] if name in overrides else default_value(name)
 
 
 def _header(index: int) -> Header:
