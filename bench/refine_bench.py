@@ -111,9 +111,10 @@ def main() -> int:
     for count in (int(n) for n in args.prompts.split(',')):
         steps = [RefineStep(engine, s.rgb, engine.text_prompts(scene_prompts(s, count)))
                  for s in scenes]
-        for step in steps if args.checkpoint_cells else ():
-            step.footprint = patch_footprint(height, width, CHECKPOINT_RESOLUTION,
-                                             CHECKPOINT_PATCH)
+        if args.checkpoint_cells:
+            for step in steps:
+                step.footprint = patch_footprint(height, width, CHECKPOINT_RESOLUTION,
+                                                 CHECKPOINT_PATCH)
         for step in steps:
             step.run()  # warm-up
         samples, active, overlay_s = [], [], []
@@ -138,8 +139,9 @@ def main() -> int:
                'blocks_filtered_fraction': round(float(np.mean(active)), 3),
                'overlay_p50_ms': round(float(np.median(overlay_s)) * 1e3, 2)}
         rows.append(row)
-        print(f'{width}x{height} N={count}, {row["cell_px"]} px cells: frame maps bilinear p50 {row["bilinear_p50_ms"]:.1f}'
-              f' ms, refined {row["refined_p50_ms"]:.1f} ms (x{row["ratio"]:.2f}, adds '
+        print(f'{width}x{height} N={count}, {row["cell_px"]} px cells: frame maps bilinear p50 '
+              f'{row["bilinear_p50_ms"]:.1f} ms, refined {row["refined_p50_ms"]:.1f} ms '
+              f'(x{row["ratio"]:.2f}, adds '
               f'{row["refine_adds_p50_ms"]:.1f} ms; CPU {row["bilinear_cpu_p50_ms"]:.1f} -> '
               f'{row["refined_cpu_p50_ms"]:.1f} ms); {100 * row["blocks_filtered_fraction"]:.0f}%'
               f' of (prompt, half-cell block) pairs filtered pixel by pixel; overlay p50 '

@@ -79,19 +79,24 @@ def _colour_cell_means(image: torch.Tensor, size: int) -> torch.Tensor:
     of whole cell rows at a time: a whole frame's int32 integral would be 4 bytes a pixel more."""
     frame = np.ascontiguousarray(image.numpy())
     height, width = frame.shape[:2]
-    columns = np.minimum(np.arange(0, width + size, size), width)[:math.ceil(width / size) + 1]
+    columns = _cell_edges(width, size)
     rows_per_slab = size * max(1, _GUIDE_SLAB_ELEMENTS // (size * width * 3))
     means = []
     for top in range(0, height, rows_per_slab):
         slab = frame[top:top + rows_per_slab]
         integral = cv2.integral(slab)  # (rows + 1, W + 1, 3) int32
-        rows = np.minimum(np.arange(0, slab.shape[0] + size, size), slab.shape[0])[
-            :math.ceil(slab.shape[0] / size) + 1]
+        rows = _cell_edges(slab.shape[0], size)
         corners = integral[rows][:, columns].astype(np.float64)
         sums = corners[1:, 1:] - corners[:-1, 1:] - corners[1:, :-1] + corners[:-1, :-1]
         pixels = np.outer(np.diff(rows), np.diff(columns))[:, :, None] * 255.0
         means.append(sums / pixels)
     return torch.from_numpy(np.concatenate(means).astype(np.float32)).permute(2, 0, 1).contiguous()
+
+
+def _cell_edges(length: int, size: int) -> np.ndarray:
+    """The first pixel of each s-pixel cell along an axis, then the axis' end (the last cell
+    may be partial)."""
+    return np.minimum(np.arange(0, length + size, size), length)[:math.ceil(length / size) + 1]
 
 
 def _cell_counts(length: int, size: int, device: torch.device) -> torch.Tensor:
