@@ -137,3 +137,21 @@ def test_frame_cost_bench_runs_briefly():
     row, = report['results']
     assert (row['width'], row['height'], row['depth']) == (160, 120, True)
     assert 'points' in row['outputs'] and row['clipseg_cpu_ms_per_frame'] > 0
+    assert 0 < row['least_extra_ms'] and row['least_over_echo'] > 1
+
+
+def test_frame_cost_least_work_builds_the_nodes_outputs_and_checks_it(tiny_model_dir,
+                                                                      monkeypatch):
+    bench = load_bench('frame_cost_bench')
+    scene = bench.scene_frames(160, 120, 1)[0]
+    assert bench.least_extra_work(str(tiny_model_dir), scene, 'clean', True, repeats=2) > 0
+    # Its labelling finds every prompt's components: with a label image of none it must fail.
+    outputs = bench.node_outputs
+
+    def emptied(*args):
+        messages, result, depth = outputs(*args)
+        result.labels = np.zeros_like(result.labels)
+        return messages, result, depth
+    monkeypatch.setattr(bench, 'node_outputs', emptied)
+    with pytest.raises(SystemExit, match='points|components'):
+        bench.least_extra_work(str(tiny_model_dir), scene, 'clean', True, repeats=2)

@@ -19,6 +19,7 @@ with
 depth, whose 3D extent holds their predicted centroids, is a merge: it continues none of them.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from clipseg_ros.core.appearance import signature_distance
@@ -99,12 +100,15 @@ def assign(costs: np.ndarray) -> list[tuple[int, int]]:
 
 def merges(tracks: Side, candidates: np.ndarray, found: Side, extent_min: np.ndarray,
            extent_max: np.ndarray, gate_m: float,
-           on_mask: np.ndarray | None = None) -> dict[int, list[int]]:
+           on_mask: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[int, list[int]]:
     """
     {instance: [tracks]} for the instances that cover the predictions of two or more of the
     tracks flagged in ``candidates`` (each track counted in the instance covering most of it).
     ``extent_min`` / ``extent_max`` (K, 3) are the instances' 3D extents (NaN: no depth);
-    ``on_mask`` (T, K): whether an instance's mask fills a track's box (None: not checked).
+    ``on_mask(rows)`` (len(rows), K): whether each instance's mask fills the box of each of the
+    tracks ``rows`` (None: not checked). It is asked only about the tracks it can decide: those
+    covered by an instance that also covers another candidate (the masks cost a histogram a
+    track; apart, tracks never merge).
     """
     rows = np.flatnonzero(candidates)
     if len(rows) < 2 or not len(found.boxes):
@@ -120,7 +124,14 @@ def merges(tracks: Side, candidates: np.ndarray, found: Side, extent_min: np.nda
     known = np.isfinite(positions).all(axis=2) & np.isfinite(extent_min).all(axis=1)[None]
     coverage = np.where(known & ~inside, 0.0, coverage)
     if on_mask is not None:
-        coverage = np.where(on_mask[rows], coverage, 0.0)
+        # A track whose covering instances cover no other candidate ends alone in any of them,
+        # and a group of one is no merge, whatever the masks say.
+        covering = coverage >= MERGE_COVERAGE
+        deciding = np.flatnonzero((covering & (covering.sum(axis=0) >= 2)).any(axis=1))
+        filled = np.zeros(covering.shape, bool)
+        if len(deciding):
+            filled[deciding] = on_mask(rows[deciding])
+        coverage = np.where(filled, coverage, 0.0)
     best = np.argmax(coverage, axis=1)
     groups: dict[int, list[int]] = {}
     for index, (row, column) in enumerate(zip(rows.tolist(), best.tolist())):

@@ -211,10 +211,12 @@ class InstanceTracker:
                 track_side.signatures = np.array([track.signature for track in group])
                 found.signatures = signatures[columns]
             candidates = np.array([bool(t.track_id) and t.missed == 0 for t in group])
-            on_mask = _on_masks(group, track_side.boxes, instances.image, columns)
             merged = merges(track_side, candidates, found,
                             targets.extent_min[columns], targets.extent_max[columns],
-                            self.settings.gate_m, on_mask)
+                            self.settings.gate_m,
+                            lambda picked: _on_masks([group[row] for row in picked],
+                                                     track_side.boxes[picked],
+                                                     instances.image, columns))
             held = np.array([bool(t.held) for t in group])
             costs = association_costs(track_side, found, self.settings.gate_m, held)
             for column, held_rows in merged.items():
