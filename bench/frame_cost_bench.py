@@ -5,9 +5,11 @@ Two server processes take turns on one camera stream (colour, and with ``--depth
 16UC1 depth image and camera_info with each frame), every output subscribed (mask, confidence,
 overlay, segmentation, instances; points and markers with depth), as rviz and a planner do:
   * clipseg: ClipSegNode as clipseg_node runs it, on an engine whose network is stood in by
-    seeded probability maps (``--masks clean``: smooth blobs; ``ragged``: fine noise, fragments
-    and holes): no inference; the engine's own maps-to-labels step, instances, tracks, 3D,
-    overlay and every message remain;
+    probability maps (``--masks clean``: seeded smooth blobs that fill the frame with dozens of
+    components; ``ragged``: seeded fine noise, fragments and holes; ``objects``: the scene's red
+    circles and green square found by their colour, as a trained model finds them): no
+    inference; the engine's own maps-to-labels step, instances, tracks, 3D, overlay and every
+    message remain;
   * echo: a minimal rclpy node subscribed to the same inputs that answers each frame with the
     same messages, built once before the run by the package's own code for that frame size (the
     floor: serialisation, Fast DDS both ways, rclpy's executor).
@@ -22,7 +24,7 @@ images copied into messages, the point records), one library call each, timed in
 on one thread; it fails when what it built differs in size from the node's outputs. The last
 line is JSON.
 
-    python bench/frame_cost_bench.py                          # 640x480, clean and ragged, depth
+    python bench/frame_cost_bench.py                          # 640x480, every mask kind, depth
     python bench/frame_cost_bench.py --sizes 1280x720 --masks ragged --no-depth
     python bench/frame_cost_bench.py --cpu-threads 1   # the node's torch and OpenCV on one thread
 """
@@ -83,7 +85,7 @@ def camera_messages(scene):
 def stand_in_engine_class():
     """ClipSegEngine with its network's probabilities replaced by seeded maps (counted)."""
     from clipseg_ros.core.engine import ClipSegEngine
-    from clipseg_ros.tools.stand_in_maps import MASK_BLUR, SeededNetwork
+    from clipseg_ros.tools.stand_in_maps import ColourNetwork, MASK_BLUR, SeededNetwork
 
     class StandInEngine(ClipSegEngine):
         """Segments each (frame size, prompts, threshold) once, from seeded maps; later
@@ -91,7 +93,10 @@ def stand_in_engine_class():
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            self.stand_in = SeededNetwork(blur=MASK_BLUR[os.environ.get(MASKS_ENV, 'ragged')])
+            masks = os.environ.get(MASKS_ENV, 'ragged')
+            config = self._preprocess_config
+            self.stand_in = (ColourNetwork(config.mean, config.std) if masks == 'objects'
+                             else SeededNetwork(blur=MASK_BLUR[masks]))
             self._network.probabilities = self.stand_in.probabilities
             self._results = {}
             self.frames_served = 0
@@ -369,7 +374,8 @@ def main() -> int:
     parser.add_argument('--serve', choices=('clipseg', 'echo'), help=argparse.SUPPRESS)
     parser.add_argument('--model-dir', help=argparse.SUPPRESS)
     parser.add_argument('--sizes', default='640x480')
-    parser.add_argument('--masks', default='clean,ragged', help='clean, ragged or both')
+    parser.add_argument('--masks', default='clean,ragged,objects',
+                        help='clean, ragged, objects, or several joined by commas')
     parser.add_argument('--no-depth', action='store_true', help='colour only')
     parser.add_argument('--both-depths', action='store_true', help='with and without depth')
     parser.add_argument('--rounds', type=int, default=2, help='rounds per side and case')

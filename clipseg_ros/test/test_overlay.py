@@ -3,7 +3,9 @@
 from clipseg_ros.core.overlay import (
     FILL_ALPHA, label_box, outline_width, overlaps, PALETTE, region_borders, render_overlay)
 from clipseg_ros.core.region_stats import region_stats
+import cv2
 import numpy as np
+import pytest
 
 
 def test_overlay_tints_labelled_pixels_lightly_and_outlines_each_region():
@@ -50,3 +52,39 @@ def test_labels_stay_inside_the_frame_and_apart():
         placed.append(box)
     overlay = render_overlay(image, labels, stats, ['blue square', 'red circle', 'green star'])
     assert overlay[:, :, :].any() and overlay.shape == image.shape
+
+
+def _whole_frame_overlay(image: np.ndarray, labels: np.ndarray, alpha: float) -> np.ndarray:
+    """The overlay without text, computed over the whole frame: OpenCV's blend, and borders
+    from each pixel's neighbours within the outline's thickness (the frame's edge repeated)."""
+    thickness = outline_width(*labels.shape)
+    colours = PALETTE[labels]
+    tinted = cv2.addWeighted(image, 1.0 - alpha, colours, alpha, 0.0)
+    padded = np.pad(labels, thickness, mode='edge')
+    height, width = labels.shape
+    differs = np.zeros(labels.shape, bool)
+    for dy in range(2 * thickness + 1):
+        for dx in range(2 * thickness + 1):
+            differs |= padded[dy:dy + height, dx:dx + width] != labels
+    expected = np.where((labels > 0)[..., None], tinted, image)
+    return np.where(((labels > 0) & differs)[..., None], colours, expected)
+
+
+@pytest.mark.parametrize('seed', range(14))
+def test_overlay_equals_the_whole_frames_tint_and_outline(seed):
+    """The overlay is worked out only around the labelled pixels: it must equal the whole
+    frame's, also where regions touch the frame's edges or each other, cover it, or there are
+    none."""
+    rng = np.random.default_rng(seed)
+    height, width = (int(v) for v in rng.integers(20, 200, 2))
+    image = rng.integers(0, 256, (height, width, 3), np.uint8)
+    labels = np.zeros((height, width), np.uint8)
+    for _ in range(int(rng.integers(0, 5))):  # boxes anywhere, edges included, may touch
+        top, left = int(rng.integers(-5, height)), int(rng.integers(-5, width))
+        size = rng.integers(1, max(2, min(height, width) // 2), 2)
+        labels[max(top, 0):top + size[0], max(left, 0):left + size[1]] = rng.integers(1, 6)
+    if seed >= 12:  # labels everywhere: the window is the whole frame
+        labels = rng.integers(0, 6, (height, width)).astype(np.uint8)
+    stats = region_stats(labels, np.ones(labels.shape, np.float32), prompt_count=5)
+    overlay = render_overlay(image, labels, stats, [''] * 5)  # no text drawn
+    np.testing.assert_array_equal(overlay, _whole_frame_overlay(image, labels, FILL_ALPHA))

@@ -54,15 +54,40 @@ def render_overlay(image_rgb: np.ndarray, labels: np.ndarray, stats: RegionStats
     Tint each prompt's pixels with its colour (weight ``alpha``), draw its region's border in
     that colour, and write its label near its centroid, inside the frame and off the others.
     """
-    # OpenCV's colour map (one 1-to-3-channel look-up) and masked copies: several times faster
-    # than numpy's indexing.
-    colours = cv2.applyColorMap(np.ascontiguousarray(labels, np.uint8), _PALETTE_MAP)
-    overlay = cv2.addWeighted(image_rgb, 1.0 - alpha, colours, alpha, 0.0)
-    cv2.copyTo(image_rgb, (labels == 0).view(np.uint8), overlay)
-    borders = region_borders(labels, outline_width(*labels.shape))
-    cv2.copyTo(colours, borders.view(np.uint8), overlay)
+    labels = np.ascontiguousarray(labels, np.uint8)
+    height, width = labels.shape
+    thickness = outline_width(height, width)
+    # Only around the labelled pixels, widened by the outline's reach (a border pixel depends
+    # on its neighbours that far): elsewhere the overlay is the frame.
+    left, top, box_width, box_height = cv2.boundingRect(labels)
+    rows = slice(max(top - thickness, 0), min(top + box_height + thickness, height))
+    columns = slice(max(left - thickness, 0), min(left + box_width + thickness, width))
+    if not (box_width and box_height):
+        overlay = image_rgb.copy()
+    elif rows == slice(0, height) and columns == slice(0, width):
+        overlay = _tinted(image_rgb, labels, thickness, alpha)
+    else:
+        overlay = image_rgb.copy()
+        overlay[rows, columns] = _tinted(image_rgb[rows, columns],
+                                         np.ascontiguousarray(labels[rows, columns]),
+                                         thickness, alpha)
     write_labels(overlay, stats, names)
     return overlay
+
+
+def _tinted(image_rgb: np.ndarray, labels: np.ndarray, thickness: int,
+            alpha: float) -> np.ndarray:
+    """
+    A window of the overlay: labelled pixels tinted, their region's border drawn. ``labels``
+    is a contiguous array of its own, so the outline's filters see its edges as the frame's.
+    """
+    # OpenCV's colour map (one 1-to-3-channel look-up) and masked copies: several times faster
+    # than numpy's indexing.
+    colours = cv2.applyColorMap(labels, _PALETTE_MAP)
+    tinted = cv2.addWeighted(image_rgb, 1.0 - alpha, colours, alpha, 0.0)
+    cv2.copyTo(image_rgb, (labels == 0).view(np.uint8), tinted)
+    cv2.copyTo(colours, region_borders(labels, thickness).view(np.uint8), tinted)
+    return tinted
 
 
 def write_labels(overlay: np.ndarray, stats: RegionStats, names: Sequence[str]) -> None:

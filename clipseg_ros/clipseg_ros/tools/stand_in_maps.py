@@ -1,7 +1,9 @@
 """
-Seeded probability maps that stand in for a network's output in tests and benchmarks: smooth
-blobs (clean regions) or fine noise (ragged regions, holes and fragments), deterministic per
-seed, so a frame's whole path after the network can be replayed and timed without a model.
+Probability maps that stand in for a network's output in tests and benchmarks, so a frame's
+whole path after the network can be replayed and timed without a model: seeded smooth blobs
+(clean regions) or fine noise (ragged regions, holes and fragments), deterministic per seed;
+or the frame's own red, green and blue objects found by their colour (a trained model's masks
+of a table scene: a few objects, a clear background).
 """
 
 import cv2
@@ -35,3 +37,33 @@ class SeededNetwork:
         maps = [smooth_maps(self.seed + index, len(embeddings), size, self.blur)
                 for index in range(len(pixel_values))]
         return torch.from_numpy(np.stack(maps))
+
+
+# Colour maps: the prompt's channel over the larger of the other two, in [0, 1] units; the
+# synthetic table's excess stays under 0.1 and its objects' is about 0.5.
+COLOUR_EXCESS_FLOOR = 0.1
+COLOUR_EXCESS_SPAN = 0.3
+
+
+class ColourNetwork:
+    """
+    Stands in for an engine network's ``probabilities``: prompt k's map is how much the frame's
+    colour channel k % 3 (red, green, blue) exceeds the other two, at the model's resolution.
+    ``mean`` and ``std`` are the preprocessing's, to undo its normalisation.
+    """
+
+    def __init__(self, mean, std) -> None:
+        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.calls = 0
+
+    def probabilities(self, pixel_values: torch.Tensor, embeddings: torch.Tensor):
+        self.calls += 1
+        colour = pixel_values.to(torch.float32) * self._std + self._mean  # (B, 3, r, r)
+        maps = []
+        for prompt in range(len(embeddings)):
+            channel = prompt % 3
+            others = colour[:, [c for c in range(3) if c != channel]].amax(dim=1)
+            excess = colour[:, channel] - others
+            maps.append(((excess - COLOUR_EXCESS_FLOOR) / COLOUR_EXCESS_SPAN).clamp(0.0, 1.0))
+        return torch.stack(maps, dim=1)
