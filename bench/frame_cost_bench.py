@@ -18,11 +18,11 @@ counts (a node slower than the camera drops frames and is charged for those it a
 rounds alternate the sides. The benchmark fails when the stand-in served fewer frames than the
 node answered or segmented more than once per size, or a side answered too few frames.
 
-Each case also prints the least any node publishing these outputs adds to the echo: the steps
-an echo never does (the frame to an array, a labelling per prompt, the overlay's blend, the
-images copied into messages, the point records), one library call each, timed in this process
-on one thread; it fails when what it built differs in size from the node's outputs. The last
-line is JSON.
+Each case also prints the least any node publishing these outputs adds to the echo: the steps an
+echo never does (the frame to an array, a labelling per prompt, the overlay's blend, the images
+copied into messages, the point records), by whole-array OpenCV or numpy calls, timed in this
+process on one thread; it fails when what it built differs in size from the node's outputs. The
+last line is JSON.
 
     python bench/frame_cost_bench.py                          # 640x480, every mask kind, depth
     python bench/frame_cost_bench.py --sizes 1280x720 --masks ragged --no-depth
@@ -186,9 +186,9 @@ def least_extra_work(model: str, scene, masks: str, with_depth: bool,
                      repeats: int = 50) -> float:
     """
     Seconds of CPU a frame for the steps that no node publishing these outputs can leave to
-    an echo, each done by one library call: the colour frame to an array (and the depth to
-    metres), one compare and one OpenCV labelling per prompt, one blend for the overlay,
-    each image output copied into its message, and with depth the point cloud's records.
+    an echo, each done by whole-array OpenCV or numpy calls: the colour frame to an array
+    (and the depth to metres), one compare and one OpenCV labelling per prompt, one blend for
+    the overlay, each image output copied into its message, and with depth the point records.
     A lower bound on what the node adds to the echo, before any instance, track or
     Segmentation message is made.
     """
