@@ -5,7 +5,8 @@ architecture with random weights unless --model is given), then the node's 3D st
 labels and the scene's aligned 16UC1 depth (depth to metres, per-prompt centroid and extent,
 the decimated point cloud), then the node's objects step (instances with depth, then tracking;
 see ObjectsStep), alternately, so all see the same machine state. Prints the p50 of each and
-their share of the engine's time, wall and CPU. No ROS needed.
+their share of the engine's time, wall and CPU; then the instances step's CPU on 5,000 specks
+and on one region covering the frame. No ROS needed.
 
     python bench/depth_bench.py                 # CPU: N = 1 and 4
     python bench/depth_bench.py --device cuda
@@ -24,6 +25,7 @@ from clipseg_ros.core.region_stats import region_stats
 from clipseg_ros.core.tracks import InstanceTracker
 from clipseg_ros.tools.scene_sequences import render_layout, Solid
 from clipseg_ros.tools.scenes import render_scene
+from clipseg_ros.tools.stand_in_maps import speck_labels
 from clipseg_ros.tools.tiny_model import build_random_model, PREPROCESSOR_CONFIG
 import cv2
 import numpy as np
@@ -105,6 +107,50 @@ class ObjectsStep:
         return None
 
 
+def worst_masks(camera: CameraModel, frames: int) -> dict:
+    """
+    The instances step's CPU (p50 ms) on two worst cases at 640x480, without and with depth:
+    5,000 one-pixel specks (5,000 components, all dropped) and one region covering the frame.
+    Fails (SystemExit) when a case did not find what it must: no instance, and one.
+    """
+    rng = np.random.default_rng(1)
+    confidence = rng.uniform(0.3, 1.0, (480, 640)).astype(np.float32)
+    depth = np.full((480, 640), 1.0, np.float32)
+    cases = {'specks': (speck_labels(5000, 480, 640), 0),
+             'covering': (np.ones((480, 640), np.uint8), 1)}
+    timings = {}
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # a thread's CPU time is all the work: OpenCV's team would hide some
+    try:
+        for name, (labels, expected) in cases.items():
+            timings.update(_worst_case(name, labels, expected, confidence, depth, camera,
+                                       frames))
+    finally:
+        cv2.setNumThreads(threads)
+    return timings
+
+
+def _worst_case(name: str, labels: np.ndarray, expected: int, confidence: np.ndarray,
+                depth: np.ndarray, camera: CameraModel, frames: int) -> dict:
+    """One mask's p50 CPU, without and with depth; SystemExit unless it finds ``expected``."""
+    timings = {}
+    # The engine computes the boxes anyway (SegmentationResult.stats): not timed.
+    boxes = region_stats(labels, confidence, 1).boxes
+    for with_depth in (False, True):
+        seconds = []
+        for _ in range(frames + 1):  # the first warms up
+            start = time.thread_time()
+            found = find_instances(labels, confidence, 1, InstanceSettings(),
+                                   depth if with_depth else None,
+                                   camera if with_depth else None, boxes=boxes)
+            seconds.append(time.thread_time() - start)
+            if len(found) != expected:
+                raise SystemExit(f'instances on {name}: {len(found)}, expected {expected}')
+        timings[f"{name}{'_depth' if with_depth else ''}_ms"] = \
+            float(np.median(seconds[1:])) * 1e3
+    return timings
+
+
 def three_d_step(labels, depth_mm, camera, prompt_count) -> tuple[int, int]:
     """
     What the node does for one frame with depth and a subscribed point cloud.
@@ -177,6 +223,11 @@ def main() -> int:
                           'depth_step_ms': step_ms, 'objects_step_ms': objects_ms,
                           'objects_step_cpu_ms': objects_cpu_ms,
                           'objects_per_frame': objects.expected}
+    worst = worst_masks(camera, max(args.frames, 9))
+    print('instances at 640x480, CPU p50: 5,000 one-pixel specks {specks_ms:.2f} ms (with depth '
+          '{specks_depth_ms:.2f} ms), one region covering the frame {covering_ms:.2f} ms (with '
+          'depth {covering_depth_ms:.2f} ms)'.format(**worst))
+    summary['worst_masks'] = worst
     print(json.dumps(summary))
     return 0
 

@@ -155,3 +155,15 @@ def test_frame_cost_least_work_builds_the_nodes_outputs_and_checks_it(tiny_model
     monkeypatch.setattr(bench, 'node_outputs', emptied)
     with pytest.raises(SystemExit, match='points|components'):
         bench.least_extra_work(str(tiny_model_dir), scene, 'clean', True, repeats=2)
+
+
+def test_depth_bench_times_the_worst_masks_and_fails_when_they_are_not_found(monkeypatch):
+    from clipseg_ros.core.depth_targets import CameraModel
+    bench = load_bench('depth_bench')
+    camera = CameraModel(640, 480, 500.0, 500.0, 320.0, 240.0)
+    timings = bench.worst_masks(camera, frames=1)
+    assert set(timings) == {'specks_ms', 'specks_depth_ms', 'covering_ms', 'covering_depth_ms'}
+    assert all(value > 0 for value in timings.values())
+    monkeypatch.setattr(bench, 'find_instances', lambda *args, **kwargs: [None])
+    with pytest.raises(SystemExit, match='instances on specks: 1, expected 0'):
+        bench.worst_masks(camera, frames=1)

@@ -11,6 +11,7 @@ surface from the noise-free depth.
 from clipseg_ros.core.depth_targets import CameraModel, depth_in_metres
 from clipseg_ros.core.instances import find_instances, InstanceSettings
 from clipseg_ros.tools.scene_sequences import several_of_a_kind, touching_pair
+from clipseg_ros.tools.stand_in_maps import speck_labels
 import cv2
 import numpy as np
 import pytest
@@ -247,15 +248,6 @@ class _CountingCv2:
                 if isinstance(args[0], list) else 0
             return real(*args, **kwargs)
         return counted
-
-
-def speck_labels(count: int = 5000, height: int = 480, width: int = 640, seed: int = 0):
-    """``count`` isolated one-pixel specks of prompt 1 on a grid, jittered."""
-    rng = np.random.default_rng(seed)
-    cells = rng.choice((height // 4) * (width // 4), count, replace=False)
-    labels = np.zeros((height, width), np.uint8)
-    labels[cells // (width // 4) * 4 + 1, cells % (width // 4) * 4 + 1] = 1
-    return labels
 
 
 @pytest.mark.parametrize('case', ['specks', 'covering'])

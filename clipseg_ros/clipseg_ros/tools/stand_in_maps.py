@@ -67,3 +67,14 @@ class ColourNetwork:
             excess = colour[:, channel] - others
             maps.append(((excess - COLOUR_EXCESS_FLOOR) / COLOUR_EXCESS_SPAN).clamp(0.0, 1.0))
         return torch.stack(maps, dim=1)
+
+
+def speck_labels(count: int = 5000, height: int = 480, width: int = 640,
+                 seed: int = 0) -> np.ndarray:
+    """(H, W) uint8 labels: ``count`` isolated one-pixel specks of prompt 1 on a jittered grid
+    (a worst case for instances: every one a component of its own)."""
+    rng = np.random.default_rng(seed)
+    cells = rng.choice((height // 4) * (width // 4), count, replace=False)
+    labels = np.zeros((height, width), np.uint8)
+    labels[cells // (width // 4) * 4 + 1, cells % (width // 4) * 4 + 1] = 1
+    return labels
