@@ -140,21 +140,33 @@ def test_frame_cost_bench_runs_briefly():
     assert 0 < row['least_extra_ms'] and row['least_over_echo'] > 1
 
 
+@pytest.mark.parametrize('masks', ['clean', 'objects'])
 def test_frame_cost_least_work_builds_the_nodes_outputs_and_checks_it(tiny_model_dir,
-                                                                      monkeypatch):
+                                                                      monkeypatch, masks):
     bench = load_bench('frame_cost_bench')
     scene = bench.scene_frames(160, 120, 1)[0]
-    assert bench.least_extra_work(str(tiny_model_dir), scene, 'clean', True, repeats=2) > 0
-    # Its labelling finds every prompt's components: with a label image of none it must fail.
+    for with_depth in (False, True):
+        assert bench.least_extra_work(str(tiny_model_dir), scene, masks, with_depth,
+                                      repeats=2) > 0
     outputs = bench.node_outputs
 
-    def emptied(*args):
+    def swapped(*args):  # the prompts' labels exchanged: not the node's frame
         messages, result, depth = outputs(*args)
-        result.labels = np.zeros_like(result.labels)
+        result.labels = np.choose(result.labels, [0, 2, 1]).astype(np.uint8)
         return messages, result, depth
-    monkeypatch.setattr(bench, 'node_outputs', emptied)
-    with pytest.raises(SystemExit, match='points|components'):
-        bench.least_extra_work(str(tiny_model_dir), scene, 'clean', True, repeats=2)
+    monkeypatch.setattr(bench, 'node_outputs', swapped)
+    with pytest.raises(SystemExit, match="its mask is not the node's"):
+        bench.least_extra_work(str(tiny_model_dir), scene, masks, True, repeats=2)
+
+
+def test_frame_cost_least_work_counts_the_components_it_labels(tiny_model_dir):
+    bench = load_bench('frame_cost_bench')
+    scene = bench.scene_frames(160, 120, 1)[0]
+    messages, result, _ = bench.node_outputs(str(tiny_model_dir), scene, 'objects', False)
+    built = {name: messages[name] for name in ('mask', 'confidence', 'instances', 'overlay')}
+    bench._check_least_work({**built, 'components': [2, 1]}, messages)
+    with pytest.raises(SystemExit, match='components'):  # the red circles are two instances
+        bench._check_least_work({**built, 'components': [1, 1]}, messages)
 
 
 def test_depth_bench_times_the_worst_masks_and_fails_when_they_are_not_found(monkeypatch):

@@ -70,13 +70,15 @@ def _whole_frame_overlay(image: np.ndarray, labels: np.ndarray, alpha: float) ->
     return np.where(((labels > 0) & differs)[..., None], colours, expected)
 
 
-@pytest.mark.parametrize('seed', range(14))
+@pytest.mark.parametrize('seed', range(16))
 def test_overlay_equals_the_whole_frames_tint_and_outline(seed):
     """The overlay is worked out only around the labelled pixels: it must equal the whole
     frame's, also where regions touch the frame's edges or each other, cover it, or there are
-    none."""
+    none, and with outlines thicker than a pixel."""
     rng = np.random.default_rng(seed)
     height, width = (int(v) for v in rng.integers(20, 200, 2))
+    if seed >= 14:  # 2 and 3 pixel outlines
+        height, width = (int(v) for v in rng.integers(360, 720, 2))
     image = rng.integers(0, 256, (height, width, 3), np.uint8)
     labels = np.zeros((height, width), np.uint8)
     for _ in range(int(rng.integers(0, 5))):  # boxes anywhere, edges included, may touch
@@ -88,3 +90,10 @@ def test_overlay_equals_the_whole_frames_tint_and_outline(seed):
     stats = region_stats(labels, np.ones(labels.shape, np.float32), prompt_count=5)
     overlay = render_overlay(image, labels, stats, [''] * 5)  # no text drawn
     np.testing.assert_array_equal(overlay, _whole_frame_overlay(image, labels, FILL_ALPHA))
+
+
+def test_overlay_of_a_frame_and_labels_of_other_sizes_is_refused():
+    labels = np.zeros((40, 60), np.uint8)
+    with pytest.raises(ValueError, match='differ'):
+        render_overlay(np.zeros((40, 50, 3), np.uint8), labels,
+                       region_stats(labels, np.ones((40, 60), np.float32), 1), [''])

@@ -56,6 +56,9 @@ def render_overlay(image_rgb: np.ndarray, labels: np.ndarray, stats: RegionStats
     """
     labels = np.ascontiguousarray(labels, np.uint8)
     height, width = labels.shape
+    if image_rgb.shape[:2] != (height, width):
+        raise ValueError(f'labels {width}x{height} and frame {image_rgb.shape[1]}x'
+                         f'{image_rgb.shape[0]} differ')
     thickness = outline_width(height, width)
     # Only around the labelled pixels, widened by the outline's reach (a border pixel depends
     # on its neighbours that far): elsewhere the overlay is the frame.

@@ -49,17 +49,19 @@ class ColourNetwork:
     """
     Stands in for an engine network's ``probabilities``: prompt k's map is how much the frame's
     colour channel k % 3 (red, green, blue) exceeds the other two, at the model's resolution.
-    ``mean`` and ``std`` are the preprocessing's, to undo its normalisation.
+    ``mean``, ``std`` and ``rescale_factor`` are the preprocessing's, to undo it.
     """
 
-    def __init__(self, mean, std) -> None:
+    def __init__(self, mean, std, rescale_factor: float = 1.0 / 255.0) -> None:
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self._to_unit = 1.0 / (255.0 * rescale_factor)
         self.calls = 0
 
     def probabilities(self, pixel_values: torch.Tensor, embeddings: torch.Tensor):
         self.calls += 1
-        colour = pixel_values.to(torch.float32) * self._std + self._mean  # (B, 3, r, r)
+        # (B, 3, r, r) colour in [0, 1]
+        colour = (pixel_values.to(torch.float32) * self._std + self._mean) * self._to_unit
         maps = []
         for prompt in range(len(embeddings)):
             channel = prompt % 3
@@ -71,8 +73,8 @@ class ColourNetwork:
 
 def speck_labels(count: int = 5000, height: int = 480, width: int = 640,
                  seed: int = 0) -> np.ndarray:
-    """(H, W) uint8 labels: ``count`` isolated one-pixel specks of prompt 1 on a jittered grid
-    (a worst case for instances: every one a component of its own)."""
+    """(H, W) uint8 labels: ``count`` isolated one-pixel specks of prompt 1, at random cells of
+    a 4-pixel grid (a worst case for instances: every one a component of its own)."""
     rng = np.random.default_rng(seed)
     cells = rng.choice((height // 4) * (width // 4), count, replace=False)
     labels = np.zeros((height, width), np.uint8)
