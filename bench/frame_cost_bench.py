@@ -19,9 +19,10 @@ rounds alternate the sides. The benchmark fails when the stand-in served fewer f
 node answered or segmented more than once per size, or a side answered too few frames.
 
 Each case also prints the least any node publishing these outputs adds to the echo: the steps an
-echo never does (the frame to an array, a labelling per prompt, the overlay's blend, the images
-copied into messages, the point records), by whole-array OpenCV or numpy calls, timed in this
-process on one thread; it fails when what it built differs in size from the node's outputs. The
+echo never does (the frame to an array, each prompt labelled in its box, the overlay's copy and
+blend around the labels, the images copied into messages, the point records), with the fewest
+whole-array OpenCV or numpy calls, timed on the benchmark's own thread; it fails unless it ran
+on the node's frame (the node's mask and confidence bytes, its image sizes and point count). The
 last line is JSON.
 
     python bench/frame_cost_bench.py                          # 640x480, every mask kind, depth
@@ -83,12 +84,12 @@ def camera_messages(scene):
 
 
 def stand_in_engine_class():
-    """ClipSegEngine with its network's probabilities replaced by seeded maps (counted)."""
+    """ClipSegEngine with its network's probabilities replaced by stand-in maps (counted)."""
     from clipseg_ros.core.engine import ClipSegEngine
     from clipseg_ros.tools.stand_in_maps import ColourNetwork, MASK_BLUR, SeededNetwork
 
     class StandInEngine(ClipSegEngine):
-        """Segments each (frame size, prompts, threshold) once, from seeded maps; later
+        """Segments each (frame size, prompts, threshold) once, from stand-in maps; later
         frames reuse that result: no inference, no preprocessing, as on a GPU."""
 
         def __init__(self, *args, **kwargs):
