@@ -133,7 +133,8 @@ bench-cameras: setup
 	@$(ENV) && python bench/cameras_bench.py $(BENCH_ARGS)
 
 # The node without inference against an echo: mask, confidence and segmentation; then every
-# output subscribed, with and without depth, on clean and ragged masks (frame_cost_bench.py).
+# output subscribed, with and without depth, on seeded clean and ragged masks and a table
+# scene's (frame_cost_bench.py), each beside the least any node adds to the echo.
 bench-transport: setup
 	@$(ENV) && python bench/transport_bench.py && python bench/frame_cost_bench.py --both-depths
 
