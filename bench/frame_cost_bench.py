@@ -427,11 +427,12 @@ def main() -> int:
     rows = []
     try:
         for size in sizes:
-            frames = [camera_messages(scene) for scene in scene_frames(*size)]
+            scenes = scene_frames(*size)
+            frames = [camera_messages(scene) for scene in scenes]
             for with_depth in depths:
                 for masks in args.masks.split(','):
                     row = measure_case(args, model, size, masks, with_depth,
-                                       drivers[with_depth], frames, scratch)
+                                       drivers[with_depth], frames, scratch, scenes[0])
                     if row is None:
                         return 1
                     rows.append(row)
@@ -444,7 +445,9 @@ def main() -> int:
     return 0
 
 
-def measure_case(args, model, size, masks, with_depth, driver, frames, scratch) -> dict | None:
+def measure_case(args, model, size, masks, with_depth, driver, frames, scratch,
+                 first_scene) -> dict | None:
+    """One case, both sides; ``first_scene`` is the scene the echo's messages are built on."""
     cpu = {'clipseg': [], 'echo': []}
     answered = {'clipseg': 0, 'echo': 0}
     sent_total = {'clipseg': 0, 'echo': 0}
@@ -485,8 +488,8 @@ def measure_case(args, model, size, masks, with_depth, driver, frames, scratch) 
         row[f'{kind}_answered'] = f'{answered[kind]}/{sent_total[kind]}'
     row['clipseg_over_echo'] = round(row['clipseg_cpu_ms_per_frame'] /
                                      row['echo_cpu_ms_per_frame'], 2)
-    scene = scene_frames(*size, 1)[0]
-    row['least_extra_ms'] = round(least_extra_work(model, scene, masks, with_depth) * 1e3, 2)
+    row['least_extra_ms'] = round(
+        least_extra_work(model, first_scene, masks, with_depth) * 1e3, 2)
     row['least_over_echo'] = round(1.0 + row['least_extra_ms'] / row['echo_cpu_ms_per_frame'],
                                    2)
     print(f"{size[0]}x{size[1]}, {masks} masks, {'with' if with_depth else 'no'} depth, "
