@@ -328,9 +328,12 @@ def test_depth_at_half_the_colour_rate_pairs_the_frames_it_has(depth_wait_node):
     # own never comes, by when the next frame with depth is ready: it goes instead.
     assert result.with_own_depth >= 0.5 * (STREAM_FRAMES // 2)
     assert result.with_own_depth == result.with_depth
-    # All with depth but the last frame: no later depth image shows its own never comes, so
-    # it goes after the wait.
-    assert result.answered - result.with_depth <= 1
+    # All with depth but the last frame (no later depth image shows its own never comes, so it
+    # goes after the wait) and a few between: on a loaded host a late publishing thread sends a
+    # frame and its depth back to back, and when the node takes the depth first the frame
+    # before goes at once, the worker being free (a CI run on 2 cores: 2 of 30). Going at once
+    # without cause would send about half without depth.
+    assert result.answered - result.with_depth <= 1 + result.answered // 10
     counters = depth_wait_node.node.counters
     assert counters.inputs_timed_out <= 1
     # Counted on the frames that reached the node: a best-effort frame can be lost under load.
