@@ -250,8 +250,7 @@ def test_late_missing_and_out_of_order_depth_leave_every_frame_answered(ros_cont
                 assert harness.set_parameter('depth_wait', wait).successful
             kind, delay = fuzz.depth_timing(rng)
             stamp = base + index * 100_000_000  # 100 ms apart: no other frame's depth is near
-            depth_before, timed_out_before = pairing.counters.depth_received, \
-                counters.inputs_timed_out
+            depth_before = pairing.counters.depth_received
             if kind == 'before':
                 feed.publish(at(stamp))
             elif kind == 'stale':
@@ -276,12 +275,15 @@ def test_late_missing_and_out_of_order_depth_leave_every_frame_answered(ros_cont
             if kind in ('after', 'stale') and wait == 1.0 and not stalled:
                 assert segmentation.has_depth, f'frame {index} ({kind}, {delay * 1e3:.0f} ms)'
             outcomes.setdefault(kind, []).append(segmentation.has_depth)
-            # Every depth image sent in this step is in before the next frame.
+            # Every depth image sent in this step is in before the next frame. The last one sent
+            # is the frame's own; the one before it may be overwritten in the subscription's
+            # one-message queue when the executor is late by more than the delay between them.
             sent = {'before': 1, 'after': 1, 'missing': 0, 'reordered': 2, 'stale': 2}[kind]
-            assert camera.wait_for(
-                lambda: pairing.counters.depth_received == depth_before + sent, 10)
-            timed_out = counters.inputs_timed_out > timed_out_before
-            stalled = (stalled or timed_out) and sent == 0
+            if sent:
+                assert camera.wait_for(lambda: pairing.has_depth_for(stamp, 0.0), 10)
+            assert min(sent, 1) <= pairing.counters.depth_received - depth_before <= sent
+            # The node's own word: depth that came later than the wait leaves it stalled.
+            stalled = node.camera().depth.stall.active
         print({kind: f'{sum(got)} of {len(got)} with depth' for kind, got in outcomes.items()})
         assert set(outcomes) == set(fuzz.DEPTH_TIMINGS)
         assert counters.failed == 0, counters.last_error

@@ -246,11 +246,15 @@ def test_a_batch_the_device_cannot_take_is_run_frame_by_frame(cameras_node):
     real_segment = engine.segment_batch
     batch_sizes = []
 
+    def both_cameras_received_a_second_frame() -> bool:
+        return [harness.node.camera_counters(c).received for c in ('head', 'wrist')] == [2, 1]
+
     def no_batches(images, *args, **kwargs):
         batch_sizes.append(len(images))
         if len(images) > 1:
             raise RuntimeError('CUDA out of memory (injected)')
-        time.sleep(0.3)  # holds the worker, so the next frames of both cameras wait together
+        if len(batch_sizes) == 1:  # holds the worker, so the next frames of both wait together
+            streams['head'].wait_for(both_cameras_received_a_second_frame, 10.0)
         return real_segment(images, *args, **kwargs)
 
     engine.segment_batch = no_batches
