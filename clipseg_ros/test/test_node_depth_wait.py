@@ -317,10 +317,11 @@ def test_depth_after_the_next_frame_still_pairs_most_frames(depth_wait_node):
     assert result.answered >= 0.25 * result.sent
     assert result.with_own_depth == result.with_depth  # never another frame's depth
     # A depth image held up past the wait on a loaded host costs its frame and the stall's next
-    # one; without the waiting list most frames time out.
+    # one; one overwritten in the one-message queue by the next costs its frame. Without the
+    # waiting list most frames time out.
     timed_out = depth_wait_node.node.counters.inputs_timed_out
     assert timed_out <= 2
-    assert result.answered - result.with_own_depth <= 2 * timed_out
+    assert result.answered - result.with_own_depth <= 1 + 2 * timed_out
 
 
 def test_depth_at_half_the_colour_rate_pairs_the_frames_it_has(depth_wait_node):
