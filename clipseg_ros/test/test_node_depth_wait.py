@@ -419,7 +419,8 @@ def test_depth_sent_across_a_qos_swap_arrives_once_each(ros_context, tiny_model_
         while time.monotonic() < deadline:
             publisher.publish(depth_msg(scene, base + sent * MS))
             sent += 1
-            time.sleep(0.02)
+            # The node keeps one depth image: its executor has this long to take each.
+            time.sleep(0.05)
             if swapped_at is None and depth_input.reliability_name == 'reliable':
                 swapped_at = sent
             if depth_input._retiring is None and swapped_at is not None and \
