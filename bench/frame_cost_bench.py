@@ -153,8 +153,8 @@ def node_messages(model: str, scene, masks: str, with_depth: bool) -> dict:
 
 
 def node_outputs(model: str, scene, masks: str, with_depth: bool):
-    """(messages, the stand-in's result, the depth in metres or None) of a scene frame."""
-    from clipseg_ros.core.depth_targets import CameraModel, depth_in_metres, prompt_targets
+    """(messages, the stand-in's result) of a scene frame."""
+    from clipseg_ros.core.depth_targets import depth_in_metres, prompt_targets
     from clipseg_ros.depth_input import PairedTargets
     from clipseg_ros.objects import CameraObjects
     from clipseg_ros.parameters import default_value
@@ -167,9 +167,7 @@ def node_outputs(model: str, scene, masks: str, with_depth: bool):
     engine.release()
     paired = None
     if with_depth:
-        i = scene.intrinsics
-        camera = CameraModel(i.width, i.height, float(i.fx), float(i.fy), float(i.cx),
-                             float(i.cy))
+        camera = scene.intrinsics  # a CameraModel
         metres = depth_in_metres(scene.depth_mm(), '16UC1', 10.0)
         paired = PairedTargets(prompt_targets(result.labels, metres, camera, len(PROMPTS), 2),
                                0, depth_m=metres, camera=camera)
@@ -181,7 +179,7 @@ def node_outputs(model: str, scene, masks: str, with_depth: bool):
         header.stamp.sec = index
         publishers.publish(header, scene.rgb, result, prompt_set, 0.3, True, paired, 1,
                            objects.update(header, result, paired, prompt_set))
-    return capture.messages, result, None if paired is None else paired.depth_m
+    return capture.messages, result
 
 
 def least_extra_work(model: str, scene, masks: str, with_depth: bool,
@@ -197,16 +195,15 @@ def least_extra_work(model: str, scene, masks: str, with_depth: bool,
     """
     import cv2
     from clipseg_ros.conversions import array_to_image, frame_to_rgb
-    from clipseg_ros.core.depth_targets import CameraModel, depth_in_metres, POINT_DTYPE
-    messages, result, _ = node_outputs(model, scene, masks, with_depth)
+    from clipseg_ros.core.depth_targets import depth_in_metres, POINT_DTYPE
+    messages, result = node_outputs(model, scene, masks, with_depth)
     colour, depth, _ = camera_messages(scene)
-    i = scene.intrinsics
-    camera = CameraModel(i.width, i.height, float(i.fx), float(i.fy), float(i.cx), float(i.cy))
+    camera = scene.intrinsics  # a CameraModel
     labels, instance_image = result.labels, np.zeros(result.labels.shape, np.uint16)
     # The engine's boxes of the prompts' pixels, which the node's instances read too.
     boxes = [tuple(int(v) for v in box) for box in result.stats.boxes]
-    x_per_metre = ((np.arange(i.width) - camera.cx) / camera.fx).astype(np.float32)
-    y_per_metre = ((np.arange(i.height) - camera.cy) / camera.fy).astype(np.float32)
+    x_per_metre = ((np.arange(camera.width) - camera.cx) / camera.fx).astype(np.float32)
+    y_per_metre = ((np.arange(camera.height) - camera.cy) / camera.fy).astype(np.float32)
     raw_depth = np.frombuffer(depth.data, np.uint16).reshape(depth.height, depth.width)
 
     def frame() -> dict:

@@ -151,9 +151,9 @@ def test_frame_cost_least_work_builds_the_nodes_outputs_and_checks_it(tiny_model
     outputs = bench.node_outputs
 
     def swapped(*args):  # the prompts' labels exchanged: not the node's frame
-        messages, result, depth = outputs(*args)
+        messages, result = outputs(*args)
         result.labels = np.choose(result.labels, [0, 2, 1]).astype(np.uint8)
-        return messages, result, depth
+        return messages, result
     monkeypatch.setattr(bench, 'node_outputs', swapped)
     with pytest.raises(SystemExit, match="its mask is not the node's"):
         bench.least_extra_work(str(tiny_model_dir), scene, masks, True, repeats=2)
@@ -162,7 +162,7 @@ def test_frame_cost_least_work_builds_the_nodes_outputs_and_checks_it(tiny_model
 def test_frame_cost_least_work_counts_the_components_it_labels(tiny_model_dir):
     bench = load_bench('frame_cost_bench')
     scene = bench.scene_frames(160, 120, 1)[0]
-    messages, result, _ = bench.node_outputs(str(tiny_model_dir), scene, 'objects', False)
+    messages, _ = bench.node_outputs(str(tiny_model_dir), scene, 'objects', False)
     built = {name: messages[name] for name in ('mask', 'confidence', 'instances', 'overlay')}
     bench._check_least_work({**built, 'components': [2, 1]}, messages)
     with pytest.raises(SystemExit, match='components'):  # the red circles are two instances
